@@ -1,0 +1,1 @@
+//! The lease state machine of one node.

@@ -1,0 +1,16 @@
+//! # liege
+//!
+//! Keyed singleton agents that keep working when a whole region dies.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod core;
+pub mod error;
+pub mod faults;
+pub mod store;
+pub mod testing;
+pub mod transport;
+
+pub use agent::{Agent, Agents, Context, Counter, Signal};
+pub use core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+pub use error::{AgentError, CallError};

@@ -1,0 +1,360 @@
+//! The shared store: the single source of truth for membership, ownership and state.
+//!
+//! Every backend implements [`Store`] and passes the conformance suite in
+//! [`crate::testing::conformance`]. The store carries three things:
+//!
+//! - **cluster meta**: partition count and a verifier of the cluster secret, fixed at creation;
+//! - **membership**: one row per node name with its incarnation and a lease that expires in the
+//!   *store's* clock ([`Store::join`], [`Store::renew`], [`Store::leave`], [`Store::nodes`]);
+//! - **the partition directory**: owner and epoch per partition ([`Store::claim`],
+//!   [`Store::release`], [`Store::directory`]);
+//! - **checkpoints**: one row per agent key with a revision, written only through fenced
+//!   batches ([`Store::write`]) that check the directory in the same transaction.
+//!
+//! # What callers MUST do
+//! - Write checkpoints only with the `(partition, epoch)` they hold; a [`WriteError::Fenced`]
+//!   means another node owns the partition now and the caller MUST drop its in-memory state.
+//! - Treat [`StoreError`] on a write as an *unknown outcome*: the batch may have committed.
+
+pub mod memory;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+
+/// A point in the store's clock, in milliseconds. Only differences are meaningful across
+/// backends (memory: since the store was created; SQLite: Unix time of the machine;
+/// Postgres: the server's `now()`).
+pub type StoreTime = i64;
+
+/// Facts fixed when a cluster is created in a store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// Number of partitions; every node must be configured with the same number.
+    pub partitions: u32,
+    /// Random salt for the secret verifier.
+    pub secret_salt: Vec<u8>,
+    /// `HMAC-SHA256(secret, "liege-verifier" ‖ salt)`: lets a node check it has the cluster's
+    /// secret without the store holding the secret.
+    pub secret_verifier: Vec<u8>,
+}
+
+/// What a node publishes about itself when it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Name and incarnation.
+    pub id: NodeId,
+    /// Region label, e.g. `iad`.
+    pub region: String,
+    /// `host:port` of the cluster transport, reachable by peers.
+    pub cluster_addr: String,
+    /// `host:port` of the HTTP API.
+    pub http_addr: String,
+}
+
+/// A membership row as read back from the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLease {
+    /// What the node published.
+    pub record: NodeRecord,
+    /// When the lease ends, in the store's clock. Live iff `lease_expires_at > now`.
+    pub lease_expires_at: StoreTime,
+    /// True once the node left gracefully (its lease was ended on purpose).
+    pub left: bool,
+}
+
+/// The membership table at one store instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The store's clock when the rows were read.
+    pub now: StoreTime,
+    /// Every node row, live or not, sorted by name.
+    pub nodes: Vec<NodeLease>,
+}
+
+impl Membership {
+    /// Nodes whose lease has not expired at `self.now`.
+    pub fn live(&self) -> impl Iterator<Item = &NodeLease> {
+        self.nodes
+            .iter()
+            .filter(move |n| n.lease_expires_at > self.now)
+    }
+
+    /// True iff `node` (that exact incarnation) holds an unexpired lease.
+    pub fn is_live(&self, node: &NodeId) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| &n.record.id == node && n.lease_expires_at > self.now)
+    }
+}
+
+/// One row of the partition directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRow {
+    /// The partition.
+    pub id: PartitionId,
+    /// Current owner, or `None` when never claimed or released.
+    pub owner: Option<NodeId>,
+    /// Fencing token: +1 on every claim. A release keeps it.
+    pub epoch: Epoch,
+}
+
+/// The whole directory at one store instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    /// The store's clock when the rows were read.
+    pub now: StoreTime,
+    /// One row per partition, sorted by id, `partitions` rows.
+    pub partitions: Vec<PartitionRow>,
+}
+
+/// A successful lease grant or renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The store's clock when the lease was written.
+    pub now: StoreTime,
+    /// When it ends, in the store's clock.
+    pub expires_at: StoreTime,
+}
+
+/// A persisted agent state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Revision of this state; the next write must expect it.
+    pub rev: Rev,
+    /// Encoded state (the agent layer's format; opaque here).
+    pub data: Vec<u8>,
+}
+
+/// One fenced checkpoint write in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointWrite {
+    /// The key written.
+    pub key: AgentKey,
+    /// Partition of the key (the caller computed it; the store trusts it).
+    pub partition: PartitionId,
+    /// The epoch the writer holds the partition at.
+    pub epoch: Epoch,
+    /// The writer; the directory must name exactly this incarnation.
+    pub writer: NodeId,
+    /// Revision the writer last saw (`Rev(0)` when the key had no checkpoint).
+    pub expected_rev: Rev,
+    /// New state, or `None` to delete the checkpoint.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Why one write of a batch did not commit. The other writes of the batch are unaffected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum WriteError {
+    /// The directory does not give this partition to the writer at this epoch.
+    #[error("partition {partition} is owned by {owner:?} at epoch {epoch}, not by the writer")]
+    Fenced {
+        /// The partition.
+        partition: PartitionId,
+        /// Owner named by the directory now.
+        owner: Option<NodeId>,
+        /// Epoch in the directory now.
+        epoch: Epoch,
+    },
+    /// The checkpoint's revision is not the expected one.
+    #[error("checkpoint revision is {actual}, writer expected {expected}")]
+    Conflict {
+        /// What the writer expected.
+        expected: Rev,
+        /// What the store has.
+        actual: Rev,
+    },
+}
+
+/// One committed write, recorded when auditing is on (same transaction as the write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Commit order within the store (strictly increasing).
+    pub seq: u64,
+    /// Key written.
+    pub key: AgentKey,
+    /// Partition of the key.
+    pub partition: PartitionId,
+    /// Epoch the write was fenced with.
+    pub epoch: Epoch,
+    /// Who wrote.
+    pub writer: NodeId,
+    /// Revision after the write.
+    pub rev: Rev,
+}
+
+/// A push notification that membership or the directory changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreChange {
+    /// A node joined, left or changed its lease in a way others should notice.
+    Membership,
+    /// Partition rows changed (claim or release).
+    Directory,
+}
+
+/// Errors of the store itself (as opposed to per-row [`WriteError`]s).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or the operation timed out. The outcome of a write is
+    /// unknown. Retryable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The node's lease is gone (expired or replaced): it MUST self-fence and rejoin.
+    #[error("lease of {node} is expired or was replaced")]
+    LeaseLost {
+        /// The node whose lease is gone.
+        node: NodeId,
+    },
+    /// A live node already uses this name with another incarnation.
+    #[error("node name {name} is held by a live incarnation for another {remaining_ms} ms")]
+    NameInUse {
+        /// The contested name.
+        name: String,
+        /// Time until that lease expires, in the store's clock.
+        remaining_ms: i64,
+    },
+    /// The stored cluster facts disagree with the node's configuration.
+    #[error("cluster mismatch: {0}")]
+    Mismatch(String),
+    /// Anything else: schema problems, corrupt rows, bugs. Not retryable.
+    #[error("store failure: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// True for errors a caller may retry (the store may answer later).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations the cluster layer needs from a shared store.
+///
+/// All time comparisons (lease validity, expiry) use the store's own clock, never the caller's.
+/// Every method is one atomic transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs and metrics: `memory`, `sqlite`, `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Creates the cluster with `proposed` facts and `proposed.partitions` unowned partitions
+    /// at epoch 0, unless it exists; returns the stored facts either way (the caller compares).
+    async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta>;
+
+    /// The store's clock now.
+    async fn now(&self) -> StoreResult<StoreTime>;
+
+    /// Inserts or replaces the row for `node.id.name` with a lease of `ttl_ms`.
+    /// Fails with [`StoreError::NameInUse`] if the row holds another incarnation whose lease
+    /// has not expired and which has not left.
+    async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease>;
+
+    /// Extends the lease of exactly this incarnation to `now + ttl_ms`, only if its lease has
+    /// not expired; otherwise [`StoreError::LeaseLost`].
+    async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease>;
+
+    /// Ends the lease of this incarnation now (graceful leave). Idempotent.
+    async fn leave(&self, node: &NodeId) -> StoreResult<()>;
+
+    /// All node rows and the store's clock.
+    async fn nodes(&self) -> StoreResult<Membership>;
+
+    /// The whole partition directory and the store's clock.
+    async fn directory(&self) -> StoreResult<Directory>;
+
+    /// Claims every listed partition that is unowned, or whose owner's lease has expired
+    /// (or whose owner incarnation no longer has a row), setting owner = `node` and
+    /// epoch + 1. Requires `node`'s own lease to be valid, else [`StoreError::LeaseLost`].
+    /// Returns the partitions actually claimed with their new epochs; others are skipped.
+    async fn claim(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<Vec<(PartitionId, Epoch)>>;
+
+    /// Releases every listed partition still owned by `node` at that epoch (owner = none,
+    /// epoch kept). Returns the partitions released.
+    async fn release(
+        &self,
+        node: &NodeId,
+        partitions: &[(PartitionId, Epoch)],
+    ) -> StoreResult<Vec<PartitionId>>;
+
+    /// Reads a key's checkpoint.
+    async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>>;
+
+    /// Applies a batch of fenced writes in one transaction. Each write commits iff the
+    /// directory names `writer` at `epoch` for its partition and the key's revision equals
+    /// `expected_rev`; the result per write is in the same order. With auditing on, each
+    /// committed write appends an [`AuditRecord`] in the same transaction.
+    async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>>;
+
+    /// Every audit record in commit order (empty when auditing is off).
+    async fn audit(&self) -> StoreResult<Vec<AuditRecord>>;
+
+    /// A stream of change notifications, if the backend can push them. Polling remains the
+    /// fallback; a lagged or closed receiver only means "poll now".
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
+        None
+    }
+}
+
+/// A store shared by the parts of one node (and, for `memory`, by many nodes in one process).
+pub type SharedStore = Arc<dyn Store>;
+
+/// How a store is named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `memory:` — a fresh in-process store.
+    Memory,
+    /// `sqlite:PATH` — a SQLite file, created if missing.
+    Sqlite(std::path::PathBuf),
+    /// `postgres://...` or `postgresql://...` — a PostgreSQL connection string.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory:" || s == "memory" {
+            Ok(StoreUrl::Memory)
+        } else if let Some(path) = s.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("sqlite: needs a path, e.g. sqlite:./liege-data/liege.db".into());
+            }
+            Ok(StoreUrl::Sqlite(path.into()))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(s.to_string()))
+        } else {
+            Err(format!(
+                "unknown store {s:?}: use memory:, sqlite:PATH or postgres://..."
+            ))
+        }
+    }
+}
+
+/// Options common to every backend.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Record every committed write in an audit table (tests and drills; costs a row per write).
+    pub audit: bool,
+}
+
+/// Opens the store named by `url`.
+pub async fn open(url: &StoreUrl, options: StoreOptions) -> StoreResult<SharedStore> {
+    match url {
+        StoreUrl::Memory => memory::open(options).await,
+        StoreUrl::Sqlite(path) => sqlite::open(path, options).await,
+        StoreUrl::Postgres(url) => postgres::open(url, options).await,
+    }
+}

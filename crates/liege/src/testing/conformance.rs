@@ -1,0 +1,1 @@
+//! The store conformance suite, run against every backend (placeholder).

@@ -1,0 +1,3 @@
+//! Test support for liege and for users' own tests.
+
+pub mod conformance;
