@@ -6,8 +6,16 @@
 //! set and each check is one relaxed atomic load.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use tokio::sync::watch;
+
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use crate::store::{
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
+    NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+};
 
 /// Switchable faults of one node.
 #[derive(Debug)]
@@ -62,5 +70,114 @@ impl Faults {
         let mut rx = self.paused.subscribe();
         // A closed channel cannot happen (we own the sender); treat it as resumed.
         let _ = rx.wait_for(|paused| !*paused).await;
+    }
+}
+
+/// A [`Store`] seen through a node's [`Faults`]: while the store is cut, every call fails as
+/// unavailable; while paused, calls wait at the gate first (and the answer waits too, like a
+/// process frozen mid-request).
+pub(crate) struct FaultyStore {
+    inner: SharedStore,
+    faults: Arc<Faults>,
+}
+
+impl FaultyStore {
+    pub(crate) fn new(inner: SharedStore, faults: Arc<Faults>) -> Self {
+        Self { inner, faults }
+    }
+
+    async fn enter(&self) -> StoreResult<()> {
+        self.faults.gate().await;
+        if self.faults.store_cut() {
+            return Err(StoreError::Unavailable("store cut off (fault injection)".into()));
+        }
+        Ok(())
+    }
+
+    async fn leave_with<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        self.faults.gate().await;
+        if self.faults.store_cut() {
+            return Err(StoreError::Unavailable("store cut off (fault injection)".into()));
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
+        self.enter().await?;
+        let r = self.inner.init_cluster(proposed).await;
+        self.leave_with(r).await
+    }
+    async fn now(&self) -> StoreResult<StoreTime> {
+        self.enter().await?;
+        let r = self.inner.now().await;
+        self.leave_with(r).await
+    }
+    async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
+        self.enter().await?;
+        let r = self.inner.join(node, ttl_ms).await;
+        self.leave_with(r).await
+    }
+    async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
+        self.enter().await?;
+        let r = self.inner.renew(node, ttl_ms).await;
+        self.leave_with(r).await
+    }
+    async fn leave(&self, node: &NodeId) -> StoreResult<()> {
+        self.enter().await?;
+        let r = self.inner.leave(node).await;
+        self.leave_with(r).await
+    }
+    async fn nodes(&self) -> StoreResult<Membership> {
+        self.enter().await?;
+        let r = self.inner.nodes().await;
+        self.leave_with(r).await
+    }
+    async fn directory(&self) -> StoreResult<Directory> {
+        self.enter().await?;
+        let r = self.inner.directory().await;
+        self.leave_with(r).await
+    }
+    async fn claim(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
+        self.enter().await?;
+        let r = self.inner.claim(node, partitions).await;
+        self.leave_with(r).await
+    }
+    async fn release(
+        &self,
+        node: &NodeId,
+        partitions: &[(PartitionId, Epoch)],
+    ) -> StoreResult<Vec<PartitionId>> {
+        self.enter().await?;
+        let r = self.inner.release(node, partitions).await;
+        self.leave_with(r).await
+    }
+    async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+        self.enter().await?;
+        let r = self.inner.read(key).await;
+        self.leave_with(r).await
+    }
+    async fn write(
+        &self,
+        batch: &[CheckpointWrite],
+    ) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+        self.enter().await?;
+        let r = self.inner.write(batch).await;
+        self.leave_with(r).await
+    }
+    async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
+        self.inner.audit().await
+    }
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
+        self.inner.watch()
     }
 }

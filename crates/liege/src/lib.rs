@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cluster;
 pub mod core;
 pub mod error;
 pub mod faults;
+pub mod http;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod transport;
 

@@ -1,7 +1,9 @@
 //! The agent model: [`Agent`] kinds with typed state, the [`Signal`] they receive, the
 //! registry of kinds a node serves, and the built-in [`Counter`].
 
+pub(crate) mod checkpoint;
 pub mod signal;
+pub(crate) mod writer;
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -1,0 +1,182 @@
+//! `liege node`: run one node until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use liege::cluster::{Node, NodeConfig, Persistence};
+use liege::store::{StoreOptions, StoreUrl};
+use liege::Agents;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `liege node`. Every flag has a `LIEGE_*` environment fallback.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct NodeArgs {
+    /// Node name, unique among live nodes.
+    #[arg(long, env = "LIEGE_NAME", default_value = "local-1")]
+    pub(crate) name: String,
+    /// Region label (falls back to FLY_REGION, then "local").
+    #[arg(long, env = "LIEGE_REGION")]
+    pub(crate) region: Option<String>,
+    /// Cluster transport address to bind.
+    #[arg(long, env = "LIEGE_LISTEN", default_value = "127.0.0.1:7070")]
+    pub(crate) listen: SocketAddr,
+    /// Cluster address peers should dial (default: the bound address).
+    #[arg(long, env = "LIEGE_ADVERTISE")]
+    pub(crate) advertise: Option<String>,
+    /// HTTP API address to bind.
+    #[arg(long, env = "LIEGE_HTTP", default_value = "127.0.0.1:8080")]
+    pub(crate) http: SocketAddr,
+    /// Store: memory:, sqlite:PATH or postgres://... (falls back to DATABASE_URL).
+    #[arg(long, env = "LIEGE_STORE")]
+    pub(crate) store: Option<String>,
+    /// Cluster secret (prefer --secret-file or LIEGE_SECRET).
+    #[arg(long, env = "LIEGE_SECRET", hide_env_values = true)]
+    pub(crate) secret: Option<String>,
+    /// File holding the cluster secret (trailing newline ignored).
+    #[arg(long, env = "LIEGE_SECRET_FILE")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// Lease TTL in milliseconds: how long a silent node keeps its partitions.
+    #[arg(long, env = "LIEGE_LEASE_TTL_MS", default_value_t = 1000)]
+    pub(crate) lease_ttl_ms: u64,
+    /// Partition count (fixed when the cluster is created).
+    #[arg(long, env = "LIEGE_PARTITIONS", default_value_t = 1024)]
+    pub(crate) partitions: u32,
+    /// Persistence: durable, interval:MS or on_passivate.
+    #[arg(long, env = "LIEGE_PERSISTENCE", default_value = "durable")]
+    pub(crate) persistence: Persistence,
+    /// Idle time before an activation is passivated, in seconds.
+    #[arg(long, env = "LIEGE_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub(crate) idle_timeout_secs: u64,
+    /// Mailbox bound per key.
+    #[arg(long, env = "LIEGE_MAILBOX", default_value_t = 1024)]
+    pub(crate) mailbox: usize,
+    /// Placement policy (see docs/ARCHITECTURE.md), e.g. "regions=iad>ord,ord>iad".
+    #[arg(long, env = "LIEGE_PLACEMENT")]
+    pub(crate) placement: Option<String>,
+    /// Record every committed write in the store's audit table (drills, debugging).
+    #[arg(long, env = "LIEGE_AUDIT")]
+    pub(crate) audit: bool,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "LIEGE_LOG_JSON")]
+    pub(crate) log_json: bool,
+}
+
+pub(crate) fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIEGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn store_url(args: &NodeArgs) -> anyhow::Result<StoreUrl> {
+    let raw = args
+        .store
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .unwrap_or_else(|| "sqlite:./liege-data/liege.db".to_string());
+    raw.parse::<StoreUrl>().map_err(|e| anyhow::anyhow!(e))
+}
+
+fn secret(args: &NodeArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    match (&args.secret, &args.secret_file) {
+        (Some(_), Some(_)) => bail!("give either --secret or --secret-file, not both"),
+        (Some(s), None) => Ok(Some(s.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let s = std::fs::read_to_string(path)
+                .with_context(|| format!("reading secret file {}", path.display()))?;
+            let s = s.trim_end_matches(['\n', '\r']);
+            if s.is_empty() {
+                bail!("secret file {} is empty", path.display());
+            }
+            Ok(Some(s.as_bytes().to_vec()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Runs a node until SIGTERM/SIGINT, then shuts down gracefully.
+pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_json);
+    let region = args
+        .region
+        .clone()
+        .or_else(|| std::env::var("FLY_REGION").ok())
+        .unwrap_or_else(|| "local".to_string());
+    let url = store_url(&args)?;
+    let store = liege::store::open(&url, StoreOptions { audit: args.audit })
+        .await
+        .with_context(|| format!("opening store {url:?}"))?;
+
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", args.http))?;
+    let http_addr = http.local_addr()?;
+
+    let mut config = NodeConfig::new(args.name.clone(), region);
+    config.cluster_listen = args.listen;
+    config.cluster_advertise = args.advertise.clone();
+    config.http_advertise = http_addr.to_string();
+    config.secret = secret(&args)?;
+    config.partitions = args.partitions;
+    config.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+    config.persistence = args.persistence;
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+    config.mailbox_capacity = args.mailbox;
+    if let Some(p) = &args.placement {
+        config.placement = p.parse().map_err(|e| anyhow::anyhow!("--placement: {e}"))?;
+    }
+
+    let node = Node::start(config, store, Agents::with_builtins())
+        .await
+        .context("starting the node")?;
+    tracing::info!(
+        name = %node.name(),
+        region = %node.region(),
+        http = %http_addr,
+        cluster = %node.cluster_addr(),
+        store = url_label(&url),
+        "liege node started"
+    );
+
+    let stop_http = CancellationToken::new();
+    let http_task = tokio::spawn(liege::http::serve(http, node.clone(), stop_http.clone()));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: handing off partitions and making state durable");
+    node.shutdown().await;
+    stop_http.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+        Ok(Ok(Ok(()))) | Err(_) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn url_label(url: &StoreUrl) -> &'static str {
+    match url {
+        StoreUrl::Memory => "memory",
+        StoreUrl::Sqlite(_) => "sqlite",
+        StoreUrl::Postgres(_) => "postgres",
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The per-node checkpoint writer: group-commits fenced writes of many keys in one store
+//! transaction.
+//!
+//! Callers submit a [`CheckpointWrite`] and await its own outcome. The writer takes whatever
+//! is queued (up to `max_batch`) while the previous batch commits, so under load a batch
+//! carries many keys for the price of one transaction (and one fsync).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::ids::Rev;
+use crate::store::{CheckpointWrite, SharedStore, StoreError, WriteError};
+use crate::telemetry::Telemetry;
+
+/// Outcome of one submitted write: the store's verdict on the row, or a store error (unknown
+/// outcome).
+pub(crate) type WriteOutcome = Result<Result<Rev, WriteError>, StoreError>;
+
+struct Job {
+    write: CheckpointWrite,
+    reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// Handle to submit writes to the node's writer task.
+#[derive(Clone)]
+pub(crate) struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl WriterHandle {
+    /// Submits one write and waits for its outcome.
+    pub(crate) async fn write(&self, write: CheckpointWrite) -> WriteOutcome {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job { write, reply }).await.is_err() {
+            return Err(StoreError::Unavailable("checkpoint writer stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("checkpoint writer stopped".into())))
+    }
+}
+
+/// Starts the writer task; it stops when `shutdown` is cancelled and its queue is drained,
+/// or when every handle is dropped.
+pub(crate) fn spawn_writer(
+    store: SharedStore,
+    telemetry: Arc<Telemetry>,
+    max_batch: usize,
+    shutdown: CancellationToken,
+) -> WriterHandle {
+    let (tx, mut rx) = mpsc::channel::<Job>(max_batch * 8);
+    tokio::spawn(async move {
+        let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+        loop {
+            let n = tokio::select! {
+                biased;
+                n = rx.recv_many(&mut jobs, max_batch) => n,
+                _ = shutdown.cancelled() => {
+                    // Drain what is already queued, then stop.
+                    rx.close();
+                    rx.recv_many(&mut jobs, max_batch).await
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let batch: Vec<CheckpointWrite> = jobs.iter().map(|j| j.write.clone()).collect();
+            let started = Instant::now();
+            let result = store.write(&batch).await;
+            telemetry
+                .commit_duration
+                .observe(started.elapsed().as_secs_f64());
+            telemetry.commit_batch.observe(batch.len() as f64);
+            match result {
+                Ok(outcomes) if outcomes.len() == jobs.len() => {
+                    for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                        telemetry.write_outcome(match &outcome {
+                            Ok(_) => "ok",
+                            Err(WriteError::Fenced { .. }) => "fenced",
+                            Err(WriteError::Conflict { .. }) => "conflict",
+                        });
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                }
+                Ok(outcomes) => {
+                    let err = StoreError::Other(format!(
+                        "store answered {} outcomes for {} writes",
+                        outcomes.len(),
+                        jobs.len()
+                    ));
+                    for job in jobs.drain(..) {
+                        telemetry.write_outcome("error");
+                        let _ = job.reply.send(Err(err.clone()));
+                    }
+                }
+                Err(err) => {
+                    for job in jobs.drain(..) {
+                        telemetry.write_outcome("error");
+                        let _ = job.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    });
+    WriterHandle { tx }
+}

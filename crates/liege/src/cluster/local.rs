@@ -1,0 +1,200 @@
+//! Local execution: the activations this node hosts, one turn at a time per key.
+//!
+//! An [`Activation`] is created lazily by the first signal for a key on the owner. Its turn
+//! lock makes handling exclusive per key; its `queued` counter bounds the mailbox (waiters on
+//! the lock) so a hot key answers `Overloaded` instead of growing memory. The state is loaded
+//! inside the first turn, so concurrent first calls activate (and load) exactly once.
+//!
+//! An activation belongs to one `(partition, epoch)`. When the node loses that epoch — fenced
+//! write, self-fence, partition lost — the activation is marked dead and removed without
+//! writing; anyone waiting on its turn sees `dead` and re-routes.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::agent::checkpoint::DedupeWindow;
+use crate::agent::{AnyState, DynAgent};
+use crate::core::ids::{AgentKey, Epoch, PartitionId, Rev};
+
+const SHARDS: usize = 64;
+
+/// The mutable part of an activation, guarded by its turn lock.
+pub(crate) struct Turn {
+    /// `None` until loaded in the first turn.
+    pub(crate) state: Option<AnyState>,
+    /// Revision of the last committed checkpoint (0: none).
+    pub(crate) rev: Rev,
+    /// Recently applied signal ids and their replies.
+    pub(crate) dedupe: DedupeWindow,
+}
+
+/// One live agent instance on this node.
+pub(crate) struct Activation {
+    pub(crate) key: AgentKey,
+    pub(crate) partition: PartitionId,
+    /// The epoch the partition was held at when this activation was created; its writes are
+    /// fenced with it.
+    pub(crate) epoch: Epoch,
+    pub(crate) agent: Arc<dyn DynAgent>,
+    pub(crate) turn: tokio::sync::Mutex<Turn>,
+    /// Signals admitted and waiting for (or holding) the turn.
+    pub(crate) queued: AtomicU32,
+    /// Last signal, in ms since the node's origin (idle passivation).
+    pub(crate) last_used: AtomicU64,
+    /// Set once removed; holders of a stale `Arc` must re-route.
+    pub(crate) dead: AtomicBool,
+    /// State changed since the last committed checkpoint (non-durable modes).
+    pub(crate) dirty: AtomicBool,
+}
+
+impl Activation {
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+}
+
+/// All activations of this node, sharded by key hash.
+pub(crate) struct Local {
+    hasher: Xxh3Builder,
+    shards: Box<[Mutex<HashMap<AgentKey, Arc<Activation>, Xxh3Builder>>]>,
+    per_partition: Box<[AtomicU32]>,
+    active: AtomicUsize,
+}
+
+impl Local {
+    pub(crate) fn new(partitions: u32) -> Self {
+        let hasher = Xxh3Builder::new().with_seed(rand::random());
+        Self {
+            hasher,
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher)))
+                .collect(),
+            per_partition: (0..partitions).map(|_| AtomicU32::new(0)).collect(),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, key: &AgentKey) -> &Mutex<HashMap<AgentKey, Arc<Activation>, Xxh3Builder>> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// The live activation of `key` at `epoch`, creating it if absent (or if the existing one
+    /// is dead or from another epoch). Returns `(activation, created)`.
+    pub(crate) fn get_or_create(
+        &self,
+        key: &AgentKey,
+        partition: PartitionId,
+        epoch: Epoch,
+        agent: &Arc<dyn DynAgent>,
+        now_ms: u64,
+    ) -> (Arc<Activation>, bool) {
+        let mut shard = self.shard(key).lock();
+        if let Some(existing) = shard.get(key) {
+            if existing.epoch == epoch && !existing.is_dead() {
+                return (existing.clone(), false);
+            }
+            let old = shard.remove(key).expect("present: just looked it up");
+            self.forget(&old);
+        }
+        let act = Arc::new(Activation {
+            key: key.clone(),
+            partition,
+            epoch,
+            agent: agent.clone(),
+            turn: tokio::sync::Mutex::new(Turn {
+                state: None,
+                rev: Rev(0),
+                dedupe: DedupeWindow::default(),
+            }),
+            queued: AtomicU32::new(0),
+            last_used: AtomicU64::new(now_ms),
+            dead: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+        });
+        shard.insert(key.clone(), act.clone());
+        self.active.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.per_partition.get(partition.0 as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        (act, true)
+    }
+
+    /// Whether `key` has a live activation here.
+    pub(crate) fn get(&self, key: &AgentKey) -> Option<Arc<Activation>> {
+        self.shard(key)
+            .lock()
+            .get(key)
+            .filter(|a| !a.is_dead())
+            .cloned()
+    }
+
+    fn forget(&self, act: &Activation) {
+        if !act.dead.swap(true, Ordering::AcqRel) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(c) = self.per_partition.get(act.partition.0 as usize) {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Marks `act` dead and removes it (if it is still the one in the map). Returns true if
+    /// this call killed it.
+    pub(crate) fn remove(&self, act: &Arc<Activation>) -> bool {
+        let mut shard = self.shard(&act.key).lock();
+        if shard.get(&act.key).is_some_and(|a| Arc::ptr_eq(a, act)) {
+            shard.remove(&act.key);
+        }
+        let was_alive = !act.is_dead();
+        self.forget(act);
+        was_alive
+    }
+
+    /// Activations of one partition.
+    pub(crate) fn in_partition(&self, p: PartitionId) -> Vec<Arc<Activation>> {
+        if self.partition_count(p) == 0 {
+            return Vec::new();
+        }
+        self.collect(|a| a.partition == p)
+    }
+
+    /// Every activation matching `pred`.
+    pub(crate) fn collect(&self, pred: impl Fn(&Activation) -> bool) -> Vec<Arc<Activation>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.lock().values().filter(|a| pred(a)).cloned());
+        }
+        out
+    }
+
+    pub(crate) fn partition_count(&self, p: PartitionId) -> u32 {
+        self.per_partition
+            .get(p.0 as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Removes every activation without writing (self-fence, kill).
+    pub(crate) fn drop_all(&self) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let drained: Vec<_> = shard.lock().drain().map(|(_, a)| a).collect();
+            for act in drained {
+                if !act.is_dead() {
+                    n += 1;
+                }
+                self.forget(&act);
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,261 @@
+//! The HTTP API (axum): the demo endpoints, the generic CloudEvents endpoint, health,
+//! readiness and metrics. Every error is `{"error":{"code","message"}}` with a fitting status.
+
+mod error;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::agent::Signal;
+use crate::cluster::{CallOptions, Node};
+use crate::core::ids::{validate_id, AgentKey, KeyError};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The API's routes for `node`.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/demo/keys/{id}/inc", post(demo_inc))
+        .route("/demo/keys/{id}/owner", get(demo_owner))
+        .route("/demo/cluster/stats", get(demo_stats))
+        .route(
+            "/v1/agents/{kind}/{id}",
+            post(agent_signal).get(agent_state).delete(agent_stop),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+fn key_from(kind: &str, id: &str) -> Result<AgentKey, ApiError> {
+    if let Err(e @ KeyError::IdTooLong { .. }) = validate_id(id) {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "id_too_long", e.to_string()));
+    }
+    AgentKey::new(kind, id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn check_ready(node: &Node) -> Result<(), ApiError> {
+    if node.is_ready() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("node {} is not ready (no valid lease or directory not loaded)", node.name()),
+        ))
+    }
+}
+
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "body_too_large", format!("request body exceeds {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::new(status, "bad_body", rejection.body_text())
+        }
+    })
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v).map_err(|r| ApiError::bad_request(r.body_text()))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if s.is_empty() || s.len() > 256 {
+                return Err(ApiError::bad_request("Idempotency-Key must be 1..=256 bytes"));
+            }
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+async fn demo_inc(
+    State(node): State<Node>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path(id)?;
+    let raw = body(raw)?;
+    let key = key_from("counter", &id)?;
+    check_ready(&node)?;
+    let mut signal = Signal::new("inc").with_source("/demo");
+    if !raw.iter().all(u8::is_ascii_whitespace) {
+        let data: Value = serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+        if !data.is_object() {
+            return Err(ApiError::bad_request("body must be a JSON object like {\"by\": 2}"));
+        }
+        signal = signal.with_data(data);
+    }
+    if let Some(k) = idempotency_key(&headers)? {
+        signal = signal.with_id(k);
+    }
+    let reply = node.call(&key, signal, CallOptions::default()).await?;
+    Ok(Json(json!({
+        "key": id,
+        "value": reply.value.get("value").cloned().unwrap_or(Value::Null),
+        "owner": reply.node,
+        "region": reply.region,
+    })))
+}
+
+async fn demo_owner(
+    State(node): State<Node>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path(id)?;
+    let key = key_from("counter", &id)?;
+    let info = node.owner_node(&key)?;
+    Ok(Json(json!({
+        "key": id,
+        "owner": info.owner,
+        "region": info.region,
+        "http_addr": info.http_addr,
+        "partition": info.partition,
+        "epoch": info.epoch,
+        "owned": info.owned,
+        "asked": node.name(),
+    })))
+}
+
+async fn demo_stats(State(node): State<Node>) -> Json<Value> {
+    let stats = node.stats().await;
+    Json(serde_json::to_value(stats).expect("stats serialize"))
+}
+
+async fn agent_signal(
+    State(node): State<Node>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (kind, id) = path(p)?;
+    let raw = body(raw)?;
+    let key = key_from(&kind, &id)?;
+    if !node.agents().contains(&kind) {
+        return Err(crate::error::CallError::UnknownKind { kind }.into());
+    }
+    let mut signal =
+        Signal::from_json(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(k) = idempotency_key(&headers)? {
+        signal.id = k;
+    }
+    check_ready(&node)?;
+    let options = CallOptions {
+        timeout: timeout_header(&headers)?,
+    };
+    let reply = node.call(&key, signal, options).await?;
+    Ok(with_node_headers(Json(reply.value), &reply.node, &reply.region))
+}
+
+async fn agent_state(
+    State(node): State<Node>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (kind, id) = path(p)?;
+    let key = key_from(&kind, &id)?;
+    check_ready(&node)?;
+    let options = CallOptions {
+        timeout: timeout_header(&headers)?,
+    };
+    let reply = node.get(&key, options).await?;
+    Ok(with_node_headers(Json(reply.value), &reply.node, &reply.region))
+}
+
+async fn agent_stop(
+    State(node): State<Node>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (kind, id) = path(p)?;
+    let key = key_from(&kind, &id)?;
+    check_ready(&node)?;
+    node.stop(&key, CallOptions::default()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn timeout_header(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    match headers.get("liege-timeout-ms") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|ms| (1..=600_000).contains(ms))
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .ok_or_else(|| ApiError::bad_request("liege-timeout-ms must be 1..=600000")),
+    }
+}
+
+fn with_node_headers(body: impl IntoResponse, node: &str, region: &str) -> Response {
+    let mut resp = body.into_response();
+    for (name, value) in [("liege-node", node), ("liege-region", region)] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(node): State<Node>) -> Result<Json<Value>, ApiError> {
+    check_ready(&node)?;
+    Ok(Json(json!({"status": "ready", "node": node.name()})))
+}
+
+async fn metrics(State(node): State<Node>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.telemetry().encode(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}

@@ -1,0 +1,331 @@
+//! Typed telemetry: every [`Event`] is a `tracing` event, a Prometheus series and an item on
+//! the node's [`subscribe`](crate::cluster::Node::subscribe) stream. One [`Telemetry`] (and one
+//! metrics registry) per node; no globals.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::transport::TransportCounters;
+
+/// Something that happened to the cluster, as seen by one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// This node joined the cluster (at start or after a self-fence).
+    NodeJoined {
+        /// Node name.
+        node: String,
+        /// Region.
+        region: String,
+        /// The new incarnation.
+        incarnation: u64,
+    },
+    /// Another node's lease expired (seen by this node).
+    NodeExpired {
+        /// The expired node's name.
+        node: String,
+    },
+    /// This node missed its lease deadline and stopped serving.
+    SelfFenced {
+        /// Node name.
+        node: String,
+        /// Why the renewal failed.
+        reason: String,
+    },
+    /// This node claimed a partition.
+    PartitionClaimed {
+        /// Partition.
+        partition: u32,
+        /// New epoch.
+        epoch: u64,
+        /// Previous owner's name, if any.
+        from: Option<String>,
+    },
+    /// This node released a partition in a planned handoff.
+    PartitionReleased {
+        /// Partition.
+        partition: u32,
+        /// Epoch released.
+        epoch: u64,
+        /// The node meant to take it.
+        to: Option<String>,
+    },
+    /// This node found a partition it held owned by someone else (it had been fenced out).
+    PartitionLost {
+        /// Partition.
+        partition: u32,
+        /// Epoch it had held.
+        epoch: u64,
+    },
+    /// This node started claiming the partitions of an expired node.
+    FailoverStarted {
+        /// The expired node.
+        from: String,
+        /// Partitions it owned that this node wants.
+        partitions: usize,
+    },
+    /// This node finished claiming the partitions of an expired node.
+    FailoverSucceeded {
+        /// The expired node.
+        from: String,
+        /// Partitions claimed.
+        partitions: usize,
+        /// From seeing the expiry to holding the partitions.
+        duration_ms: u64,
+        /// From the moment the lease expired (store clock) to holding the partitions.
+        since_expiry_ms: u64,
+    },
+    /// A planned partition move (rebalance or drain) began.
+    MigrationStarted {
+        /// Partition.
+        partition: u32,
+        /// Current owner (this node).
+        from: String,
+        /// Desired owner.
+        to: String,
+    },
+    /// A planned move finished: state durable and partition released.
+    MigrationSucceeded {
+        /// Partition.
+        partition: u32,
+        /// This node.
+        from: String,
+        /// Desired owner.
+        to: String,
+        /// How long the handoff took.
+        duration_ms: u64,
+    },
+    /// A planned move failed; the partition stays here or is lost.
+    MigrationFailed {
+        /// Partition.
+        partition: u32,
+        /// This node.
+        from: String,
+        /// Desired owner.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// A planned move was not attempted.
+    MigrationSkipped {
+        /// Partition.
+        partition: u32,
+        /// This node.
+        from: String,
+        /// Desired owner.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The event's snake_case name (also its metrics label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::NodeJoined { .. } => "node_joined",
+            Event::NodeExpired { .. } => "node_expired",
+            Event::SelfFenced { .. } => "self_fenced",
+            Event::PartitionClaimed { .. } => "partition_claimed",
+            Event::PartitionReleased { .. } => "partition_released",
+            Event::PartitionLost { .. } => "partition_lost",
+            Event::FailoverStarted { .. } => "failover_started",
+            Event::FailoverSucceeded { .. } => "failover_succeeded",
+            Event::MigrationStarted { .. } => "migration_started",
+            Event::MigrationSucceeded { .. } => "migration_succeeded",
+            Event::MigrationFailed { .. } => "migration_failed",
+            Event::MigrationSkipped { .. } => "migration_skipped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EventLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CallLabels {
+    pub(crate) kind: String,
+    pub(crate) outcome: &'static str,
+}
+
+/// The node's metrics and event stream.
+pub struct Telemetry {
+    registry: Registry,
+    events_tx: broadcast::Sender<Event>,
+    events: Family<EventLabels, Counter>,
+    pub(crate) calls: Family<CallLabels, Counter>,
+    pub(crate) call_duration: Family<CallLabels, Histogram>,
+    pub(crate) agents_active: Gauge,
+    pub(crate) agents_activated: Counter,
+    pub(crate) agents_passivated: Counter,
+    pub(crate) commit_duration: Histogram,
+    pub(crate) commit_batch: Histogram,
+    pub(crate) commit_rows: Family<EventLabels, Counter>,
+    pub(crate) partitions_owned: Gauge,
+    pub(crate) failover_duration: Histogram,
+    pub(crate) lease_ok: Gauge,
+    transport: Arc<TransportCounters>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// A fresh registry with every liege series registered.
+    pub fn new(transport: Arc<TransportCounters>) -> Self {
+        let mut registry = Registry::with_prefix("liege");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register("cluster_events", "Cluster events seen by this node", events.clone());
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register("agent_calls", "Signals handled by kind and outcome", calls.clone());
+        let call_duration = Family::<CallLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_005, 2.0, 22))
+        });
+        registry.register(
+            "agent_call_duration_seconds",
+            "Signal latency at the node that received the call, by kind and outcome",
+            call_duration.clone(),
+        );
+        let agents_active = Gauge::default();
+        registry.register("agents_active", "Agents active on this node", agents_active.clone());
+        let agents_activated = Counter::default();
+        registry.register("agents_activated", "Agent activations", agents_activated.clone());
+        let agents_passivated = Counter::default();
+        registry.register(
+            "agents_passivated",
+            "Agent deactivations (idle, stop, handoff, fenced)",
+            agents_passivated.clone(),
+        );
+        let commit_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "store_commit_duration_seconds",
+            "Duration of one group commit of checkpoints",
+            commit_duration.clone(),
+        );
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "store_commit_batch_size",
+            "Checkpoint writes per group commit",
+            commit_batch.clone(),
+        );
+        let commit_rows = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "store_checkpoint_writes",
+            "Checkpoint writes by outcome (ok, fenced, conflict, error)",
+            commit_rows.clone(),
+        );
+        let partitions_owned = Gauge::default();
+        registry.register(
+            "cluster_partitions_owned",
+            "Partitions this node owns",
+            partitions_owned.clone(),
+        );
+        let failover_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        registry.register(
+            "cluster_failover_duration_seconds",
+            "From a peer's lease expiry (store clock) to this node holding its partitions",
+            failover_duration.clone(),
+        );
+        let lease_ok = Gauge::default();
+        registry.register(
+            "cluster_lease_valid",
+            "1 while this node holds a valid lease",
+            lease_ok.clone(),
+        );
+        let (events_tx, _) = broadcast::channel(1024);
+        Self {
+            registry,
+            events_tx,
+            events,
+            calls,
+            call_duration,
+            agents_active,
+            agents_activated,
+            agents_passivated,
+            commit_duration,
+            commit_batch,
+            commit_rows,
+            partitions_owned,
+            failover_duration,
+            lease_ok,
+            transport,
+        }
+    }
+
+    /// Records an event: a `tracing` event, a counter, and a broadcast to subscribers.
+    pub fn emit(&self, event: Event) {
+        self.events
+            .get_or_create(&EventLabels {
+                event: event.name(),
+            })
+            .inc();
+        match &event {
+            Event::SelfFenced { .. } | Event::MigrationFailed { .. } => {
+                tracing::warn!(event = event.name(), details = ?event, "cluster event")
+            }
+            Event::FailoverSucceeded {
+                since_expiry_ms, ..
+            } => {
+                self.failover_duration
+                    .observe(Duration::from_millis(*since_expiry_ms).as_secs_f64());
+                tracing::info!(event = event.name(), details = ?event, "cluster event")
+            }
+            _ => tracing::info!(event = event.name(), details = ?event, "cluster event"),
+        }
+        // No subscribers is fine.
+        let _ = self.events_tx.send(event);
+    }
+
+    /// A new stream of events from now on. A slow subscriber lags (and is told so) rather than
+    /// slowing the node.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events_tx.subscribe()
+    }
+
+    /// Records the outcome of a checkpoint write.
+    pub(crate) fn write_outcome(&self, outcome: &'static str) {
+        self.commit_rows
+            .get_or_create(&EventLabels { event: outcome })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        // Transport counters live in atomics owned by the transport; render them here.
+        let t = &self.transport;
+        let lines = [
+            ("liege_transport_connections_accepted_total", "Peer connections accepted", t.connections_accepted.load(Ordering::Relaxed)),
+            ("liege_transport_handshakes_refused_total", "Peer handshakes refused (bad secret, bad version, garbage)", t.handshakes_refused_total()),
+            ("liege_transport_requests_sent_total", "Requests sent to peers", t.requests_sent.load(Ordering::Relaxed)),
+            ("liege_transport_requests_received_total", "Requests received from peers", t.requests_received.load(Ordering::Relaxed)),
+            ("liege_transport_request_timeouts_total", "Requests to peers that timed out", t.request_timeouts.load(Ordering::Relaxed)),
+        ];
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let mut extra = String::new();
+        for (name, help, value) in lines {
+            extra.push_str(&format!(
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        out.insert_str(eof, &extra);
+        out
+    }
+}
