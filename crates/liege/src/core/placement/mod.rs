@@ -26,15 +26,16 @@
 //! it owned (the choice of tier depends only on which regions have a live node, so this holds
 //! with a policy too); shares are balanced within each tier.
 //!
-//! The policy has a one-line text form for the CLI; see [`PlacementPolicy`]'s `FromStr`.
+//! The policy has a one-line text form for the CLI; see [`PlacementPolicy`].
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::core::ids::{AgentKey, PartitionId};
 
+mod rendezvous;
 mod text;
 
+pub use rendezvous::{assignment, desired_owner, score, Candidate};
 pub use text::ParsePolicyError;
 
 #[cfg(test)]
@@ -52,6 +53,41 @@ pub const MAX_REGION_BYTES: usize = 64;
 ///
 /// The default is [`PlacementPolicy::none`]: no region awareness, keys spread over all
 /// partitions and partitions over all live nodes.
+///
+/// # Text form
+///
+/// For the CLI's `--placement` flag or file, a policy parses from (`str::parse`) and prints as
+/// (`Display`) a small text format:
+///
+/// ```text
+/// # `#` starts a comment; `;` or a line break ends a statement; blank statements are ignored.
+/// regions = iad>ord>lax, ord>iad>lax, lax>ord>iad   # each region, then its fallbacks in order
+/// prefix tenant-7/ = iad                             # ids starting with `tenant-7/` live in iad
+/// prefix tenant-9/=lax; prefix =ord                  # an empty prefix: default home region
+/// ```
+///
+/// - `regions=ENTRY,ENTRY,…` at most once. Each entry is `REGION>FALLBACK>FALLBACK…`; entries
+///   give the order of [`regions`](Self::regions) (partition `p` belongs to entry `p mod n`),
+///   fallbacks the order they are tried.
+/// - `prefix PREFIX=REGION` any number of times, in table order. `PREFIX` is everything between
+///   the keyword and the *last* `=`, trimmed: it may contain `=`, but not `;`, `#`, a line
+///   break, or leading or trailing whitespace. It may be empty.
+/// - `none` alone, or a text without statements, is [`PlacementPolicy::none`].
+/// - Whitespace around names, `>`, `,` and `=` is ignored. Region names are `[A-Za-z0-9_.-]`.
+///
+/// Parsing runs every check of [`validate`](Self::validate) but the one that needs the
+/// partition count, so callers still call `validate(partitions)`. `Display` writes the
+/// canonical one-line form (`regions=iad>ord,ord>iad; prefix tenant-7/=iad`, or `none`), which
+/// parses back to the same policy whenever its prefixes are expressible as above.
+///
+/// ```
+/// use liege::core::placement::PlacementPolicy;
+///
+/// let policy: PlacementPolicy = "regions=iad>ord,ord>iad; prefix tenant-7/=iad".parse().unwrap();
+/// policy.validate(1024).unwrap();
+/// assert_eq!(policy.regions[1].fallbacks, ["iad"]);
+/// assert_eq!(policy.to_string().parse::<PlacementPolicy>().unwrap(), policy);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacementPolicy {
     /// Regions that own partitions, in order, each with its fallback regions in order.
@@ -277,139 +313,4 @@ fn check_region_name(name: &str) -> Result<(), PlacementError> {
             region: name.to_owned(),
         })
     }
-}
-
-/// A live node as placement sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Candidate<'a> {
-    /// The node's stable name; unique among live nodes. Its hash decides what it owns.
-    pub name: &'a str,
-    /// The region the node runs in, compared byte for byte with the policy's region names.
-    pub region: &'a str,
-}
-
-impl<'a> Candidate<'a> {
-    /// A live node named `name` in `region`.
-    pub fn new(name: &'a str, region: &'a str) -> Self {
-        Self { name, region }
-    }
-}
-
-/// The rendezvous score of a node for a partition: xxh3-64 (seed 0) of the partition number as
-/// four big-endian bytes followed by the node name's bytes.
-///
-/// Specified and stable across builds and platforms: changing it would move partitions in every
-/// running cluster during a rolling upgrade.
-pub fn score(p: PartitionId, node_name: &str) -> u64 {
-    let mut buf = Vec::with_capacity(4 + node_name.len());
-    buf.extend_from_slice(&p.0.to_be_bytes());
-    buf.extend_from_slice(node_name.as_bytes());
-    xxh3_64(&buf)
-}
-
-/// The running winner of a rendezvous: highest score, ties broken by the smaller name.
-struct Best<'a>(Option<(u64, &'a str)>);
-
-impl<'a> Best<'a> {
-    fn offer(&mut self, score: u64, name: &'a str) {
-        let better = match self.0 {
-            None => true,
-            Some((s, n)) => score > s || (score == s && name < n),
-        };
-        if better {
-            self.0 = Some((score, name));
-        }
-    }
-
-    fn name(&self) -> Option<&'a str> {
-        self.0.map(|(_, name)| name)
-    }
-}
-
-fn rendezvous<'a, 'c>(
-    p: PartitionId,
-    candidates: impl Iterator<Item = &'c Candidate<'a>>,
-) -> Option<&'a str>
-where
-    'a: 'c,
-{
-    let mut best = Best(None);
-    for c in candidates {
-        best.offer(score(p, c.name), c.name);
-    }
-    best.name()
-}
-
-/// The desired owner of partition `p` among `live` (any order; names MUST be unique).
-///
-/// Rendezvous hashing (highest [`score`], ties broken by the smaller name) over the live nodes
-/// of the partition's home region; if none is live, over those of each fallback region in
-/// order; if none of those is live either (or the policy has no regions), over all live nodes.
-/// `None` only when `live` is empty.
-pub fn desired_owner<'a>(
-    policy: &PlacementPolicy,
-    p: PartitionId,
-    live: &[Candidate<'a>],
-) -> Option<&'a str> {
-    if let Some(home) = policy.region_of_partition(p) {
-        for region in std::iter::once(&home.name).chain(&home.fallbacks) {
-            let owner = rendezvous(p, live.iter().filter(|c| c.region == region.as_str()));
-            if owner.is_some() {
-                return owner;
-            }
-        }
-    }
-    rendezvous(p, live.iter())
-}
-
-/// The desired owners of partitions `0..partitions`, indexed by partition number; the same
-/// answers as [`desired_owner`] for each, in one pass (each region's tier is worked out once and
-/// each node's hash input is built once). Every entry is `None` only when `live` is empty.
-pub fn assignment<'a>(
-    policy: &PlacementPolicy,
-    partitions: u32,
-    live: &[Candidate<'a>],
-) -> Vec<Option<&'a str>> {
-    let all: Vec<usize> = (0..live.len()).collect();
-    // For each region of the policy, the indices of the live nodes its partitions choose from.
-    let tiers: Vec<Vec<usize>> = policy
-        .regions
-        .iter()
-        .map(|home| {
-            std::iter::once(&home.name)
-                .chain(&home.fallbacks)
-                .map(|region| {
-                    (0..live.len())
-                        .filter(|&i| live[i].region == region.as_str())
-                        .collect::<Vec<_>>()
-                })
-                .find(|tier| !tier.is_empty())
-                .unwrap_or_else(|| all.clone())
-        })
-        .collect();
-    // Hash input per node: four bytes for the partition, overwritten per partition, then the name.
-    let mut inputs: Vec<Vec<u8>> = live
-        .iter()
-        .map(|c| {
-            let mut buf = Vec::with_capacity(4 + c.name.len());
-            buf.extend_from_slice(&[0; 4]);
-            buf.extend_from_slice(c.name.as_bytes());
-            buf
-        })
-        .collect();
-    let mut owners = Vec::with_capacity(partitions as usize);
-    for p in 0..partitions {
-        let tier = match tiers.len() {
-            0 => &all,
-            n => &tiers[p as usize % n],
-        };
-        let mut best = Best(None);
-        for &i in tier {
-            let input = &mut inputs[i];
-            input[..4].copy_from_slice(&p.to_be_bytes());
-            best.offer(xxh3_64(input), live[i].name);
-        }
-        owners.push(best.name());
-    }
-    owners
 }

@@ -1,5 +1,8 @@
 //! Unit tests: pinned hashes, validation and the text format's edges.
 
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::rendezvous::Best;
 use super::*;
 
 fn key(id: &str) -> AgentKey {
@@ -249,3 +252,4 @@ fn a_policy_survives_serde() {
         policy
     );
 }
+

@@ -1,25 +1,6 @@
-//! The policy's text form, for the CLI's `--placement` flag or file.
+//! The policy's text form for the CLI: `FromStr` and `Display` for [`PlacementPolicy`].
 //!
-//! ```text
-//! # `#` starts a comment; `;` or a new line ends a statement; blank statements are ignored.
-//! regions = iad>ord>lax, ord>iad>lax, lax>ord>iad   # each region, then its fallbacks in order
-//! prefix tenant-7/ = iad                             # ids starting with `tenant-7/` live in iad
-//! prefix tenant-9/=lax; prefix =ord                  # an empty prefix: default home region
-//! ```
-//!
-//! - `regions=ENTRY,ENTRY,…` at most once. Each entry is `REGION>FALLBACK>FALLBACK…`: the order of
-//!   entries is the order of [`PlacementPolicy::regions`] (partition `p` belongs to entry
-//!   `p mod n`), the order of fallbacks is the order they are tried.
-//! - `prefix PREFIX=REGION` any number of times, in table order. `PREFIX` is everything between
-//!   the keyword and the *last* `=`, trimmed, so it may contain `=` but not `;`, `#`, a line break,
-//!   or leading or trailing whitespace. It may be empty.
-//! - `none` alone, or a text with no statements, is [`PlacementPolicy::none`].
-//! - Whitespace around names, `>`, `,` and `=` is ignored. Region names are `[A-Za-z0-9_.-]`.
-//!
-//! Parsing runs every check of [`PlacementPolicy::validate`] except the one that needs the
-//! partition count, so callers still call `validate(partitions)`. [`Display`](fmt::Display)
-//! writes the canonical one-line form, which parses back to the same policy (for any policy
-//! whose prefixes are expressible, as above).
+//! The format is documented on [`PlacementPolicy`] (section "Text form").
 
 use std::fmt;
 use std::str::FromStr;
