@@ -252,4 +252,3 @@ fn a_policy_survives_serde() {
         policy
     );
 }
-
