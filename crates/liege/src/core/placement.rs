@@ -1,2 +1,0 @@
-//! Placement: which live node should own a partition (rendezvous hashing, region-aware).
-//! (Being written; see the interface notes in the session plan.)
