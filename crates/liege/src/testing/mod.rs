@@ -1,3 +1,7 @@
-//! Test support for liege and for users' own tests.
+//! Test support for liege and for users' own tests: an in-process multi-node
+//! [`TestCluster`] with fault injection, and the store conformance suite.
 
+mod cluster;
 pub mod conformance;
+
+pub use cluster::{check_audit, TestCluster, TestClusterBuilder, TestNode, TestStore};
