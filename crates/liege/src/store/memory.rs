@@ -1,6 +1,303 @@
-//! In-process store (placeholder until the backend lands).
-use super::{SharedStore, StoreError, StoreOptions, StoreResult};
+//! In-process store: every table in one mutex, for tests and single-process clusters.
+//!
+//! Each operation takes the lock once, so every method is trivially one atomic transaction,
+//! and claims and fenced writes serialize exactly as they would in a database. The lock is
+//! never held across an `.await`.
+//!
+//! The clock is milliseconds since the store was created, measured with
+//! [`tokio::time::Instant`]: tests on a paused tokio clock control lease expiry exactly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::rules::{self, ClaimDecision, LeaseState};
+use super::{
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership, NodeLease,
+    NodeRecord, PartitionRow, SharedStore, Store, StoreChange, StoreError, StoreOptions,
+    StoreResult, StoreTime, WriteError,
+};
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+
+/// How many change notifications a slow watcher may fall behind before it sees `Lagged`
+/// (which only means "poll now").
+const WATCH_CAPACITY: usize = 256;
+
 /// Opens a fresh in-process store.
-pub async fn open(_options: StoreOptions) -> StoreResult<SharedStore> {
-    Err(StoreError::Other("memory store not built yet".into()))
+pub async fn open(options: StoreOptions) -> StoreResult<SharedStore> {
+    Ok(Arc::new(MemoryStore::new(options)))
+}
+
+/// A store living in this process's memory. Share it between in-process nodes through a
+/// [`SharedStore`]; it is lost when the last reference drops.
+pub struct MemoryStore {
+    /// Origin of the store's clock.
+    created: Instant,
+    /// Whether committed writes are recorded in the audit log.
+    audit: bool,
+    /// Every table.
+    tables: Mutex<Tables>,
+    /// Pushes membership and directory changes to watchers.
+    changes: broadcast::Sender<StoreChange>,
+}
+
+/// The rows of the store.
+#[derive(Default)]
+struct Tables {
+    meta: Option<ClusterMeta>,
+    /// Membership, keyed (and so sorted) by node name.
+    nodes: BTreeMap<Arc<str>, NodeLease>,
+    /// Directory, index = partition id.
+    partitions: Vec<PartitionRow>,
+    checkpoints: HashMap<AgentKey, Checkpoint>,
+    audit: Vec<AuditRecord>,
+}
+
+impl Tables {
+    fn lease_state(&self, name: &str) -> Option<LeaseState> {
+        self.nodes.get(name).map(|n| LeaseState {
+            incarnation: n.record.id.incarnation,
+            lease_expires_at: n.lease_expires_at,
+            left: n.left,
+        })
+    }
+}
+
+impl MemoryStore {
+    /// An empty store whose clock starts at 0 now.
+    pub fn new(options: StoreOptions) -> Self {
+        let (changes, _) = broadcast::channel(WATCH_CAPACITY);
+        Self {
+            created: Instant::now(),
+            audit: options.audit,
+            tables: Mutex::new(Tables::default()),
+            changes,
+        }
+    }
+
+    /// The store's clock: whole milliseconds since creation.
+    fn clock(&self) -> StoreTime {
+        i64::try_from(self.created.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn notify(&self, change: StoreChange) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(change);
+    }
+
+    /// Applies one write of a batch to the tables, or says why it cannot commit.
+    fn apply(&self, t: &mut Tables, w: &CheckpointWrite) -> Result<Rev, WriteError> {
+        let (owner, epoch) = match t.partitions.get(w.partition.0 as usize) {
+            Some(row) => (row.owner.as_ref(), row.epoch),
+            None => (None, Epoch(0)),
+        };
+        rules::check_fence(w.partition, &w.writer, w.epoch, owner, epoch)?;
+        let actual = t.checkpoints.get(&w.key).map_or(Rev(0), |c| c.rev);
+        rules::check_rev(w.expected_rev, actual)?;
+        let rev = rules::rev_after(w.expected_rev, w.data.is_none());
+        match &w.data {
+            Some(data) => {
+                let checkpoint = Checkpoint {
+                    rev,
+                    data: data.clone(),
+                };
+                t.checkpoints.insert(w.key.clone(), checkpoint);
+            }
+            None => {
+                t.checkpoints.remove(&w.key);
+            }
+        }
+        if self.audit {
+            let seq = t.audit.last().map_or(1, |r| r.seq + 1);
+            t.audit.push(AuditRecord {
+                seq,
+                key: w.key.clone(),
+                partition: w.partition,
+                epoch: w.epoch,
+                writer: w.writer.clone(),
+                rev,
+            });
+        }
+        Ok(rev)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
+        let mut t = self.tables.lock();
+        if let Some(meta) = &t.meta {
+            return Ok(meta.clone());
+        }
+        t.meta = Some(proposed.clone());
+        t.partitions = (0..proposed.partitions)
+            .map(|id| PartitionRow {
+                id: PartitionId(id),
+                owner: None,
+                epoch: Epoch(0),
+            })
+            .collect();
+        Ok(proposed.clone())
+    }
+
+    async fn now(&self) -> StoreResult<StoreTime> {
+        Ok(self.clock())
+    }
+
+    async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
+        let lease = {
+            let mut t = self.tables.lock();
+            let now = self.clock();
+            let existing = t.lease_state(&node.id.name);
+            rules::may_join(existing, node.id.incarnation, now).map_err(|remaining_ms| {
+                StoreError::NameInUse {
+                    name: node.id.name.to_string(),
+                    remaining_ms,
+                }
+            })?;
+            let expires_at = rules::lease_end(now, ttl_ms);
+            let row = NodeLease {
+                record: node.clone(),
+                lease_expires_at: expires_at,
+                left: false,
+            };
+            t.nodes.insert(node.id.name.clone(), row);
+            Lease { now, expires_at }
+        };
+        self.notify(StoreChange::Membership);
+        Ok(lease)
+    }
+
+    async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
+        let mut t = self.tables.lock();
+        let now = self.clock();
+        if !rules::may_renew(t.lease_state(&node.name), node, now) {
+            return Err(StoreError::LeaseLost { node: node.clone() });
+        }
+        let expires_at = rules::lease_end(now, ttl_ms);
+        let row = t
+            .nodes
+            .get_mut(&*node.name)
+            .expect("may_renew found the row under this lock");
+        row.lease_expires_at = expires_at;
+        Ok(Lease { now, expires_at })
+    }
+
+    async fn leave(&self, node: &NodeId) -> StoreResult<()> {
+        let changed = {
+            let mut t = self.tables.lock();
+            let now = self.clock();
+            match t.nodes.get_mut(&*node.name) {
+                Some(row) if row.record.id.incarnation == node.incarnation => {
+                    row.lease_expires_at = row.lease_expires_at.min(now);
+                    row.left = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.notify(StoreChange::Membership);
+        }
+        Ok(())
+    }
+
+    async fn nodes(&self) -> StoreResult<Membership> {
+        let t = self.tables.lock();
+        Ok(Membership {
+            now: self.clock(),
+            nodes: t.nodes.values().cloned().collect(),
+        })
+    }
+
+    async fn directory(&self) -> StoreResult<Directory> {
+        let t = self.tables.lock();
+        Ok(Directory {
+            now: self.clock(),
+            partitions: t.partitions.clone(),
+        })
+    }
+
+    async fn claim(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
+        let claimed = {
+            let mut t = self.tables.lock();
+            let now = self.clock();
+            if !rules::may_renew(t.lease_state(&node.name), node, now) {
+                return Err(StoreError::LeaseLost { node: node.clone() });
+            }
+            let mut claimed = Vec::new();
+            for &p in partitions {
+                let Some(row) = t.partitions.get(p.0 as usize) else {
+                    continue;
+                };
+                let owner_lease = row.owner.as_ref().and_then(|o| t.lease_state(&o.name));
+                if rules::claim_decision(node, row.owner.as_ref(), owner_lease, now)
+                    == ClaimDecision::Take
+                {
+                    let row = &mut t.partitions[p.0 as usize];
+                    row.owner = Some(node.clone());
+                    row.epoch = Epoch(row.epoch.0 + 1);
+                    claimed.push((p, row.epoch));
+                }
+            }
+            claimed
+        };
+        if !claimed.is_empty() {
+            self.notify(StoreChange::Directory);
+        }
+        Ok(claimed)
+    }
+
+    async fn release(
+        &self,
+        node: &NodeId,
+        partitions: &[(PartitionId, Epoch)],
+    ) -> StoreResult<Vec<PartitionId>> {
+        let released = {
+            let mut t = self.tables.lock();
+            let mut released = Vec::new();
+            for &(p, epoch) in partitions {
+                if let Some(row) = t.partitions.get_mut(p.0 as usize) {
+                    if row.owner.as_ref() == Some(node) && row.epoch == epoch {
+                        row.owner = None;
+                        released.push(p);
+                    }
+                }
+            }
+            released
+        };
+        if !released.is_empty() {
+            self.notify(StoreChange::Directory);
+        }
+        Ok(released)
+    }
+
+    async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+        Ok(self.tables.lock().checkpoints.get(key).cloned())
+    }
+
+    async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+        let mut t = self.tables.lock();
+        Ok(batch.iter().map(|w| self.apply(&mut t, w)).collect())
+    }
+
+    async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
+        Ok(self.tables.lock().audit.clone())
+    }
+
+    fn watch(&self) -> Option<broadcast::Receiver<StoreChange>> {
+        Some(self.changes.subscribe())
+    }
 }

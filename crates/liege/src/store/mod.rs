@@ -18,6 +18,7 @@
 
 pub mod memory;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,0 +1,159 @@
+//! Checkpoint reads, fenced batch writes and the audit log, run on the data connection.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::schema::{from_sql_u64, to_sql_u64, SqlResultExt};
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use crate::store::rules;
+use crate::store::{AuditRecord, Checkpoint, CheckpointWrite, StoreResult, WriteError};
+
+pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+    conn.prepare_cached("SELECT rev, data FROM checkpoints WHERE kind = ?1 AND id = ?2")
+        .sql()?
+        .query_row([&*key.kind, &*key.id], |r| {
+            Ok(Checkpoint {
+                rev: Rev(from_sql_u64(r.get(0)?)),
+                data: r.get(1)?,
+            })
+        })
+        .optional()
+        .sql()
+}
+
+/// A directory row as the fence check needs it.
+type Fence = (Option<NodeId>, Epoch);
+
+/// Reads the fence of `p`; a partition without a row is unowned at epoch 0 (every write to it
+/// is fenced).
+fn fence(tx: &Transaction<'_>, p: PartitionId) -> StoreResult<Fence> {
+    let row = tx
+        .prepare_cached("SELECT owner_name, owner_incarnation, epoch FROM partitions WHERE id = ?1")
+        .sql()?
+        .query_row([p.0], |r| {
+            let name: Option<String> = r.get(0)?;
+            let inc: Option<i64> = r.get(1)?;
+            let owner = name
+                .zip(inc)
+                .map(|(name, inc)| NodeId::new(name, from_sql_u64(inc)));
+            Ok((owner, Epoch(from_sql_u64(r.get(2)?))))
+        })
+        .optional()
+        .sql()?;
+    Ok(row.unwrap_or((None, Epoch(0))))
+}
+
+/// Applies a whole batch in one `BEGIN IMMEDIATE` transaction: one commit, one fsync.
+///
+/// The write lock is held from the first fence read to the commit, so no claim (which also
+/// needs the write lock, from any process) can interleave; the directory rows are therefore
+/// read once per partition and cached for the batch.
+pub(super) fn write(
+    conn: &mut Connection,
+    batch: &[CheckpointWrite],
+    audit: bool,
+) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .sql()?;
+    let mut fences: HashMap<PartitionId, Fence> = HashMap::new();
+    let mut results = Vec::with_capacity(batch.len());
+    for w in batch {
+        if !fences.contains_key(&w.partition) {
+            fences.insert(w.partition, fence(&tx, w.partition)?);
+        }
+        let (owner, epoch) = &fences[&w.partition];
+        if let Err(e) = rules::check_fence(w.partition, &w.writer, w.epoch, owner.as_ref(), *epoch)
+        {
+            results.push(Err(e));
+            continue;
+        }
+        results.push(apply(&tx, w, audit)?);
+    }
+    tx.commit().sql()?;
+    Ok(results)
+}
+
+/// The revision check and the row change of one write that passed its fence.
+fn apply(
+    tx: &Transaction<'_>,
+    w: &CheckpointWrite,
+    audit: bool,
+) -> StoreResult<Result<Rev, WriteError>> {
+    let (kind, id) = (&*w.key.kind, &*w.key.id);
+    let actual = tx
+        .prepare_cached("SELECT rev FROM checkpoints WHERE kind = ?1 AND id = ?2")
+        .sql()?
+        .query_row([kind, id], |r| r.get::<_, i64>(0))
+        .optional()
+        .sql()?
+        .map_or(Rev(0), |rev| Rev(from_sql_u64(rev)));
+    if let Err(e) = rules::check_rev(w.expected_rev, actual) {
+        return Ok(Err(e));
+    }
+    let rev = rules::rev_after(w.expected_rev, w.data.is_none());
+    match &w.data {
+        Some(data) => {
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (kind, id, rev, data) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET rev = excluded.rev, data = excluded.data",
+            )
+            .sql()?
+            .execute(rusqlite::params![kind, id, to_sql_u64(rev.0), data])
+            .sql()?;
+        }
+        None => {
+            tx.prepare_cached("DELETE FROM checkpoints WHERE kind = ?1 AND id = ?2")
+                .sql()?
+                .execute([kind, id])
+                .sql()?;
+        }
+    }
+    if audit {
+        tx.prepare_cached(
+            "INSERT INTO audit \
+             (kind, id, partition_id, epoch, writer_name, writer_incarnation, rev) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .sql()?
+        .execute(rusqlite::params![
+            kind,
+            id,
+            w.partition.0,
+            to_sql_u64(w.epoch.0),
+            &*w.writer.name,
+            to_sql_u64(w.writer.incarnation),
+            to_sql_u64(rev.0)
+        ])
+        .sql()?;
+    }
+    Ok(Ok(rev))
+}
+
+pub(super) fn audit(conn: &mut Connection) -> StoreResult<Vec<AuditRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, kind, id, partition_id, epoch, writer_name, writer_incarnation, rev \
+             FROM audit ORDER BY seq",
+        )
+        .sql()?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(AuditRecord {
+                seq: from_sql_u64(r.get(0)?),
+                key: AgentKey {
+                    kind: r.get::<_, String>(1)?.into(),
+                    id: r.get::<_, String>(2)?.into(),
+                },
+                partition: PartitionId(r.get(3)?),
+                epoch: Epoch(from_sql_u64(r.get(4)?)),
+                writer: NodeId::new(r.get::<_, String>(5)?, from_sql_u64(r.get(6)?)),
+                rev: Rev(from_sql_u64(r.get(7)?)),
+            })
+        })
+        .sql()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .sql()?;
+    Ok(rows)
+}

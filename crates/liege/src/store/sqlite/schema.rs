@@ -1,0 +1,128 @@
+//! Connection settings, embedded migrations, the clock and error mapping for SQLite.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+
+use crate::store::{StoreError, StoreResult, StoreTime};
+
+/// How long a statement waits for another connection's lock before failing with
+/// [`StoreError::Unavailable`]. Shorter than any sensible lease TTL, so a stuck writer elsewhere
+/// shows up as a failed renewal (and a self-fence) rather than a silent stall.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Prepared statements kept per connection; more than the store uses.
+const STATEMENT_CACHE: usize = 64;
+
+/// Schema migrations, in order; migration `i` brings `user_version` from `i` to `i + 1`.
+/// Never edit a shipped one: append a new file.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// The schema version this build writes (`PRAGMA user_version` after migrating).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Opens `path` (creating it and its parent directories) with the store's settings:
+///
+/// - `journal_mode=WAL`: readers never block the writer, and several processes can share the
+///   file;
+/// - `synchronous=FULL`: every commit is fsynced to the WAL before it returns, so an
+///   acknowledged write survives power loss, not just a process crash;
+/// - `busy_timeout` of [`BUSY_TIMEOUT`].
+pub(super) fn connect(path: &Path) -> StoreResult<Connection> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    let conn = Connection::open(path).map_err(map_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(map_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Other(format!(
+            "{} refuses WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(map_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] inside one `BEGIN IMMEDIATE` transaction, so
+/// concurrent openers of one file serialize and only the first applies anything.
+pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let version: u32 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(map_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Other(format!(
+            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for sql in &MIGRATIONS[version as usize..] {
+        tx.execute_batch(sql).map_err(map_err)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(map_err)?;
+    tx.commit().map_err(map_err)?;
+    tracing::info!(from = version, to = SCHEMA_VERSION, "migrated sqlite store");
+    Ok(())
+}
+
+/// The store's clock: this machine's wall clock in Unix milliseconds. Every process on the
+/// machine reads the same clock, which is what makes a file shared by processes coherent.
+pub(super) fn wall_clock() -> StoreResult<StoreTime> {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| StoreError::Other(format!("system clock is before 1970: {e}")))?;
+    i64::try_from(since.as_millis())
+        .map_err(|_| StoreError::Other("system clock is out of range".into()))
+}
+
+/// Maps a SQLite error: contention and IO are retryable, everything else is not.
+pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::DiskFull
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::OutOfMemory,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// A `u64` stored as its i64 bit pattern (SQLite integers are signed).
+pub(super) fn to_sql_u64(v: u64) -> i64 {
+    v as i64
+}
+
+/// Inverse of [`to_sql_u64`].
+pub(super) fn from_sql_u64(v: i64) -> u64 {
+    v as u64
+}
+
+/// `.sql()?` converts a rusqlite result with [`map_err`].
+pub(super) trait SqlResultExt<T> {
+    /// The result with its error mapped to a [`StoreError`].
+    fn sql(self) -> StoreResult<T>;
+}
+
+impl<T> SqlResultExt<T> for rusqlite::Result<T> {
+    fn sql(self) -> StoreResult<T> {
+        self.map_err(map_err)
+    }
+}

@@ -1,0 +1,217 @@
+//! The SQLite store: conformance suite, several stores on one file (two processes' worth of
+//! connections), durability across reopen, and migrations.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use liege::store::sqlite::{self, SqliteStore, SCHEMA_VERSION};
+use liege::store::{
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
+    NodeRecord, SharedStore, Store, StoreError, StoreOptions, StoreResult, StoreTime, StoreUrl,
+    WriteError,
+};
+use liege::testing::conformance::{self, join, key, partitions, put, LONG_TTL_MS};
+use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use tempfile::TempDir;
+
+/// A SQLite store that deletes its directory when dropped.
+struct TempStore {
+    inner: SqliteStore,
+    _dir: TempDir,
+}
+
+async fn fresh(options: StoreOptions) -> SharedStore {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inner = SqliteStore::open(&dir.path().join("liege.db"), options)
+        .await
+        .expect("sqlite store opens");
+    Arc::new(TempStore { inner, _dir: dir })
+}
+
+mod conformance_suite {
+    liege::conformance_tests!(super::fresh);
+}
+
+async fn open(path: &Path) -> SharedStore {
+    let options = StoreOptions { audit: true };
+    sqlite::open(path, options)
+        .await
+        .expect("sqlite store opens")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_file_give_each_partition_exactly_one_owner() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let (first, second) = tokio::join!(open(&path), open(&path));
+    conformance::concurrent_claims_between(&[first, second]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_through_another_store_fences_the_old_owners_writers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let old_side = open(&path).await;
+    let new_side = open(&path).await;
+    conformance::takeover_race_between(old_side, new_side).await;
+}
+
+#[tokio::test]
+async fn data_survives_dropping_and_reopening_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nested/dirs/liege.db");
+    let k = key("kept");
+    let a = {
+        let store = open(&path).await;
+        conformance::init(&*store).await;
+        let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
+        store.claim(&a, &partitions(2)).await.expect("claim");
+        let r = store
+            .write(&[put(&k, 1, Epoch(1), &a, 0, Some(b"state"))])
+            .await;
+        assert_eq!(r.expect("write"), vec![Ok(Rev(1))]);
+        a
+    };
+
+    let store = open(&path).await;
+    let meta = conformance::test_meta(conformance::PARTITIONS, b"salt");
+    let other = conformance::test_meta(7, b"other");
+    assert_eq!(store.init_cluster(&other).await.expect("init"), meta);
+    let checkpoint = store.read(&k).await.expect("read").expect("kept");
+    assert_eq!(
+        (checkpoint.rev, checkpoint.data),
+        (Rev(1), b"state".to_vec())
+    );
+    let dir_rows = store.directory().await.expect("directory").partitions;
+    assert_eq!(dir_rows[1].owner.as_ref(), Some(&a));
+    assert!(store.nodes().await.expect("nodes").is_live(&a));
+    assert_eq!(store.audit().await.expect("audit").len(), 1);
+}
+
+#[tokio::test]
+async fn migrations_run_once_even_for_concurrent_openers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let (first, second) = tokio::join!(open(&path), open(&path));
+    conformance::init(&*first).await;
+    drop((first, second));
+    let third = open(&path).await;
+    conformance::init(&*third).await;
+
+    let conn = rusqlite::Connection::open(&path).expect("raw connection");
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, SCHEMA_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn a_file_with_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let conn = rusqlite::Connection::open(&path).expect("raw connection");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("set user_version");
+    drop(conn);
+    match SqliteStore::open(&path, StoreOptions::default()).await {
+        Err(StoreError::Other(message)) => assert!(message.contains("newer"), "{message}"),
+        Err(other) => panic!("expected Other, got {other}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_256_writes_commits_as_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url: StoreUrl = format!("sqlite:{}", dir.path().join("liege.db").display())
+        .parse()
+        .expect("store url");
+    let store = liege::store::open(&url, StoreOptions { audit: true })
+        .await
+        .expect("open by url");
+    assert_eq!(store.backend(), "sqlite");
+    assert!(store.watch().is_none(), "sqlite has no push; callers poll");
+    conformance::init(&*store).await;
+    let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
+    store.claim(&a, &partitions(4)).await.expect("claim");
+    let batch: Vec<_> = (0..256u32)
+        .map(|i| put(&key(&format!("k{i}")), i % 4, Epoch(1), &a, 0, Some(b"x")))
+        .collect();
+    let results = store.write(&batch).await.expect("batch");
+    assert!(results.iter().all(|r| *r == Ok(Rev(1))));
+    let audit = store.audit().await.expect("audit");
+    assert_eq!(audit.len(), 256);
+    assert!(audit.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+}
+
+#[tokio::test]
+async fn a_store_node_id_with_a_large_incarnation_round_trips() {
+    let store = fresh(StoreOptions { audit: true }).await;
+    conformance::init(&*store).await;
+    let (a, _) = join(&*store, "a", u64::MAX, LONG_TTL_MS).await;
+    let claimed = store.claim(&a, &[PartitionId(0)]).await.expect("claim");
+    assert_eq!(claimed, vec![(PartitionId(0), Epoch(1))]);
+    let dir_rows = store.directory().await.expect("directory").partitions;
+    assert_eq!(dir_rows[0].owner, Some(NodeId::new("a", u64::MAX)));
+    let r = store
+        .write(&[put(&key("k"), 0, Epoch(1), &a, 0, Some(b"x"))])
+        .await;
+    assert_eq!(r.expect("write"), vec![Ok(Rev(1))]);
+    assert_eq!(store.audit().await.expect("audit")[0].writer, a);
+}
+
+#[async_trait]
+impl Store for TempStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
+        self.inner.init_cluster(proposed).await
+    }
+    async fn now(&self) -> StoreResult<StoreTime> {
+        self.inner.now().await
+    }
+    async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
+        self.inner.join(node, ttl_ms).await
+    }
+    async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
+        self.inner.renew(node, ttl_ms).await
+    }
+    async fn leave(&self, node: &NodeId) -> StoreResult<()> {
+        self.inner.leave(node).await
+    }
+    async fn nodes(&self) -> StoreResult<Membership> {
+        self.inner.nodes().await
+    }
+    async fn directory(&self) -> StoreResult<Directory> {
+        self.inner.directory().await
+    }
+    async fn claim(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
+        self.inner.claim(node, partitions).await
+    }
+    async fn release(
+        &self,
+        node: &NodeId,
+        partitions: &[(PartitionId, Epoch)],
+    ) -> StoreResult<Vec<PartitionId>> {
+        self.inner.release(node, partitions).await
+    }
+    async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+        self.inner.read(key).await
+    }
+    async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+        self.inner.write(batch).await
+    }
+    async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
+        self.inner.audit().await
+    }
+}
