@@ -1,1 +1,6 @@
-fn main() {}
+//! Cluster integration tests: in-process nodes over a shared store (and, for the process
+//! tests, real `liege` processes).
+
+mod common;
+mod failover;
+mod single_node;

@@ -1,0 +1,30 @@
+//! Helpers shared by the cluster tests.
+
+use liege::{AgentKey, Signal};
+
+/// Logs to the test output once (RUST_LOG-style filter in `LIEGE_LOG`).
+pub(crate) fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIEGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// The counter key `id`.
+pub(crate) fn counter(id: &str) -> AgentKey {
+    AgentKey::new("counter", id).expect("valid test key")
+}
+
+/// An `inc` signal with an explicit id (idempotency key).
+pub(crate) fn inc(id: &str) -> Signal {
+    Signal::new("inc").with_id(id)
+}
+
+/// The integer `value` of a counter reply.
+pub(crate) fn value(v: &serde_json::Value) -> i64 {
+    v.get("value")
+        .and_then(|v| v.as_i64())
+        .unwrap_or_else(|| panic!("reply without an integer value: {v}"))
+}
