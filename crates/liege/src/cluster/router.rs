@@ -130,7 +130,11 @@ async fn route(
             None => Err(CallError::Unowned { partition: p }),
             Some((name, _, _)) if **name == *inner.config.name => execute_local(inner, key, &op).await,
             Some((_, _, addr)) => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so an
+                // attempt need not wait much longer than that before re-routing.
+                let attempt = (inner.config.lease_ttl + inner.config.lease_ttl / 4)
+                    .max(Duration::from_millis(200));
+                let remaining = deadline.saturating_duration_since(Instant::now()).min(attempt);
                 match inner.peers.request(addr, op.to_request(key), remaining).await {
                     Ok(resp) => from_response(resp),
                     Err(e) => Err(transport_error(e)),

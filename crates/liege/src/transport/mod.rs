@@ -11,5 +11,3 @@
 pub mod message;
 
 pub use message::{Delivery, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
-mod stub;
-pub use stub::*;
