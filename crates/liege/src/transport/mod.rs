@@ -6,8 +6,43 @@
 //! - [`Peers`] keeps one authenticated connection per peer address, reused by all callers,
 //!   with a deadline on every request.
 //!
+//! ```text
+//! Peers::request ──queue──▶ writer task ══TCP══▶ reader loop ──spawn──▶ RequestHandler
+//!      ▲ oneshot by id                                                      │
+//!      └─────────── reader task ◀══TCP══ writer task ◀──queue── answer ─────┘
+//! ```
+//!
+//! Both sides honour [`crate::faults::Faults`]: with peer links cut, requests fail with
+//! [`TransportError::Connect`] and servers drop connections; while paused, requests wait before
+//! being sent and before being handled.
+//!
 //! Wire format and handshake: `docs/PROTOCOL.md`.
 
+mod client;
+mod codec;
+mod config;
+mod handshake;
 pub mod message;
+mod server;
+#[cfg(test)]
+mod tests;
 
+use std::time::Duration;
+
+pub use client::Peers;
+pub use config::{
+    CountersSnapshot, TransportConfig, TransportCounters, TransportError, HANDSHAKE_MAX_FRAME_BYTES,
+};
 pub use message::{Delivery, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
+pub use server::serve;
+
+/// What a node does with the requests its peers send it.
+#[async_trait::async_trait]
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Answers one request from the authenticated node `peer` (its node name).
+    ///
+    /// `deadline` is the time the caller still waits. The future is dropped when it runs out,
+    /// so implementations MUST NOT leave shared state half-updated across an `.await`; requests
+    /// on one connection run concurrently and MUST NOT assume any order.
+    async fn handle(&self, peer: &str, request: Request, deadline: Duration) -> Response;
+}

@@ -1,0 +1,233 @@
+//! The accepting side: [`serve`] authenticates each connection, then runs every request frame
+//! on its own task and answers through one writer task per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::codec::{encode, write_loop, FrameReader, FrameWriter};
+use super::config::{bump, TransportConfig, HANDSHAKE_MAX_FRAME_BYTES};
+use super::handshake::{self, Refusal};
+use super::message::{RequestFrame, Response, ResponseFrame};
+use super::RequestHandler;
+use crate::error::CallError;
+
+/// Responses waiting for the writer of one connection. Handlers wait when it is full, which
+/// slows a client that does not read its answers.
+const RESPONSE_QUEUE: usize = 1024;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves peers on `listener` until `shutdown` is cancelled.
+///
+/// Each connection must first pass the handshake (`docs/PROTOCOL.md`) within
+/// `config.handshake_timeout`; a peer that fails it is logged with `warn!`, counted in
+/// [`super::TransportCounters`] and disconnected, and other connections are unaffected. After
+/// that, each request frame is handled on its own task and answered when done, in any order.
+///
+/// A request's `deadline_ms` bounds its handler: past it, the handler's future is dropped and
+/// the answer is `Response::Err(CallError::Unavailable("deadline"))` (the client has usually
+/// given up by then, and ignores it).
+///
+/// On shutdown: stop accepting, stop reading new requests, finish and answer the requests in
+/// flight, close every connection, then return.
+pub async fn serve(
+    listener: TcpListener,
+    config: TransportConfig,
+    handler: Arc<dyn RequestHandler>,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    info!(node = %config.node_name, addr = ?listener.local_addr().ok(), "accepting peers");
+    loop {
+        let (stream, peer_addr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "cannot accept a peer connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        bump(&config.counters.connections_accepted);
+        if config.faults.peers_cut() {
+            debug!(peer = %peer_addr, "peer links are cut: dropping the new connection");
+            continue;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(peer = %peer_addr, error = %e, "cannot set TCP_NODELAY");
+        }
+        let connection = Connection {
+            peer_addr,
+            config: config.clone(),
+            handler: handler.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(connection.run(stream));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    info!(node = %config.node_name, "stopped serving peers");
+}
+
+/// One accepted connection.
+struct Connection {
+    peer_addr: SocketAddr,
+    config: TransportConfig,
+    handler: Arc<dyn RequestHandler>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream) {
+        let (read, write) = stream.into_split();
+        let mut reader = FrameReader::new(read, HANDSHAKE_MAX_FRAME_BYTES);
+        let mut writer = FrameWriter::new(write, HANDSHAKE_MAX_FRAME_BYTES);
+        let handshake = tokio::time::timeout(
+            self.config.handshake_timeout,
+            handshake::accept(&mut reader, &mut writer, &self.config),
+        );
+        let peer: Arc<str> = tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            outcome = handshake => match outcome {
+                Ok(Ok(peer)) => peer.into(),
+                Ok(Err(refusal)) => return self.refused(&refusal),
+                Err(_elapsed) => return self.timed_out(),
+            },
+        };
+        debug!(peer = %self.peer_addr, node = %peer, "peer authenticated");
+        reader.set_max_frame_bytes(self.config.max_frame_bytes);
+        writer.set_max_frame_bytes(self.config.max_frame_bytes);
+
+        let (queue, queued) = mpsc::channel(RESPONSE_QUEUE);
+        let writer_failed = CancellationToken::new();
+        let mut writer_task = tokio::spawn({
+            let writer_failed = writer_failed.clone();
+            async move {
+                let outcome = write_loop(queued, writer).await;
+                writer_failed.cancel();
+                outcome
+            }
+        });
+        let mut links_cut = false;
+        loop {
+            let frame = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = writer_failed.cancelled() => break,
+                frame = reader.recv::<RequestFrame>() => frame,
+            };
+            match frame {
+                Ok(Some(_)) if self.config.faults.peers_cut() => {
+                    debug!(peer = %self.peer_addr, "peer links are cut: dropping the connection");
+                    links_cut = true;
+                    break;
+                }
+                Ok(Some(frame)) => {
+                    bump(&self.config.counters.requests_received);
+                    tokio::spawn(self.answer(frame, peer.clone(), queue.clone()));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    bump(&self.config.counters.frames_rejected);
+                    warn!(peer = %self.peer_addr, node = %peer, error = %e,
+                        "closing a peer connection: bad request frame");
+                    break;
+                }
+            }
+        }
+        // The writer ends once every in-flight request has queued its answer.
+        drop(queue);
+        if links_cut {
+            writer_task.abort();
+        }
+        match (&mut writer_task).await {
+            Ok(Err(e)) => debug!(peer = %self.peer_addr, error = %e, "peer connection lost"),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
+
+    /// Runs one request and queues its answer.
+    fn answer(
+        &self,
+        frame: RequestFrame,
+        peer: Arc<str>,
+        queue: mpsc::Sender<Bytes>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let deadline = Instant::now() + Duration::from_millis(frame.deadline_ms.into());
+        let handler = self.handler.clone();
+        let faults = self.config.faults.clone();
+        let max_frame_bytes = self.config.max_frame_bytes;
+        async move {
+            faults.gate().await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let late = || Response::Err(CallError::Unavailable("deadline".into()));
+            let body = if left.is_zero() {
+                late()
+            } else {
+                let handled = handler.handle(&peer, frame.body, left);
+                tokio::time::timeout_at(deadline, handled)
+                    .await
+                    .unwrap_or_else(|_| late())
+            };
+            if faults.peers_cut() {
+                return;
+            }
+            let id = frame.id;
+            let Some(bytes) = encode_response(id, body, max_frame_bytes) else {
+                return;
+            };
+            // A closed queue means the connection is gone; the client will see `Closed`.
+            let _ = queue.send(bytes).await;
+        }
+    }
+
+    fn refused(&self, refusal: &Refusal) {
+        let counters = &self.config.counters;
+        bump(match refusal {
+            Refusal::BadSecret { .. } => &counters.handshakes_refused_bad_secret,
+            Refusal::BadVersion { .. } => &counters.handshakes_refused_bad_version,
+            Refusal::Garbage(_) => &counters.handshakes_refused_garbage,
+        });
+        warn!(peer = %self.peer_addr, reason = %refusal, "refused a peer connection");
+    }
+
+    fn timed_out(&self) {
+        bump(&self.config.counters.handshakes_refused_timeout);
+        warn!(peer = %self.peer_addr, timeout = ?self.config.handshake_timeout,
+            "refused a peer connection: the handshake did not finish in time");
+    }
+}
+
+/// Encodes an answer, replacing one too big for a frame by an error the client can read.
+fn encode_response(id: u64, body: Response, max_frame_bytes: usize) -> Option<Bytes> {
+    let encoded = encode(&ResponseFrame { id, body }).and_then(|bytes| {
+        if bytes.len() <= max_frame_bytes {
+            Ok(bytes)
+        } else {
+            Err(format!(
+                "response of {} bytes exceeds the {max_frame_bytes}-byte frame limit",
+                bytes.len()
+            ))
+        }
+    });
+    match encoded {
+        Ok(bytes) => Some(bytes),
+        Err(problem) => {
+            warn!(id, %problem, "cannot send a response");
+            let body = Response::Err(CallError::Internal(problem));
+            encode(&ResponseFrame { id, body }).ok()
+        }
+    }
+}

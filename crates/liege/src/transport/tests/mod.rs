@@ -1,0 +1,1 @@
+//! Transport tests over real TCP on 127.0.0.1.
