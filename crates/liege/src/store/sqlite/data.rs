@@ -1,6 +1,6 @@
 //! Checkpoint reads, fenced batch writes and the audit log, run on the data connection.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -60,10 +60,10 @@ pub(super) fn write(
     let mut fences: HashMap<PartitionId, Fence> = HashMap::new();
     let mut results = Vec::with_capacity(batch.len());
     for w in batch {
-        if !fences.contains_key(&w.partition) {
-            fences.insert(w.partition, fence(&tx, w.partition)?);
-        }
-        let (owner, epoch) = &fences[&w.partition];
+        let (owner, epoch) = match fences.entry(w.partition) {
+            Entry::Occupied(cached) => cached.into_mut(),
+            Entry::Vacant(slot) => slot.insert(fence(&tx, w.partition)?),
+        };
         if let Err(e) = rules::check_fence(w.partition, &w.writer, w.epoch, owner.as_ref(), *epoch)
         {
             results.push(Err(e));

@@ -10,7 +10,10 @@
 //!   sees the directory as of its commit. Reads use a deferred transaction (a WAL snapshot).
 //! - **Durability.** WAL with `synchronous=FULL`: a commit returns after its fsync, so an
 //!   acknowledged write survives power loss. A batch is one transaction and one fsync.
-//! - **Contention.** `busy_timeout` is 1 s; a lock held longer surfaces as
+//! - **Contention.** Within one store, the two connections take an in-process write gate
+//!   before `BEGIN IMMEDIATE`, and control operations go first, so a renewal waits for at
+//!   most the batch being committed. Between stores (processes), SQLite's file lock applies,
+//!   polled every millisecond for up to 1 s; a lock held longer surfaces as
 //!   [`StoreError::Unavailable`](crate::store::StoreError::Unavailable), retryable.
 //! - **Clock.** This machine's wall clock in Unix ms, read once per transaction after the
 //!   lock is taken. Every process on the machine shares it.
@@ -20,6 +23,7 @@
 
 mod control;
 mod data;
+mod gate;
 mod schema;
 mod worker;
 
@@ -28,6 +32,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use gate::{Priority, WriteGate};
 pub use schema::SCHEMA_VERSION;
 use worker::Worker;
 
@@ -62,8 +67,16 @@ impl SqliteStore {
     /// `synchronous=FULL`, and applies pending migrations.
     pub async fn open(path: &Path, options: StoreOptions) -> StoreResult<Self> {
         let path = path.to_path_buf();
-        let control = Worker::spawn("control", path.clone(), schema::migrate).await?;
-        let data = Worker::spawn("data", path.clone(), |_| Ok(())).await?;
+        let gate = Arc::new(WriteGate::default());
+        let control = Worker::spawn(
+            "control",
+            Priority::Control,
+            gate.clone(),
+            path.clone(),
+            schema::migrate,
+        )
+        .await?;
+        let data = Worker::spawn("data", Priority::Data, gate, path.clone(), |_| Ok(())).await?;
         tracing::debug!(path = %path.display(), audit = options.audit, "opened sqlite store");
         Ok(Self {
             path,
@@ -88,7 +101,7 @@ impl Store for SqliteStore {
     async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
         let proposed = proposed.clone();
         self.control
-            .run(move |c| control::init_cluster(c, &proposed))
+            .run_write(move |c| control::init_cluster(c, &proposed))
             .await
     }
 
@@ -99,20 +112,22 @@ impl Store for SqliteStore {
     async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
         let node = node.clone();
         self.control
-            .run(move |c| control::join(c, &node, ttl_ms))
+            .run_write(move |c| control::join(c, &node, ttl_ms))
             .await
     }
 
     async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
         let node = node.clone();
         self.control
-            .run(move |c| control::renew(c, &node, ttl_ms))
+            .run_write(move |c| control::renew(c, &node, ttl_ms))
             .await
     }
 
     async fn leave(&self, node: &NodeId) -> StoreResult<()> {
         let node = node.clone();
-        self.control.run(move |c| control::leave(c, &node)).await
+        self.control
+            .run_write(move |c| control::leave(c, &node))
+            .await
     }
 
     async fn nodes(&self) -> StoreResult<Membership> {
@@ -131,7 +146,7 @@ impl Store for SqliteStore {
         let node = node.clone();
         let partitions = partitions.to_vec();
         self.control
-            .run(move |c| control::claim(c, &node, &partitions))
+            .run_write(move |c| control::claim(c, &node, &partitions))
             .await
     }
 
@@ -143,7 +158,7 @@ impl Store for SqliteStore {
         let node = node.clone();
         let partitions = partitions.to_vec();
         self.control
-            .run(move |c| control::release(c, &node, &partitions))
+            .run_write(move |c| control::release(c, &node, &partitions))
             .await
     }
 
@@ -158,7 +173,9 @@ impl Store for SqliteStore {
         }
         let batch = batch.to_vec();
         let audit = self.audit;
-        self.data.run(move |c| data::write(c, &batch, audit)).await
+        self.data
+            .run_write(move |c| data::write(c, &batch, audit))
+            .await
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

@@ -1,7 +1,8 @@
 //! Connection settings, embedded migrations, the clock and error mapping for SQLite.
 
+use std::cell::Cell;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
@@ -11,6 +12,34 @@ use crate::store::{StoreError, StoreResult, StoreTime};
 /// [`StoreError::Unavailable`]. Shorter than any sensible lease TTL, so a stuck writer elsewhere
 /// shows up as a failed renewal (and a self-fence) rather than a silent stall.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How often a connection waiting for another's lock retries. SQLite's own busy timeout backs
+/// off to 100 ms sleeps and keeps missing the short gaps between a busy writer's commits;
+/// polling every millisecond gives a lease renewal a fair chance against another process.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// When the current lock wait began. Each connection lives on its own thread, so this is
+    /// per connection.
+    static BUSY_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// SQLite busy handler: sleep [`BUSY_POLL`] and retry until [`BUSY_TIMEOUT`] has passed since
+/// the first attempt (`attempt == 0`) of this wait.
+fn busy_handler(attempt: i32) -> bool {
+    let now = Instant::now();
+    let since = BUSY_SINCE.with(|since| {
+        if attempt == 0 || since.get().is_none() {
+            since.set(Some(now));
+        }
+        since.get().unwrap_or(now)
+    });
+    if now.duration_since(since) >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
 
 /// Prepared statements kept per connection; more than the store uses.
 const STATEMENT_CACHE: usize = 64;
@@ -28,7 +57,7 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 ///   file;
 /// - `synchronous=FULL`: every commit is fsynced to the WAL before it returns, so an
 ///   acknowledged write survives power loss, not just a process crash;
-/// - `busy_timeout` of [`BUSY_TIMEOUT`].
+/// - a busy handler polling every [`BUSY_POLL`] for up to [`BUSY_TIMEOUT`].
 pub(super) fn connect(path: &Path) -> StoreResult<Connection> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
@@ -36,7 +65,7 @@ pub(super) fn connect(path: &Path) -> StoreResult<Connection> {
         })?;
     }
     let conn = Connection::open(path).map_err(map_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
+    conn.busy_handler(Some(busy_handler)).map_err(map_err)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(map_err)?;

@@ -6,11 +6,12 @@
 //! renewals) on one queue and large write batches on another.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::gate::{Priority, WriteGate};
 use super::schema;
 use crate::store::{StoreError, StoreResult};
 
@@ -23,6 +24,10 @@ pub(super) struct Worker {
     /// Role of this connection, for errors and the thread name.
     role: &'static str,
     jobs: mpsc::Sender<Job>,
+    /// The store's write gate, taken around every write transaction of this connection.
+    gate: Arc<WriteGate>,
+    /// This connection's place in the gate's queue.
+    priority: Priority,
 }
 
 impl Worker {
@@ -30,6 +35,8 @@ impl Worker {
     /// Returns once `init` succeeded, or with its error.
     pub(super) async fn spawn(
         role: &'static str,
+        priority: Priority,
+        gate: Arc<WriteGate>,
         path: PathBuf,
         init: impl FnOnce(&mut Connection) -> StoreResult<()> + Send + 'static,
     ) -> StoreResult<Self> {
@@ -55,7 +62,12 @@ impl Worker {
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start sqlite thread: {e}")))?;
         ready_rx.await.map_err(|_| stopped(role))??;
-        Ok(Self { role, jobs })
+        Ok(Self {
+            role,
+            jobs,
+            gate,
+            priority,
+        })
     }
 
     /// Runs `f` on the connection thread and waits for its result.
@@ -72,6 +84,20 @@ impl Worker {
         });
         self.jobs.send(job).map_err(|_| stopped(self.role))?;
         rx.await.map_err(|_| stopped(self.role))?
+    }
+
+    /// Like [`Worker::run`] for a job that opens a write transaction: holds the store's write
+    /// gate while `f` runs, so the two connections of one store never contend inside SQLite.
+    pub(super) async fn run_write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (gate, priority) = (self.gate.clone(), self.priority);
+        self.run(move |conn| {
+            let _held = gate.lock(priority);
+            f(conn)
+        })
+        .await
     }
 }
 
