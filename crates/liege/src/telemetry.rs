@@ -2,7 +2,6 @@
 //! the node's [`subscribe`](crate::cluster::Node::subscribe) stream. One [`Telemetry`] (and one
 //! metrics registry) per node; no globals.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -310,21 +309,30 @@ impl Telemetry {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         // Transport counters live in atomics owned by the transport; render them here.
-        let t = &self.transport;
-        let lines = [
-            ("liege_transport_connections_accepted_total", "Peer connections accepted", t.connections_accepted.load(Ordering::Relaxed)),
-            ("liege_transport_handshakes_refused_total", "Peer handshakes refused (bad secret, bad version, garbage)", t.handshakes_refused_total()),
-            ("liege_transport_requests_sent_total", "Requests sent to peers", t.requests_sent.load(Ordering::Relaxed)),
-            ("liege_transport_requests_received_total", "Requests received from peers", t.requests_received.load(Ordering::Relaxed)),
-            ("liege_transport_request_timeouts_total", "Requests to peers that timed out", t.request_timeouts.load(Ordering::Relaxed)),
-        ];
-        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let t = self.transport.snapshot();
         let mut extra = String::new();
-        for (name, help, value) in lines {
-            extra.push_str(&format!(
-                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
+        let mut counter = |name: &str, help: &str, values: &[(&str, u64)]| {
+            extra.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n"));
+            for (labels, v) in values {
+                extra.push_str(&format!("{name}_total{labels} {v}\n"));
+            }
+        };
+        counter("liege_transport_connections_accepted", "Peer connections accepted", &[("", t.connections_accepted)]);
+        counter(
+            "liege_transport_handshakes_refused",
+            "Peer handshakes refused, by reason",
+            &[
+                ("{reason=\"bad_secret\"}", t.handshakes_refused_bad_secret),
+                ("{reason=\"bad_version\"}", t.handshakes_refused_bad_version),
+                ("{reason=\"garbage\"}", t.handshakes_refused_garbage),
+                ("{reason=\"timeout\"}", t.handshakes_refused_timeout),
+            ],
+        );
+        counter("liege_transport_frames_rejected", "Frames from authenticated peers that could not be decoded", &[("", t.frames_rejected)]);
+        counter("liege_transport_requests_sent", "Requests sent to peers", &[("", t.requests_sent)]);
+        counter("liege_transport_requests_received", "Requests received from peers", &[("", t.requests_received)]);
+        counter("liege_transport_request_timeouts", "Requests to peers that timed out", &[("", t.request_timeouts)]);
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
         out.insert_str(eof, &extra);
         out
     }

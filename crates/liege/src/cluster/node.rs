@@ -287,7 +287,7 @@ impl Node {
 
         let counters = Arc::new(TransportCounters::default());
         let telemetry = Arc::new(Telemetry::new(counters.clone()));
-        let mut tconfig = TransportConfig::new(config.name.clone(), Arc::from(secret.as_slice()));
+        let mut tconfig = TransportConfig::new(config.name.clone(), secret.clone());
         tconfig.faults = faults.clone();
         tconfig.counters = counters;
         let peers = Peers::new(tconfig.clone());
