@@ -64,8 +64,14 @@ pub(crate) async fn lease_loop(inner: Arc<NodeInner>) {
     let ttl = inner.config.lease_ttl;
     let period = ttl / 4;
     loop {
+        // Wake for the next renewal, or at the lease deadline to fence at once.
+        let deadline = inner
+            .ownership
+            .lease_deadline()
+            .unwrap_or_else(|| Instant::now() + period);
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
             _ = inner.shutdown.cancelled() => return,
         }
         inner.faults.gate().await;

@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use liege::cluster::CallOptions;
 use liege::testing::TestCluster;
-use liege::{CallError, Signal};
-use serde_json::json;
+use liege::{Agent, AgentError, AgentKey, Agents, CallError, Context, Signal};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Semaphore;
 
 use crate::common::{counter, inc, init_tracing, value};
 
@@ -101,48 +106,78 @@ async fn unknown_kinds_and_agent_errors_are_reported_not_retried() {
     assert_eq!(value(&ok.value), 1);
 }
 
+/// An agent whose handler waits for a permit from the test.
+struct Held {
+    permits: Arc<Semaphore>,
+    entered: Arc<AtomicUsize>,
+}
+
+impl Agent for Held {
+    type State = i64;
+
+    async fn handle(&self, state: &mut i64, _: &Signal, _: &mut Context<'_>) -> Result<Value, AgentError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        self.permits.acquire().await.expect("semaphore open").forget();
+        *state += 1;
+        Ok(json!({ "value": *state }))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_answers_overloaded() {
     init_tracing();
+    let permits = Arc::new(Semaphore::new(0));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let agent = Held { permits: permits.clone(), entered: entered.clone() };
     let cluster = TestCluster::builder()
         .node("a", "iad")
+        .agents(Agents::with_builtins().register("held", agent))
         .configure(|c| c.mailbox_capacity = 2)
         .start()
         .await;
     let node = cluster.node("a").clone();
-    let key = counter("busy");
-    // Freeze the store so the first signal holds the turn while others queue up.
-    node.call(&key, Signal::new("inc"), CallOptions::default()).await.unwrap();
-    node.faults().pause(true);
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
+    let key = AgentKey::new("held", "busy").unwrap();
+    let spawn_call = || {
         let node = node.clone();
         let key = key.clone();
-        tasks.push(tokio::spawn(async move {
-            node.call(&key, Signal::new("inc"), CallOptions { timeout: Some(Duration::from_secs(30)) }).await
-        }));
+        tokio::spawn(async move { node.call(&key, Signal::new("inc"), CallOptions::default()).await })
+    };
+    // One signal holds the turn...
+    let holder = spawn_call();
+    while entered.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    // Wait until the two admitted ones hold the mailbox, then one more must be refused.
-    let mut overloaded = 0;
-    for _ in 0..200 {
-        match tokio::time::timeout(
-            Duration::from_millis(20),
-            node.call(&key, Signal::new("inc"), CallOptions::default()),
-        )
-        .await
-        {
-            Ok(Err(CallError::Overloaded { capacity: 2, .. })) => {
-                overloaded += 1;
-                break;
-            }
-            _ => continue,
+    // ...then of five more, two fit in the mailbox and three are refused.
+    let others: Vec<_> = (0..5).map(|_| spawn_call()).collect();
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for t in others {
+        // Refusals answer at once; admitted calls stay pending until permits are given.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waiting.push(t);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while waiting.iter().filter(|t| t.is_finished()).count() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut pending = Vec::new();
+    for t in waiting {
+        if t.is_finished() {
+            let err = t.await.unwrap().unwrap_err();
+            assert!(matches!(err, CallError::Overloaded { capacity: 2, .. }), "{err:?}");
+            refused += 1;
+        } else {
+            pending.push(t);
         }
     }
-    node.faults().pause(false);
-    assert_eq!(overloaded, 1, "a call beyond the mailbox bound is refused");
-    for t in tasks {
-        let _ = t.await.unwrap();
+    assert_eq!(refused, 3, "calls beyond the mailbox bound are refused");
+    permits.add_permits(3);
+    let mut values = vec![value(&holder.await.unwrap().unwrap().value)];
+    for t in pending {
+        values.push(value(&t.await.unwrap().unwrap().value));
     }
+    values.sort();
+    assert_eq!(values, vec![1, 2, 3], "the admitted signals all complete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
