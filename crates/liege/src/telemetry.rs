@@ -284,6 +284,13 @@ impl Telemetry {
                     .observe(Duration::from_millis(*since_expiry_ms).as_secs_f64());
                 tracing::info!(event = event.name(), details = ?event, "cluster event")
             }
+            Event::PartitionClaimed { .. }
+            | Event::PartitionReleased { .. }
+            | Event::MigrationStarted { .. }
+            | Event::MigrationSucceeded { .. }
+            | Event::MigrationSkipped { .. } => {
+                tracing::debug!(event = event.name(), details = ?event, "cluster event")
+            }
             _ => tracing::info!(event = event.name(), details = ?event, "cluster event"),
         }
         // No subscribers is fine.
