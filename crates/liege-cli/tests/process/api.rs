@@ -1,0 +1,128 @@
+//! The HTTP API of a real node: every kind of bad input gets its JSON error and changes
+//! nothing; the node keeps serving.
+
+use serde_json::{json, Value};
+
+use crate::support::{try_request, NodeProcess};
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+#[test]
+fn bad_inputs_get_json_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("api", "local", &dir.path().join("liege.db"), &[]);
+    assert_eq!(node.inc("good", None), 1);
+
+    let long_id = "x".repeat(257);
+    let huge = vec![b'{'; 1024 * 1024 + 10];
+    let event = |v: Value| serde_json::to_vec(&v).unwrap();
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        ("POST", format!("/demo/keys/{long_id}/inc"), vec![], vec![], 413, "id_too_long"),
+        ("POST", "/demo/keys/good/inc".into(), vec![], b"{not json".to_vec(), 400, "bad_request"),
+        ("POST", "/demo/keys/good/inc".into(), vec![], b"[1,2]".to_vec(), 400, "bad_request"),
+        ("POST", "/demo/keys/good/inc".into(), vec![], huge.clone(), 413, "body_too_large"),
+        ("POST", "/v1/agents/counter/good".into(), vec![], b"{oops".to_vec(), 400, "bad_request"),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![],
+            event(json!({"specversion": "0.3", "source": "/t", "type": "inc"})),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![],
+            event(json!({"specversion": "1.0", "type": "inc"})),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/agents/nosuchkind/good".into(),
+            vec![],
+            event(json!({"specversion": "1.0", "source": "/t", "type": "inc"})),
+            404,
+            "unknown_kind",
+        ),
+        ("POST", "/v1/agents/counter/good".into(), vec![], huge, 413, "body_too_large"),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![],
+            event(json!({"specversion": "1.0", "source": "/t", "type": "inc", "data": {"by": "x"}})),
+            422,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![],
+            event(json!({"specversion": "1.0", "source": "/t", "type": "explode"})),
+            422,
+            "unknown_signal",
+        ),
+        ("GET", "/no/such/route".into(), vec![], vec![], 404, "not_found"),
+        ("DELETE", "/demo/keys/good/inc".into(), vec![], vec![], 405, "method_not_allowed"),
+    ];
+    for (method, path, headers, body, status, code) in cases {
+        let (got, json) = node.req(method, &path, &headers, &body);
+        assert_eq!(got, status, "{method} {}: {json}", &path[..path.len().min(60)]);
+        assert_eq!(error_code(&json), code, "{method} {}", &path[..path.len().min(60)]);
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Nothing above changed the counter; the node still serves.
+    assert_eq!(node.inc("good", None), 2);
+}
+
+#[test]
+fn the_cloudevents_endpoint_honours_idempotency_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("ce", "local", &dir.path().join("liege.db"), &[]);
+    let ev = serde_json::to_vec(&json!({
+        "specversion": "1.0", "source": "/billing", "type": "inc", "data": {"by": 5}
+    }))
+    .unwrap();
+    let h = [("idempotency-key", "charge-1"), ("content-type", "application/cloudevents+json")];
+    let (s1, b1) = node.req("POST", "/v1/agents/counter/acct", &h, &ev);
+    let (s2, b2) = node.req("POST", "/v1/agents/counter/acct", &h, &ev);
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(b1, json!({"value": 5}));
+    assert_eq!(b2, json!({"value": 5}), "same idempotency key → same reply, applied once");
+    let (s, state) = node.req("GET", "/v1/agents/counter/acct", &[], b"");
+    assert_eq!((s, state), (200, json!(5)));
+}
+
+#[test]
+fn health_readiness_owner_stats_and_metrics_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("obs", "iad", &dir.path().join("liege.db"), &[]);
+    node.inc("m", None);
+    let (s, h) = node.req("GET", "/healthz", &[], b"");
+    assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
+    let (s, owner) = node.req("GET", "/demo/keys/m/owner", &[], b"");
+    assert_eq!(s, 200);
+    assert_eq!(owner["owner"], "obs");
+    assert_eq!(owner["region"], "iad");
+    let (s, stats) = node.req("GET", "/demo/cluster/stats", &[], b"");
+    assert_eq!(s, 200);
+    assert_eq!(stats["nodes"][0]["name"], "obs");
+    assert_eq!(stats["nodes"][0]["active_agents"], 1);
+    let (s, raw) = try_request(node.http, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(s, 200);
+    let text = String::from_utf8(raw).unwrap();
+    for series in [
+        "liege_agent_calls_total{kind=\"counter\",outcome=\"ok\"} 1",
+        "liege_agent_call_duration_seconds_bucket",
+        "liege_agents_active 1",
+        "liege_store_commit_duration_seconds_count",
+        "liege_store_commit_batch_size_bucket",
+        "liege_cluster_events_total{event=\"node_joined\"} 1",
+        "liege_transport_handshakes_refused_total",
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+}

@@ -1,0 +1,74 @@
+//! Three `liege node` processes on one SQLite file form a cluster.
+
+use std::collections::BTreeMap;
+
+use crate::support::NodeProcess;
+
+#[test]
+fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("liege.db");
+    let secret = ["--secret", "drill-secret"];
+    let mut nodes = vec![
+        NodeProcess::start("iad-1", "iad", &db, &secret),
+        NodeProcess::start("ord-1", "ord", &db, &secret),
+        NodeProcess::start("lax-1", "lax", &db, &secret),
+    ];
+    // Partitions first go to whoever is up, then move to their desired owners.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, stats) = nodes[0].req("GET", "/demo/cluster/stats", &[], b"");
+        let owners = stats["partitions_by_owner"].as_object().map_or(0, |o| o.len());
+        if owners == 3 && stats["partitions_orphaned"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no spread: {stats}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    let mut acked: BTreeMap<String, i64> = BTreeMap::new();
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // Every key through every node: values climb 1, 2, 3 regardless of the entry node.
+    for (round, node) in nodes.iter().enumerate() {
+        for key in &keys {
+            let v = node.inc(key, Some(&format!("{key}-{round}")));
+            assert_eq!(v, round as i64 + 1, "{key} via {}", node.name);
+            acked.insert(key.clone(), v);
+        }
+    }
+    for key in &keys {
+        let (_, o) = nodes[0].req("GET", &format!("/demo/keys/{key}/owner"), &[], b"");
+        owners.insert(key.clone(), o["owner"].as_str().unwrap_or_default().to_string());
+    }
+    let distinct: std::collections::BTreeSet<_> = owners.values().collect();
+    assert_eq!(distinct.len(), 3, "keys spread over all three nodes: {distinct:?}");
+
+    // SIGKILL one node; its keys answer from the others with nothing lost.
+    let victim = nodes.remove(1);
+    let victim_name = victim.name.clone();
+    let mut victim = victim;
+    victim.kill9();
+    for key in &keys {
+        let v = nodes[0].inc(key, Some(&format!("{key}-after")));
+        assert_eq!(v, acked[key] + 1, "{key} (owned by {}) lost nothing", owners[key]);
+        let (_, o) = nodes[1].req("GET", &format!("/demo/keys/{key}/owner"), &[], b"");
+        assert_ne!(o["owner"], victim_name.as_str());
+    }
+}
+
+#[test]
+fn a_node_with_another_secret_refuses_to_join() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("liege.db");
+    let _first = NodeProcess::start("a", "iad", &db, &["--secret", "right"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
+        .args(["node", "--name", "b", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("sqlite:{}", db.display()))
+        .args(["--secret", "wrong"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret differs"), "{stderr}");
+}

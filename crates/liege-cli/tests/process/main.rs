@@ -1,0 +1,6 @@
+//! Process tests: real `liege node` processes on real ports and a real SQLite file.
+
+mod api;
+mod cluster;
+mod support;
+mod single;

@@ -1,0 +1,204 @@
+//! Spawning `liege node` processes and talking HTTP/1.1 to them.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A free loopback port (bound, then released).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `liege node` child process, killed on drop.
+pub(crate) struct NodeProcess {
+    pub(crate) name: String,
+    pub(crate) http: u16,
+    pub(crate) cluster: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `liege node` with a SQLite store at `db` and waits until `/readyz` answers 200.
+    pub(crate) fn start(name: &str, region: &str, db: &Path, extra: &[&str]) -> NodeProcess {
+        let http = free_port();
+        let cluster = free_port();
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--name".into(),
+            name.into(),
+            "--region".into(),
+            region.into(),
+            "--http".into(),
+            format!("127.0.0.1:{http}"),
+            "--listen".into(),
+            format!("127.0.0.1:{cluster}"),
+            "--store".into(),
+            format!("sqlite:{}", db.display()),
+            "--lease-ttl-ms".into(),
+            "600".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = db.with_file_name(format!("{name}.log"));
+        let mut node = NodeProcess {
+            name: name.into(),
+            http,
+            cluster,
+            child: None,
+            args,
+            log,
+        };
+        node.spawn();
+        node.wait_ready();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_liege"))
+            .args(&self.args)
+            .env("LIEGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("liege starts");
+        self.child = Some(child);
+    }
+
+    /// Waits until `/readyz` is 200 (panics with the log after 30 s).
+    pub(crate) fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = try_request(self.http, "GET", "/readyz", &[], b"") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} not ready; log:\n{}", self.name, self.log_text());
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY-free: libc::kill on our own child's pid.
+        let rc = unsafe_free_kill(c.id(), libc::SIGTERM);
+        assert_eq!(rc, 0, "SIGTERM delivered");
+        c.wait().expect("exit status")
+    }
+
+    /// Starts the same node again (same name, ports, store).
+    pub(crate) fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// POST/GET helper that panics on transport errors.
+    pub(crate) fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+        let (status, body) = try_request(self.http, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.name));
+        let json = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+        (status, json)
+    }
+
+    /// `POST /demo/keys/{id}/inc` returning the new value.
+    pub(crate) fn inc(&self, id: &str, idem: Option<&str>) -> i64 {
+        let headers: Vec<(&str, &str)> = idem.map(|k| ("idempotency-key", k)).into_iter().collect();
+        let (status, body) = self.req("POST", &format!("/demo/keys/{id}/inc"), &headers, b"");
+        assert_eq!(status, 200, "inc {id} on {}: {body}", self.name);
+        body["value"].as_i64().expect("integer value")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_free_kill(pid: u32, sig: i32) -> i32 {
+    // libc::kill is an FFI call; the crate forbids unsafe only in the library.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, sig)
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub(crate) fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP response");
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| bad())?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let mut body = raw[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body).ok_or_else(bad)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
