@@ -89,7 +89,9 @@ impl FaultyStore {
     async fn enter(&self) -> StoreResult<()> {
         self.faults.gate().await;
         if self.faults.store_cut() {
-            return Err(StoreError::Unavailable("store cut off (fault injection)".into()));
+            return Err(StoreError::Unavailable(
+                "store cut off (fault injection)".into(),
+            ));
         }
         Ok(())
     }
@@ -97,7 +99,9 @@ impl FaultyStore {
     async fn leave_with<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
         self.faults.gate().await;
         if self.faults.store_cut() {
-            return Err(StoreError::Unavailable("store cut off (fault injection)".into()));
+            return Err(StoreError::Unavailable(
+                "store cut off (fault injection)".into(),
+            ));
         }
         result
     }
@@ -166,10 +170,7 @@ impl Store for FaultyStore {
         let r = self.inner.read(key).await;
         self.leave_with(r).await
     }
-    async fn write(
-        &self,
-        batch: &[CheckpointWrite],
-    ) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+    async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         self.enter().await?;
         let r = self.inner.write(batch).await;
         self.leave_with(r).await

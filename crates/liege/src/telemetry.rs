@@ -189,9 +189,17 @@ impl Telemetry {
     pub fn new(transport: Arc<TransportCounters>) -> Self {
         let mut registry = Registry::with_prefix("liege");
         let events = Family::<EventLabels, Counter>::default();
-        registry.register("cluster_events", "Cluster events seen by this node", events.clone());
+        registry.register(
+            "cluster_events",
+            "Cluster events seen by this node",
+            events.clone(),
+        );
         let calls = Family::<CallLabels, Counter>::default();
-        registry.register("agent_calls", "Signals handled by kind and outcome", calls.clone());
+        registry.register(
+            "agent_calls",
+            "Signals handled by kind and outcome",
+            calls.clone(),
+        );
         let call_duration = Family::<CallLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_005, 2.0, 22))
         });
@@ -201,9 +209,17 @@ impl Telemetry {
             call_duration.clone(),
         );
         let agents_active = Gauge::default();
-        registry.register("agents_active", "Agents active on this node", agents_active.clone());
+        registry.register(
+            "agents_active",
+            "Agents active on this node",
+            agents_active.clone(),
+        );
         let agents_activated = Counter::default();
-        registry.register("agents_activated", "Agent activations", agents_activated.clone());
+        registry.register(
+            "agents_activated",
+            "Agent activations",
+            agents_activated.clone(),
+        );
         let agents_passivated = Counter::default();
         registry.register(
             "agents_passivated",
@@ -324,7 +340,11 @@ impl Telemetry {
                 extra.push_str(&format!("{name}_total{labels} {v}\n"));
             }
         };
-        counter("liege_transport_connections_accepted", "Peer connections accepted", &[("", t.connections_accepted)]);
+        counter(
+            "liege_transport_connections_accepted",
+            "Peer connections accepted",
+            &[("", t.connections_accepted)],
+        );
         counter(
             "liege_transport_handshakes_refused",
             "Peer handshakes refused, by reason",
@@ -335,10 +355,26 @@ impl Telemetry {
                 ("{reason=\"timeout\"}", t.handshakes_refused_timeout),
             ],
         );
-        counter("liege_transport_frames_rejected", "Frames from authenticated peers that could not be decoded", &[("", t.frames_rejected)]);
-        counter("liege_transport_requests_sent", "Requests sent to peers", &[("", t.requests_sent)]);
-        counter("liege_transport_requests_received", "Requests received from peers", &[("", t.requests_received)]);
-        counter("liege_transport_request_timeouts", "Requests to peers that timed out", &[("", t.request_timeouts)]);
+        counter(
+            "liege_transport_frames_rejected",
+            "Frames from authenticated peers that could not be decoded",
+            &[("", t.frames_rejected)],
+        );
+        counter(
+            "liege_transport_requests_sent",
+            "Requests sent to peers",
+            &[("", t.requests_sent)],
+        );
+        counter(
+            "liege_transport_requests_received",
+            "Requests received from peers",
+            &[("", t.requests_received)],
+        );
+        counter(
+            "liege_transport_request_timeouts",
+            "Requests to peers that timed out",
+            &[("", t.request_timeouts)],
+        );
         let eof = out.rfind("# EOF").unwrap_or(out.len());
         out.insert_str(eof, &extra);
         out

@@ -5,8 +5,20 @@ use serde_json::{json, Value};
 
 use crate::support::{try_request, NodeProcess};
 
+/// method, path, headers, body, expected status, expected error code.
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 fn error_code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
 }
 
 #[test]
@@ -18,12 +30,47 @@ fn bad_inputs_get_json_errors_and_the_node_keeps_serving() {
     let long_id = "x".repeat(257);
     let huge = vec![b'{'; 1024 * 1024 + 10];
     let event = |v: Value| serde_json::to_vec(&v).unwrap();
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
-        ("POST", format!("/demo/keys/{long_id}/inc"), vec![], vec![], 413, "id_too_long"),
-        ("POST", "/demo/keys/good/inc".into(), vec![], b"{not json".to_vec(), 400, "bad_request"),
-        ("POST", "/demo/keys/good/inc".into(), vec![], b"[1,2]".to_vec(), 400, "bad_request"),
-        ("POST", "/demo/keys/good/inc".into(), vec![], huge.clone(), 413, "body_too_large"),
-        ("POST", "/v1/agents/counter/good".into(), vec![], b"{oops".to_vec(), 400, "bad_request"),
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "POST",
+            format!("/demo/keys/{long_id}/inc"),
+            vec![],
+            vec![],
+            413,
+            "id_too_long",
+        ),
+        (
+            "POST",
+            "/demo/keys/good/inc".into(),
+            vec![],
+            b"{not json".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/demo/keys/good/inc".into(),
+            vec![],
+            b"[1,2]".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/demo/keys/good/inc".into(),
+            vec![],
+            huge.clone(),
+            413,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![],
+            b"{oops".to_vec(),
+            400,
+            "bad_request",
+        ),
         (
             "POST",
             "/v1/agents/counter/good".into(),
@@ -48,12 +95,21 @@ fn bad_inputs_get_json_errors_and_the_node_keeps_serving() {
             404,
             "unknown_kind",
         ),
-        ("POST", "/v1/agents/counter/good".into(), vec![], huge, 413, "body_too_large"),
         (
             "POST",
             "/v1/agents/counter/good".into(),
             vec![],
-            event(json!({"specversion": "1.0", "source": "/t", "type": "inc", "data": {"by": "x"}})),
+            huge,
+            413,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![],
+            event(
+                json!({"specversion": "1.0", "source": "/t", "type": "inc", "data": {"by": "x"}}),
+            ),
             422,
             "bad_request",
         ),
@@ -65,14 +121,40 @@ fn bad_inputs_get_json_errors_and_the_node_keeps_serving() {
             422,
             "unknown_signal",
         ),
-        ("GET", "/no/such/route".into(), vec![], vec![], 404, "not_found"),
-        ("DELETE", "/demo/keys/good/inc".into(), vec![], vec![], 405, "method_not_allowed"),
+        (
+            "GET",
+            "/no/such/route".into(),
+            vec![],
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/demo/keys/good/inc".into(),
+            vec![],
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (method, path, headers, body, status, code) in cases {
         let (got, json) = node.req(method, &path, &headers, &body);
-        assert_eq!(got, status, "{method} {}: {json}", &path[..path.len().min(60)]);
-        assert_eq!(error_code(&json), code, "{method} {}", &path[..path.len().min(60)]);
-        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            got,
+            status,
+            "{method} {}: {json}",
+            &path[..path.len().min(60)]
+        );
+        assert_eq!(
+            error_code(&json),
+            code,
+            "{method} {}",
+            &path[..path.len().min(60)]
+        );
+        assert!(json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     // Nothing above changed the counter; the node still serves.
     assert_eq!(node.inc("good", None), 2);
@@ -86,12 +168,19 @@ fn the_cloudevents_endpoint_honours_idempotency_keys() {
         "specversion": "1.0", "source": "/billing", "type": "inc", "data": {"by": 5}
     }))
     .unwrap();
-    let h = [("idempotency-key", "charge-1"), ("content-type", "application/cloudevents+json")];
+    let h = [
+        ("idempotency-key", "charge-1"),
+        ("content-type", "application/cloudevents+json"),
+    ];
     let (s1, b1) = node.req("POST", "/v1/agents/counter/acct", &h, &ev);
     let (s2, b2) = node.req("POST", "/v1/agents/counter/acct", &h, &ev);
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(b1, json!({"value": 5}));
-    assert_eq!(b2, json!({"value": 5}), "same idempotency key → same reply, applied once");
+    assert_eq!(
+        b2,
+        json!({"value": 5}),
+        "same idempotency key → same reply, applied once"
+    );
     let (s, state) = node.req("GET", "/v1/agents/counter/acct", &[], b"");
     assert_eq!((s, state), (200, json!(5)));
 }

@@ -18,7 +18,9 @@ fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (_, stats) = nodes[0].req("GET", "/demo/cluster/stats", &[], b"");
-        let owners = stats["partitions_by_owner"].as_object().map_or(0, |o| o.len());
+        let owners = stats["partitions_by_owner"]
+            .as_object()
+            .map_or(0, |o| o.len());
         if owners == 3 && stats["partitions_orphaned"] == 0 {
             break;
         }
@@ -38,10 +40,17 @@ fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
     }
     for key in &keys {
         let (_, o) = nodes[0].req("GET", &format!("/demo/keys/{key}/owner"), &[], b"");
-        owners.insert(key.clone(), o["owner"].as_str().unwrap_or_default().to_string());
+        owners.insert(
+            key.clone(),
+            o["owner"].as_str().unwrap_or_default().to_string(),
+        );
     }
     let distinct: std::collections::BTreeSet<_> = owners.values().collect();
-    assert_eq!(distinct.len(), 3, "keys spread over all three nodes: {distinct:?}");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "keys spread over all three nodes: {distinct:?}"
+    );
 
     // SIGKILL one node; its keys answer from the others with nothing lost.
     let victim = nodes.remove(1);
@@ -50,7 +59,12 @@ fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
     victim.kill9();
     for key in &keys {
         let v = nodes[0].inc(key, Some(&format!("{key}-after")));
-        assert_eq!(v, acked[key] + 1, "{key} (owned by {}) lost nothing", owners[key]);
+        assert_eq!(
+            v,
+            acked[key] + 1,
+            "{key} (owned by {}) lost nothing",
+            owners[key]
+        );
         let (_, o) = nodes[1].req("GET", &format!("/demo/keys/{key}/owner"), &[], b"");
         assert_ne!(o["owner"], victim_name.as_str());
     }
@@ -62,7 +76,15 @@ fn a_node_with_another_secret_refuses_to_join() {
     let db = dir.path().join("liege.db");
     let _first = NodeProcess::start("a", "iad", &db, &["--secret", "right"]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
-        .args(["node", "--name", "b", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args([
+            "node",
+            "--name",
+            "b",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--store")
         .arg(format!("sqlite:{}", db.display()))
         .args(["--secret", "wrong"])

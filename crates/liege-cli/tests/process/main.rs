@@ -2,5 +2,5 @@
 
 mod api;
 mod cluster;
-mod support;
 mod single;
+mod support;

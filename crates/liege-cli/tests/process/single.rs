@@ -24,7 +24,11 @@ fn sigterm_makes_state_durable_and_exits_zero() {
         node.inc("graceful", None);
     }
     let status = node.terminate();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", node.log_text());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        node.log_text()
+    );
     let node = NodeProcess::start("solo", "local", &db, &["--persistence", "on_passivate"]);
     assert_eq!(node.inc("graceful", None), 6);
 }
@@ -37,6 +41,10 @@ fn an_idempotency_key_is_applied_once_across_a_restart() {
     assert_eq!(node.inc("idem", Some("order-17")), 1);
     assert_eq!(node.inc("idem", Some("order-17")), 1);
     node.restart();
-    assert_eq!(node.inc("idem", Some("order-17")), 1, "dedupe window was persisted");
+    assert_eq!(
+        node.inc("idem", Some("order-17")),
+        1,
+        "dedupe window was persisted"
+    );
     assert_eq!(node.inc("idem", Some("order-18")), 2);
 }

@@ -20,7 +20,6 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct NodeProcess {
     pub(crate) name: String,
     pub(crate) http: u16,
-    pub(crate) cluster: u16,
     child: Option<Child>,
     args: Vec<String>,
     log: PathBuf,
@@ -51,7 +50,6 @@ impl NodeProcess {
         let mut node = NodeProcess {
             name: name.into(),
             http,
-            cluster,
             child: None,
             args,
             log,
@@ -118,10 +116,17 @@ impl NodeProcess {
     }
 
     /// POST/GET helper that panics on transport errors.
-    pub(crate) fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+    pub(crate) fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Value) {
         let (status, body) = try_request(self.http, method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.name));
-        let json = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+        let json = serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
         (status, json)
     }
 
@@ -175,7 +180,10 @@ pub(crate) fn try_request(
 
 fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP response");
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| bad())?;
     let status: u16 = head
         .split_whitespace()
@@ -183,7 +191,10 @@ fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
     let mut body = raw[head_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body).ok_or_else(bad)?;
     }
     Ok((status, body))
@@ -193,7 +204,8 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.trim(), 16).ok()?;
         b = &b[line_end + 2..];
         if size == 0 {
             return Some(out);

@@ -91,13 +91,24 @@ mod tests {
     #[test]
     fn checkpoint_round_trips_state_and_window() {
         let mut w = DedupeWindow::default();
-        w.record(DedupeWindow::hash_id("a"), b"{\"value\":1}".to_vec().into(), 4);
-        w.record(DedupeWindow::hash_id("b"), b"{\"value\":2}".to_vec().into(), 4);
+        w.record(
+            DedupeWindow::hash_id("a"),
+            b"{\"value\":1}".to_vec().into(),
+            4,
+        );
+        w.record(
+            DedupeWindow::hash_id("b"),
+            b"{\"value\":2}".to_vec().into(),
+            4,
+        );
         let bytes = encode(b"2", &w);
         let (state, back) = decode(&bytes).unwrap();
         assert_eq!(state, b"2");
         assert_eq!(back, w);
-        assert_eq!(back.get(DedupeWindow::hash_id("a")), Some(&b"{\"value\":1}"[..]));
+        assert_eq!(
+            back.get(DedupeWindow::hash_id("a")),
+            Some(&b"{\"value\":1}"[..])
+        );
     }
 
     #[test]

@@ -46,19 +46,25 @@ pub enum SignalError {
 }
 
 impl Signal {
-    /// A signal of type `ty` with a fresh UUIDv7 id, source `/liege`, the current time and no data.
+    /// A signal of type `ty` with a fresh UUIDv7 id, source `/liege`, no time and no data.
     pub fn new(ty: impl Into<String>) -> Self {
         Self {
             id: new_signal_id(),
             source: "/liege".to_string(),
             ty: ty.into(),
-            time: Some(now_rfc3339()),
+            time: None,
             subject: None,
             datacontenttype: None,
             dataschema: None,
             data: None,
             extensions: BTreeMap::new(),
         }
+    }
+
+    /// Sets `time` to now.
+    pub fn with_time_now(mut self) -> Self {
+        self.time = Some(now_rfc3339());
+        self
     }
 
     /// Sets the payload.

@@ -80,7 +80,8 @@ pub(crate) async fn refresh(inner: &Arc<NodeInner>, seen: &mut Seen) -> Result<(
             });
         }
     }
-    seen.live_since.retain(|name, (inc, _)| live_now.get(name) == Some(inc));
+    seen.live_since
+        .retain(|name, (inc, _)| live_now.get(name) == Some(inc));
     for (name, inc) in &live_now {
         seen.live_since
             .entry(name.clone())

@@ -10,7 +10,7 @@
 //! writing; anyone waiting on its turn sees `dead` and re-routes.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -22,6 +22,8 @@ use crate::agent::{AnyState, DynAgent};
 use crate::core::ids::{AgentKey, Epoch, PartitionId, Rev};
 
 const SHARDS: usize = 64;
+
+type Shard = Mutex<HashMap<AgentKey, Arc<Activation>, Xxh3Builder>>;
 
 /// The mutable part of an activation, guarded by its turn lock.
 pub(crate) struct Turn {
@@ -61,7 +63,7 @@ impl Activation {
 /// All activations of this node, sharded by key hash.
 pub(crate) struct Local {
     hasher: Xxh3Builder,
-    shards: Box<[Mutex<HashMap<AgentKey, Arc<Activation>, Xxh3Builder>>]>,
+    shards: Box<[Shard]>,
     per_partition: Box<[AtomicU32]>,
     active: AtomicUsize,
 }
@@ -79,10 +81,8 @@ impl Local {
         }
     }
 
-    fn shard(&self, key: &AgentKey) -> &Mutex<HashMap<AgentKey, Arc<Activation>, Xxh3Builder>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+    fn shard(&self, key: &AgentKey) -> &Shard {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// The live activation of `key` at `epoch`, creating it if absent (or if the existing one

@@ -23,7 +23,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// What a routed request carries.
 #[derive(Clone)]
 enum Op {
-    Signal(Signal, Delivery),
+    Signal(Box<Signal>, Delivery),
     Get,
     Lookup,
     Stop,
@@ -59,7 +59,8 @@ pub(crate) async fn call(
     delivery: Delivery,
     options: CallOptions,
 ) -> Result<Reply, CallError> {
-    let (answer, node, region) = route(inner, key, Op::Signal(signal, delivery), options).await?;
+    let (answer, node, region) =
+        route(inner, key, Op::Signal(Box::new(signal), delivery), options).await?;
     Ok(Reply {
         value: match answer {
             Answer::Value(v) => v,
@@ -123,19 +124,32 @@ async fn route(
         attempts += 1;
         let target = {
             let view = inner.view.read();
-            view.route_target(p)
-                .map(|n| (n.record.id.name.clone(), n.record.region.clone(), n.record.cluster_addr.clone()))
+            view.route_target(p).map(|n| {
+                (
+                    n.record.id.name.clone(),
+                    n.record.region.clone(),
+                    n.record.cluster_addr.clone(),
+                )
+            })
         };
         let result = match &target {
             None => Err(CallError::Unowned { partition: p }),
-            Some((name, _, _)) if **name == *inner.config.name => execute_local(inner, key, &op).await,
+            Some((name, _, _)) if **name == *inner.config.name => {
+                execute_local(inner, key, &op).await
+            }
             Some((_, _, addr)) => {
                 // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so an
                 // attempt need not wait much longer than that before re-routing.
                 let attempt = (inner.config.lease_ttl + inner.config.lease_ttl / 4)
                     .max(Duration::from_millis(200));
-                let remaining = deadline.saturating_duration_since(Instant::now()).min(attempt);
-                match inner.peers.request(addr, op.to_request(key), remaining).await {
+                let remaining = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(attempt);
+                match inner
+                    .peers
+                    .request(addr, op.to_request(key), remaining)
+                    .await
+                {
                     Ok(resp) => from_response(resp),
                     Err(e) => Err(transport_error(e)),
                 }
@@ -151,7 +165,10 @@ async fn route(
         if !err.is_retryable() {
             return Err(err);
         }
-        if let CallError::NotOwner { hint: Some(owner), .. } = &err {
+        if let CallError::NotOwner {
+            hint: Some(owner), ..
+        } = &err
+        {
             let mut view = inner.view.write();
             let epoch = view.owners[p.0 as usize].1;
             view.set_owner(p, Some(owner.clone()), epoch);
@@ -185,11 +202,17 @@ fn from_response(resp: Response) -> Result<Answer, CallError> {
         Response::Active(a) => Ok(Answer::Active(a)),
         Response::Done => Ok(Answer::Done),
         Response::Err(e) => Err(e),
-        other => Err(CallError::Internal(format!("unexpected peer answer {other:?}"))),
+        other => Err(CallError::Internal(format!(
+            "unexpected peer answer {other:?}"
+        ))),
     }
 }
 
-async fn execute_local(inner: &Arc<NodeInner>, key: &AgentKey, op: &Op) -> Result<Answer, CallError> {
+async fn execute_local(
+    inner: &Arc<NodeInner>,
+    key: &AgentKey,
+    op: &Op,
+) -> Result<Answer, CallError> {
     match op {
         Op::Lookup => {
             let p = inner.partition_of(key);
@@ -207,7 +230,10 @@ async fn execute_local(inner: &Arc<NodeInner>, key: &AgentKey, op: &Op) -> Resul
                 return Ok(Answer::Done);
             };
             let admitted = inner.admit(key).await?;
-            inner.run(admitted, LocalOp::Stop).await.map(|_| Answer::Done)
+            inner
+                .run(admitted, LocalOp::Stop)
+                .await
+                .map(|_| Answer::Done)
         }
         Op::Signal(signal, Delivery::Call) => {
             let admitted = inner.admit(key).await?;
@@ -239,7 +265,13 @@ pub(crate) async fn cluster_stats(inner: &Arc<NodeInner>) -> ClusterStats {
             .live_nodes()
             .into_iter()
             .filter(|n| *n.record.id.name != *inner.config.name)
-            .map(|n| (n.record.id.name.to_string(), n.record.region.clone(), n.record.cluster_addr.clone()))
+            .map(|n| {
+                (
+                    n.record.id.name.to_string(),
+                    n.record.region.clone(),
+                    n.record.cluster_addr.clone(),
+                )
+            })
             .collect();
         let mut by_owner = std::collections::BTreeMap::new();
         let mut orphaned = 0;
@@ -266,11 +298,27 @@ pub(crate) async fn cluster_stats(inner: &Arc<NodeInner>) -> ClusterStats {
         match result {
             Ok(Response::Stats(bytes)) => match serde_json::from_slice::<NodeStats>(&bytes) {
                 Ok(s) => nodes.push(s),
-                Err(e) => unreachable.push(UnreachableNode { name, region, error: format!("bad stats: {e}") }),
+                Err(e) => unreachable.push(UnreachableNode {
+                    name,
+                    region,
+                    error: format!("bad stats: {e}"),
+                }),
             },
-            Ok(Response::Err(e)) => unreachable.push(UnreachableNode { name, region, error: e.to_string() }),
-            Ok(other) => unreachable.push(UnreachableNode { name, region, error: format!("unexpected answer {other:?}") }),
-            Err(e) => unreachable.push(UnreachableNode { name, region, error: e.to_string() }),
+            Ok(Response::Err(e)) => unreachable.push(UnreachableNode {
+                name,
+                region,
+                error: e.to_string(),
+            }),
+            Ok(other) => unreachable.push(UnreachableNode {
+                name,
+                region,
+                error: format!("unexpected answer {other:?}"),
+            }),
+            Err(e) => unreachable.push(UnreachableNode {
+                name,
+                region,
+                error: e.to_string(),
+            }),
         }
     }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -303,8 +351,12 @@ impl RequestHandler for PeerHandler {
                         serde_json::to_vec(&inner.local_stats()).expect("stats serialize"),
                     )
                 }
-                Request::Signal { key, signal_json, delivery } => match Signal::from_json(&signal_json) {
-                    Ok(signal) => (key, Op::Signal(signal, delivery)),
+                Request::Signal {
+                    key,
+                    signal_json,
+                    delivery,
+                } => match Signal::from_json(&signal_json) {
+                    Ok(signal) => (key, Op::Signal(Box::new(signal), delivery)),
                     Err(e) => return Response::Err(CallError::BadRequest(e.to_string())),
                 },
                 Request::Get { key } => (key, Op::Get),
@@ -312,10 +364,14 @@ impl RequestHandler for PeerHandler {
                 Request::Stop { key } => (key, Op::Stop),
             };
             if !inner.agents.contains(&key.kind) {
-                return Response::Err(CallError::UnknownKind { kind: key.kind.to_string() });
+                return Response::Err(CallError::UnknownKind {
+                    kind: key.kind.to_string(),
+                });
             }
             match execute_local(&inner, &key, &op).await {
-                Ok(Answer::Value(v)) => Response::Json(serde_json::to_vec(&v).expect("JSON value serializes")),
+                Ok(Answer::Value(v)) => {
+                    Response::Json(serde_json::to_vec(&v).expect("JSON value serializes"))
+                }
                 Ok(Answer::Active(a)) => Response::Active(a),
                 Ok(Answer::Done) => Response::Done,
                 Err(e) => Response::Err(e),
@@ -323,7 +379,9 @@ impl RequestHandler for PeerHandler {
         };
         match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
-            Err(_) => Response::Err(CallError::Unavailable("deadline passed on the owner".into())),
+            Err(_) => Response::Err(CallError::Unavailable(
+                "deadline passed on the owner".into(),
+            )),
         }
     }
 }

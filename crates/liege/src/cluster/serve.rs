@@ -20,7 +20,7 @@ use crate::telemetry::CallLabels;
 
 /// What to do with the key once it holds the turn.
 pub(crate) enum LocalOp {
-    Signal(Signal),
+    Signal(Box<Signal>),
     Get,
     Stop,
 }
@@ -133,13 +133,16 @@ impl NodeInner {
             return Err(self.moved_or_not_owner(act.partition));
         }
         // The partition may have changed hands while we waited for the turn.
-        if !self.ownership.lease_valid() || self.ownership.held(act.partition) != Held::Serving(act.epoch)
+        if !self.ownership.lease_valid()
+            || self.ownership.held(act.partition) != Held::Serving(act.epoch)
         {
             if let Held::Draining(e) = self.ownership.held(act.partition) {
                 if e == act.epoch && matches!(op, LocalOp::Stop) {
                     // stop during a drain is fine: fall through.
                 } else {
-                    return Err(CallError::Moved { partition: act.partition });
+                    return Err(CallError::Moved {
+                        partition: act.partition,
+                    });
                 }
             } else {
                 return Err(self.moved_or_not_owner(act.partition));
@@ -155,14 +158,16 @@ impl NodeInner {
             self.load(&act, &mut turn).await?;
         }
         let result = match op {
-            LocalOp::Get => Ok(act.agent.to_json(turn.state.as_ref().expect("loaded above"))),
+            LocalOp::Get => Ok(act
+                .agent
+                .to_json(turn.state.as_ref().expect("loaded above"))),
             LocalOp::Stop => {
                 self.flush_locked(&act, &mut turn).await?;
                 guard.armed = false;
                 self.kill_activation(&act);
                 return Ok(Value::Null);
             }
-            LocalOp::Signal(signal) => self.handle_signal(&act, &mut turn, signal).await,
+            LocalOp::Signal(signal) => self.handle_signal(&act, &mut turn, *signal).await,
         };
         match &result {
             Err(e) if e.is_retryable() || matches!(e, CallError::Internal(_)) => {}
@@ -187,8 +192,7 @@ impl NodeInner {
                 turn.rev = crate::core::ids::Rev(0);
             }
             Some(cp) => {
-                let (state, dedupe) =
-                    checkpoint::decode(&cp.data).map_err(CallError::Internal)?;
+                let (state, dedupe) = checkpoint::decode(&cp.data).map_err(CallError::Internal)?;
                 turn.state = Some(
                     act.agent
                         .decode(Some(state))
@@ -257,7 +261,11 @@ impl NodeInner {
 
     /// Writes the activation's state through the group-commit writer, fenced by its epoch.
     /// On any failure the caller MUST drop the activation (its memory is ahead of the store).
-    pub(crate) async fn persist(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+    pub(crate) async fn persist(
+        &self,
+        act: &Arc<Activation>,
+        turn: &mut Turn,
+    ) -> Result<(), CallError> {
         let state = turn.state.as_ref().expect("persist only after load");
         let data = checkpoint::encode(&act.agent.encode(state), &turn.dedupe);
         let write = CheckpointWrite {
@@ -274,7 +282,11 @@ impl NodeInner {
                 act.dirty.store(false, Ordering::Release);
                 Ok(())
             }
-            Ok(Err(WriteError::Fenced { partition, owner, epoch })) => {
+            Ok(Err(WriteError::Fenced {
+                partition,
+                owner,
+                epoch,
+            })) => {
                 tracing::info!(key = %act.key, %partition, %epoch, "write fenced: partition owned elsewhere");
                 self.nudge.notify_one();
                 Err(CallError::NotOwner {
@@ -292,7 +304,11 @@ impl NodeInner {
     }
 
     /// Persists the activation if it has unwritten changes.
-    pub(crate) async fn flush_locked(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+    pub(crate) async fn flush_locked(
+        &self,
+        act: &Arc<Activation>,
+        turn: &mut Turn,
+    ) -> Result<(), CallError> {
         if act.dirty.load(Ordering::Acquire) && turn.state.is_some() {
             self.persist(act, turn).await?;
         }

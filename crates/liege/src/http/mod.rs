@@ -56,7 +56,11 @@ pub async fn serve(
 
 fn key_from(kind: &str, id: &str) -> Result<AgentKey, ApiError> {
     if let Err(e @ KeyError::IdTooLong { .. }) = validate_id(id) {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "id_too_long", e.to_string()));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "id_too_long",
+            e.to_string(),
+        ));
     }
     AgentKey::new(kind, id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
@@ -68,7 +72,10 @@ fn check_ready(node: &Node) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!("node {} is not ready (no valid lease or directory not loaded)", node.name()),
+            format!(
+                "node {} is not ready (no valid lease or directory not loaded)",
+                node.name()
+            ),
         ))
     }
 }
@@ -77,7 +84,11 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "body_too_large", format!("request body exceeds {MAX_BODY_BYTES} bytes"))
+            ApiError::new(
+                status,
+                "body_too_large",
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            )
         } else {
             ApiError::new(status, "bad_body", rejection.body_text())
         }
@@ -85,7 +96,8 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    p.map(|Path(v)| v).map_err(|r| ApiError::bad_request(r.body_text()))
+    p.map(|Path(v)| v)
+        .map_err(|r| ApiError::bad_request(r.body_text()))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -96,7 +108,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 .to_str()
                 .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
             if s.is_empty() || s.len() > 256 {
-                return Err(ApiError::bad_request("Idempotency-Key must be 1..=256 bytes"));
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1..=256 bytes",
+                ));
             }
             Ok(Some(s.to_string()))
         }
@@ -113,12 +127,14 @@ async fn demo_inc(
     let raw = body(raw)?;
     let key = key_from("counter", &id)?;
     check_ready(&node)?;
-    let mut signal = Signal::new("inc").with_source("/demo");
+    let mut signal = Signal::new("inc").with_source("/demo").with_time_now();
     if !raw.iter().all(u8::is_ascii_whitespace) {
         let data: Value = serde_json::from_slice(&raw)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
         if !data.is_object() {
-            return Err(ApiError::bad_request("body must be a JSON object like {\"by\": 2}"));
+            return Err(ApiError::bad_request(
+                "body must be a JSON object like {\"by\": 2}",
+            ));
         }
         signal = signal.with_data(data);
     }
@@ -170,8 +186,7 @@ async fn agent_signal(
     if !node.agents().contains(&kind) {
         return Err(crate::error::CallError::UnknownKind { kind }.into());
     }
-    let mut signal =
-        Signal::from_json(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut signal = Signal::from_json(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(k) = idempotency_key(&headers)? {
         signal.id = k;
     }
@@ -180,7 +195,11 @@ async fn agent_signal(
         timeout: timeout_header(&headers)?,
     };
     let reply = node.call(&key, signal, options).await?;
-    Ok(with_node_headers(Json(reply.value), &reply.node, &reply.region))
+    Ok(with_node_headers(
+        Json(reply.value),
+        &reply.node,
+        &reply.region,
+    ))
 }
 
 async fn agent_state(
@@ -195,7 +214,11 @@ async fn agent_state(
         timeout: timeout_header(&headers)?,
     };
     let reply = node.get(&key, options).await?;
-    Ok(with_node_headers(Json(reply.value), &reply.node, &reply.region))
+    Ok(with_node_headers(
+        Json(reply.value),
+        &reply.node,
+        &reply.region,
+    ))
 }
 
 async fn agent_stop(
@@ -257,5 +280,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }

@@ -25,6 +25,9 @@ use crate::cluster::{Node, NodeConfig};
 use crate::faults::Faults;
 use crate::store::{AuditRecord, SharedStore, StoreOptions, StoreUrl};
 
+/// A change applied to every node's configuration.
+type Tweak = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
+
 /// Which store the cluster shares.
 #[derive(Clone, Debug)]
 pub enum TestStore {
@@ -48,7 +51,7 @@ pub struct TestClusterBuilder {
     store: TestStore,
     lease_ttl: Duration,
     partitions: u32,
-    tweak: Option<Arc<dyn Fn(&mut NodeConfig) + Send + Sync>>,
+    tweak: Option<Tweak>,
     agents: Agents,
 }
 
@@ -150,7 +153,7 @@ pub struct TestCluster {
     nodes: BTreeMap<String, TestNode>,
     lease_ttl: Duration,
     partitions: u32,
-    tweak: Option<Arc<dyn Fn(&mut NodeConfig) + Send + Sync>>,
+    tweak: Option<Tweak>,
     agents: Agents,
 }
 
@@ -191,9 +194,14 @@ impl TestCluster {
             tweak(&mut config);
         }
         let faults = Arc::new(Faults::default());
-        let node = Node::start_with_faults(config, self.store.clone(), self.agents.clone(), faults.clone())
-            .await
-            .expect("test node starts");
+        let node = Node::start_with_faults(
+            config,
+            self.store.clone(),
+            self.agents.clone(),
+            faults.clone(),
+        )
+        .await
+        .expect("test node starts");
         self.nodes.insert(
             name.to_string(),
             TestNode {
@@ -251,13 +259,19 @@ impl TestCluster {
 
     /// Cuts (or restores) a node's access to the store.
     pub fn cut_store(&self, name: &str, cut: bool) {
-        tracing::info!("--- {} store for {name}", if cut { "cut" } else { "restore" });
+        tracing::info!(
+            "--- {} store for {name}",
+            if cut { "cut" } else { "restore" }
+        );
         self.get(name).faults.cut_store(cut);
     }
 
     /// Cuts (or restores) a node's links to its peers.
     pub fn cut_peers(&self, name: &str, cut: bool) {
-        tracing::info!("--- {} peer links of {name}", if cut { "cut" } else { "restore" });
+        tracing::info!(
+            "--- {} peer links of {name}",
+            if cut { "cut" } else { "restore" }
+        );
         self.get(name).faults.cut_peers(cut);
     }
 
@@ -281,7 +295,9 @@ impl TestCluster {
         if alive.is_empty() || !alive.iter().all(|n| n.node.is_ready()) {
             return false;
         }
-        let (Ok(membership), Ok(directory)) = (self.store.nodes().await, self.store.directory().await) else {
+        let (Ok(membership), Ok(directory)) =
+            (self.store.nodes().await, self.store.directory().await)
+        else {
             return false;
         };
         let live: HashMap<_, _> = membership
@@ -292,9 +308,9 @@ impl TestCluster {
             .partitions
             .iter()
             .all(|row| row.owner.as_ref().is_some_and(|o| live.contains_key(o)))
-            && alive
-                .iter()
-                .all(|n| n.node.local_stats().partitions > 0 || alive.len() > self.partitions as usize)
+            && alive.iter().all(|n| {
+                n.node.local_stats().partitions > 0 || alive.len() > self.partitions as usize
+            })
     }
 
     /// Every committed write in commit order.

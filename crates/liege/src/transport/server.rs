@@ -152,9 +152,8 @@ impl Connection {
         if links_cut {
             writer_task.abort();
         }
-        match (&mut writer_task).await {
-            Ok(Err(e)) => debug!(peer = %self.peer_addr, error = %e, "peer connection lost"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = (&mut writer_task).await {
+            debug!(peer = %self.peer_addr, error = %e, "peer connection lost");
         }
     }
 

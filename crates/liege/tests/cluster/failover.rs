@@ -52,7 +52,11 @@ async fn concurrent_first_calls_from_every_node_activate_the_key_once() {
     }
     values.sort();
     assert_eq!(values, (1..=48).collect::<Vec<_>>());
-    assert_eq!(served_by.len(), 1, "one owner served every call: {served_by:?}");
+    assert_eq!(
+        served_by.len(),
+        1,
+        "one owner served every call: {served_by:?}"
+    );
     let active: usize = cluster
         .alive()
         .iter()
@@ -86,11 +90,20 @@ async fn calls_and_casts_reach_keys_owned_in_other_regions() {
     let stats = cluster.node("ord-2").stats().await;
     assert_eq!(stats.nodes.len(), 6);
     assert!(stats.unreachable.is_empty(), "{:?}", stats.unreachable);
-    assert_eq!(stats.nodes.iter().map(|n| n.active_agents).sum::<usize>(), 1);
+    assert_eq!(
+        stats.nodes.iter().map(|n| n.active_agents).sum::<usize>(),
+        1
+    );
 }
 
 /// Increments `keys` through `via`, returning acknowledged counts per key.
-async fn load(cluster: &TestCluster, via: &[String], keys: &[AgentKey], rounds: usize, tag: &str) -> BTreeMap<String, i64> {
+async fn load(
+    cluster: &TestCluster,
+    via: &[String],
+    keys: &[AgentKey],
+    rounds: usize,
+    tag: &str,
+) -> BTreeMap<String, i64> {
     let mut acked = BTreeMap::new();
     for round in 0..rounds {
         for (i, key) in keys.iter().enumerate() {
@@ -112,13 +125,22 @@ async fn killing_an_owner_keeps_every_acknowledged_update() {
     let keys: Vec<AgentKey> = (0..60).map(|i| counter(&format!("k{i}"))).collect();
     let all = cluster.alive();
     let before = load(&cluster, &all, &keys, 2, "warm").await;
-    let victim = cluster.node("iad-1").owner_node(&keys[0]).unwrap().owner.unwrap();
+    let victim = cluster
+        .node("iad-1")
+        .owner_node(&keys[0])
+        .unwrap()
+        .owner
+        .unwrap();
     cluster.kill(&victim);
     let survivors = cluster.alive();
     let after = load(&cluster, &survivors, &keys, 1, "after").await;
     for key in &keys {
         let id = key.id.to_string();
-        assert_eq!(after[&id], before[&id] + 1, "key {id} lost or doubled an update");
+        assert_eq!(
+            after[&id],
+            before[&id] + 1,
+            "key {id} lost or doubled an update"
+        );
     }
     assert!(cluster.wait_converged(Duration::from_secs(10)).await);
     cluster.check_audit().await.expect("audit clean");
@@ -134,7 +156,15 @@ async fn killing_a_whole_region_moves_its_keys_to_survivors() {
     let ord = cluster.in_region("ord");
     let owned_in_ord = keys
         .iter()
-        .filter(|k| cluster.node("lax-1").owner_node(k).unwrap().region.as_deref() == Some("ord"))
+        .filter(|k| {
+            cluster
+                .node("lax-1")
+                .owner_node(k)
+                .unwrap()
+                .region
+                .as_deref()
+                == Some("ord")
+        })
         .count();
     assert!(owned_in_ord > 0, "ord owned some keys");
     tracing::info!("--- kill region ord");
@@ -167,8 +197,16 @@ async fn a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale() 
         .await;
     let key = counter("paused");
     let owner = cluster.node("a").owner_node(&key).unwrap().owner.unwrap();
-    let others: Vec<String> = cluster.alive().into_iter().filter(|n| *n != owner).collect();
-    let first = cluster.node(&others[0]).call(&key, inc("p1"), long()).await.unwrap();
+    let others: Vec<String> = cluster
+        .alive()
+        .into_iter()
+        .filter(|n| *n != owner)
+        .collect();
+    let first = cluster
+        .node(&others[0])
+        .call(&key, inc("p1"), long())
+        .await
+        .unwrap();
     assert_eq!(value(&first.value), 1);
 
     // Pause the owner with a signal in flight: it is stuck at the store gate.
@@ -179,10 +217,18 @@ async fn a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale() 
         tokio::spawn(async move { node.call(&key, inc("p-stuck"), long()).await })
     };
     // Meanwhile the others take over and keep counting.
-    let second = cluster.node(&others[0]).call(&key, inc("p2"), long()).await.unwrap();
+    let second = cluster
+        .node(&others[0])
+        .call(&key, inc("p2"), long())
+        .await
+        .unwrap();
     assert_ne!(second.node, owner, "a survivor serves the key");
     assert_eq!(value(&second.value), 2);
-    let third = cluster.node(&others[1]).call(&key, inc("p3"), long()).await.unwrap();
+    let third = cluster
+        .node(&others[1])
+        .call(&key, inc("p3"), long())
+        .await
+        .unwrap();
     assert_eq!(value(&third.value), 3);
 
     // Resume: the stale owner must not commit its in-flight write, nor answer from old state.
@@ -199,7 +245,11 @@ async fn a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale() 
         Err(e) => panic!("the stuck call should be retried to the new owner, got {e}"),
     }
     let via_old = cluster.node(&owner).get(&key, long()).await.unwrap();
-    assert_eq!(via_old.value.as_i64().unwrap(), n, "no stale read through the old owner");
+    assert_eq!(
+        via_old.value.as_i64().unwrap(),
+        n,
+        "no stale read through the old owner"
+    );
     cluster.check_audit().await.expect("audit clean");
 }
 
@@ -230,7 +280,10 @@ async fn a_node_cut_off_from_the_store_stops_serving_and_others_take_over() {
         assert_eq!(*v, 2);
     }
     cluster.cut_store("a", false);
-    assert!(cluster.wait_converged(Duration::from_secs(10)).await, "a rejoins");
+    assert!(
+        cluster.wait_converged(Duration::from_secs(10)).await,
+        "a rejoins"
+    );
     let again = load(&cluster, &all, &keys, 1, "again").await;
     for v in again.values() {
         assert_eq!(*v, 3);
@@ -254,7 +307,11 @@ async fn a_node_cut_off_from_its_peers_still_serves_its_own_keys_and_others_rout
     for key in &keys {
         let owner = cluster.node("a").owner_node(key).unwrap().owner.unwrap();
         if owner == "a" {
-            let r = cluster.node("a").call(key, inc(&format!("own-{}", key.id)), long()).await.unwrap();
+            let r = cluster
+                .node("a")
+                .call(key, inc(&format!("own-{}", key.id)), long())
+                .await
+                .unwrap();
             assert_eq!(value(&r.value), 2);
         }
     }
@@ -266,12 +323,25 @@ async fn a_node_cut_off_from_its_peers_still_serves_its_own_keys_and_others_rout
         .expect("a owns some key");
     let err = cluster
         .node("b")
-        .call(a_key, inc("from-b"), CallOptions { timeout: Some(Duration::from_millis(300)) })
+        .call(
+            a_key,
+            inc("from-b"),
+            CallOptions {
+                timeout: Some(Duration::from_millis(300)),
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, liege::CallError::DeadlineExceeded { .. }), "{err:?}");
+    assert!(
+        matches!(err, liege::CallError::DeadlineExceeded { .. }),
+        "{err:?}"
+    );
     cluster.cut_peers("a", false);
-    let r = cluster.node("b").call(a_key, inc("from-b-again"), long()).await.unwrap();
+    let r = cluster
+        .node("b")
+        .call(a_key, inc("from-b-again"), long())
+        .await
+        .unwrap();
     assert_eq!(value(&r.value), 3);
     cluster.check_audit().await.expect("audit clean");
 }

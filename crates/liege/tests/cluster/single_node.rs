@@ -31,7 +31,11 @@ async fn increments_return_one_two_three() {
     let state = node.get(&key, CallOptions::default()).await.unwrap();
     assert_eq!(state.value, json!(3));
     let by = node
-        .call(&key, Signal::new("inc").with_data(json!({"by": 5})), CallOptions::default())
+        .call(
+            &key,
+            Signal::new("inc").with_data(json!({"by": 5})),
+            CallOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(value(&by.value), 8);
@@ -43,14 +47,26 @@ async fn a_repeated_signal_id_is_applied_once_and_gets_the_first_reply() {
     let cluster = TestCluster::builder().node("a", "iad").start().await;
     let node = cluster.node("a");
     let key = counter("dedupe");
-    let first = node.call(&key, inc("sig-1"), CallOptions::default()).await.unwrap();
-    let _ = node.call(&key, inc("sig-2"), CallOptions::default()).await.unwrap();
-    let again = node.call(&key, inc("sig-1"), CallOptions::default()).await.unwrap();
+    let first = node
+        .call(&key, inc("sig-1"), CallOptions::default())
+        .await
+        .unwrap();
+    let _ = node
+        .call(&key, inc("sig-2"), CallOptions::default())
+        .await
+        .unwrap();
+    let again = node
+        .call(&key, inc("sig-1"), CallOptions::default())
+        .await
+        .unwrap();
     assert_eq!(value(&first.value), 1);
     assert_eq!(value(&again.value), 1, "the first reply is returned again");
     // The window survives passivation: stop writes the checkpoint and deactivates.
     node.stop(&key, CallOptions::default()).await.unwrap();
-    let after_stop = node.call(&key, inc("sig-2"), CallOptions::default()).await.unwrap();
+    let after_stop = node
+        .call(&key, inc("sig-2"), CallOptions::default())
+        .await
+        .unwrap();
     assert_eq!(value(&after_stop.value), 2);
     let state = node.get(&key, CallOptions::default()).await.unwrap();
     assert_eq!(state.value, json!(2));
@@ -67,7 +83,8 @@ async fn concurrent_first_calls_activate_the_key_once() {
         let node = node.clone();
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
-            node.call(&key, Signal::new("inc"), CallOptions::default()).await
+            node.call(&key, Signal::new("inc"), CallOptions::default())
+                .await
         }));
     }
     let mut values = Vec::new();
@@ -75,7 +92,11 @@ async fn concurrent_first_calls_activate_the_key_once() {
         values.push(value(&t.await.unwrap().unwrap().value));
     }
     values.sort();
-    assert_eq!(values, (1..=64).collect::<Vec<_>>(), "each call saw its own turn");
+    assert_eq!(
+        values,
+        (1..=64).collect::<Vec<_>>(),
+        "each call saw its own turn"
+    );
     let metrics = node.telemetry().encode();
     assert!(
         metrics.contains("liege_agents_activated_total 1\n"),
@@ -89,20 +110,40 @@ async fn unknown_kinds_and_agent_errors_are_reported_not_retried() {
     let cluster = TestCluster::builder().node("a", "iad").start().await;
     let node = cluster.node("a");
     let key = liege::AgentKey::new("nope", "x").unwrap();
-    let err = node.call(&key, Signal::new("inc"), CallOptions::default()).await.unwrap_err();
+    let err = node
+        .call(&key, Signal::new("inc"), CallOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, CallError::UnknownKind { .. }), "{err:?}");
     let err = node
-        .call(&counter("e"), Signal::new("explode"), CallOptions::default())
+        .call(
+            &counter("e"),
+            Signal::new("explode"),
+            CallOptions::default(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Agent(ref a) if a.code == "unknown_signal"), "{err:?}");
+    assert!(
+        matches!(err, CallError::Agent(ref a) if a.code == "unknown_signal"),
+        "{err:?}"
+    );
     let err = node
-        .call(&counter("e"), Signal::new("inc").with_data(json!({"by": "two"})), CallOptions::default())
+        .call(
+            &counter("e"),
+            Signal::new("inc").with_data(json!({"by": "two"})),
+            CallOptions::default(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Agent(ref a) if a.code == "bad_request"), "{err:?}");
+    assert!(
+        matches!(err, CallError::Agent(ref a) if a.code == "bad_request"),
+        "{err:?}"
+    );
     // The failed signals changed nothing.
-    let ok = node.call(&counter("e"), Signal::new("inc"), CallOptions::default()).await.unwrap();
+    let ok = node
+        .call(&counter("e"), Signal::new("inc"), CallOptions::default())
+        .await
+        .unwrap();
     assert_eq!(value(&ok.value), 1);
 }
 
@@ -115,9 +156,18 @@ struct Held {
 impl Agent for Held {
     type State = i64;
 
-    async fn handle(&self, state: &mut i64, _: &Signal, _: &mut Context<'_>) -> Result<Value, AgentError> {
+    async fn handle(
+        &self,
+        state: &mut i64,
+        _: &Signal,
+        _: &mut Context<'_>,
+    ) -> Result<Value, AgentError> {
         self.entered.fetch_add(1, Ordering::SeqCst);
-        self.permits.acquire().await.expect("semaphore open").forget();
+        self.permits
+            .acquire()
+            .await
+            .expect("semaphore open")
+            .forget();
         *state += 1;
         Ok(json!({ "value": *state }))
     }
@@ -128,7 +178,10 @@ async fn a_full_mailbox_answers_overloaded() {
     init_tracing();
     let permits = Arc::new(Semaphore::new(0));
     let entered = Arc::new(AtomicUsize::new(0));
-    let agent = Held { permits: permits.clone(), entered: entered.clone() };
+    let agent = Held {
+        permits: permits.clone(),
+        entered: entered.clone(),
+    };
     let cluster = TestCluster::builder()
         .node("a", "iad")
         .agents(Agents::with_builtins().register("held", agent))
@@ -140,7 +193,10 @@ async fn a_full_mailbox_answers_overloaded() {
     let spawn_call = || {
         let node = node.clone();
         let key = key.clone();
-        tokio::spawn(async move { node.call(&key, Signal::new("inc"), CallOptions::default()).await })
+        tokio::spawn(async move {
+            node.call(&key, Signal::new("inc"), CallOptions::default())
+                .await
+        })
     };
     // One signal holds the turn...
     let holder = spawn_call();
@@ -157,14 +213,19 @@ async fn a_full_mailbox_answers_overloaded() {
         waiting.push(t);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while waiting.iter().filter(|t| t.is_finished()).count() < 3 && tokio::time::Instant::now() < deadline {
+    while waiting.iter().filter(|t| t.is_finished()).count() < 3
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut pending = Vec::new();
     for t in waiting {
         if t.is_finished() {
             let err = t.await.unwrap().unwrap_err();
-            assert!(matches!(err, CallError::Overloaded { capacity: 2, .. }), "{err:?}");
+            assert!(
+                matches!(err, CallError::Overloaded { capacity: 2, .. }),
+                "{err:?}"
+            );
             refused += 1;
         } else {
             pending.push(t);
@@ -190,13 +251,22 @@ async fn idle_agents_are_passivated_and_come_back_with_their_state() {
         .await;
     let node = cluster.node("a");
     let key = counter("idle");
-    node.call(&key, Signal::new("inc"), CallOptions::default()).await.unwrap();
+    node.call(&key, Signal::new("inc"), CallOptions::default())
+        .await
+        .unwrap();
     assert_eq!(node.local_stats().active_agents, 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while node.local_stats().active_agents > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(node.local_stats().active_agents, 0, "passivated after idling");
-    let reply = node.call(&key, Signal::new("inc"), CallOptions::default()).await.unwrap();
+    assert_eq!(
+        node.local_stats().active_agents,
+        0,
+        "passivated after idling"
+    );
+    let reply = node
+        .call(&key, Signal::new("inc"), CallOptions::default())
+        .await
+        .unwrap();
     assert_eq!(value(&reply.value), 2);
 }
