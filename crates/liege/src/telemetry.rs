@@ -159,6 +159,24 @@ pub(crate) struct CallLabels {
     pub(crate) outcome: &'static str,
 }
 
+/// Pre-resolved call series of one kind, so the hot path does no label lookups.
+#[derive(Clone, Debug)]
+pub(crate) struct KindSeries {
+    series: Vec<(&'static str, Counter, Histogram)>,
+}
+
+impl KindSeries {
+    /// Outcomes recorded by the local execution path.
+    const OUTCOMES: [&'static str; 3] = ["ok", "duplicate", "agent_error"];
+
+    pub(crate) fn observe(&self, outcome: &'static str, seconds: f64) {
+        if let Some((_, c, h)) = self.series.iter().find(|(o, _, _)| *o == outcome) {
+            c.inc();
+            h.observe(seconds);
+        }
+    }
+}
+
 /// The node's metrics and event stream.
 pub struct Telemetry {
     registry: Registry,
@@ -317,6 +335,26 @@ impl Telemetry {
     /// slowing the node.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events_tx.subscribe()
+    }
+
+    /// The call series of `kind`, resolved once.
+    pub(crate) fn kind_series(&self, kind: &str) -> KindSeries {
+        KindSeries {
+            series: KindSeries::OUTCOMES
+                .iter()
+                .map(|outcome| {
+                    let labels = CallLabels {
+                        kind: kind.to_string(),
+                        outcome,
+                    };
+                    (
+                        *outcome,
+                        self.calls.get_or_create(&labels).clone(),
+                        self.call_duration.get_or_create(&labels).clone(),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Records the outcome of a checkpoint write.

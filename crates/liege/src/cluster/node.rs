@@ -159,6 +159,8 @@ pub(crate) struct NodeInner {
     pub(crate) claim_lock: tokio::sync::Mutex<()>,
     /// Held by the running rebalance round (at most one at a time).
     pub(crate) rebalancing: Arc<tokio::sync::Mutex<()>>,
+    /// Call metrics per registered kind, resolved at start.
+    pub(crate) kind_series: std::collections::HashMap<String, crate::telemetry::KindSeries>,
 }
 
 impl NodeInner {
@@ -299,7 +301,16 @@ impl Node {
             shutdown.child_token(),
         );
         let partitions = config.partitions;
+        let kind_series = agents
+            .kinds()
+            .into_iter()
+            .map(|k| {
+                let series = telemetry.kind_series(&k);
+                (k, series)
+            })
+            .collect();
         let inner = Arc::new(NodeInner {
+            kind_series,
             me: RwLock::new(NodeId::new(config.name.as_str(), rand::random())),
             ownership: Ownership::new(partitions),
             local: Local::new(partitions),

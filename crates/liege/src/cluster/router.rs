@@ -124,20 +124,21 @@ async fn route(
         attempts += 1;
         let target = {
             let view = inner.view.read();
-            view.route_target(p).map(|n| {
-                (
+            match view.route_target(p) {
+                None => None,
+                // The local fast path clones nothing.
+                Some(n) if *n.record.id.name == *inner.config.name => Some(None),
+                Some(n) => Some(Some((
                     n.record.id.name.clone(),
                     n.record.region.clone(),
                     n.record.cluster_addr.clone(),
-                )
-            })
+                ))),
+            }
         };
         let result = match &target {
             None => Err(CallError::Unowned { partition: p }),
-            Some((name, _, _)) if **name == *inner.config.name => {
-                execute_local(inner, key, &op).await
-            }
-            Some((_, _, addr)) => {
+            Some(None) => execute_local(inner, key, &op).await,
+            Some(Some((_, _, addr))) => {
                 // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so an
                 // attempt need not wait much longer than that before re-routing.
                 let attempt = (inner.config.lease_ttl + inner.config.lease_ttl / 4)
@@ -157,8 +158,14 @@ async fn route(
         };
         let err = match result {
             Ok(answer) => {
-                let (name, region, _) = target.expect("a success came from a target");
-                return Ok((answer, name.to_string(), region));
+                return Ok(match target {
+                    Some(Some((name, region, _))) => (answer, name.to_string(), region),
+                    _ => (
+                        answer,
+                        inner.config.name.clone(),
+                        inner.config.region.clone(),
+                    ),
+                });
             }
             Err(e) => e,
         };

@@ -16,7 +16,6 @@ use crate::cluster::config::Persistence;
 use crate::core::ids::{AgentKey, Epoch, PartitionId};
 use crate::error::CallError;
 use crate::store::{CheckpointWrite, WriteError};
-use crate::telemetry::CallLabels;
 
 /// What to do with the key once it holds the turn.
 pub(crate) enum LocalOp {
@@ -248,15 +247,9 @@ impl NodeInner {
     }
 
     fn observe(&self, act: &Activation, outcome: &'static str, started: StdInstant) {
-        let labels = CallLabels {
-            kind: act.key.kind.to_string(),
-            outcome,
-        };
-        self.telemetry.calls.get_or_create(&labels).inc();
-        self.telemetry
-            .call_duration
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        if let Some(series) = self.kind_series.get(&*act.key.kind) {
+            series.observe(outcome, started.elapsed().as_secs_f64());
+        }
     }
 
     /// Writes the activation's state through the group-commit writer, fenced by its epoch.

@@ -116,11 +116,21 @@ impl AgentKey {
     ///
     /// Stable across versions and platforms: xxh3-64 of `kind ‖ 0x00 ‖ id`, modulo the count.
     pub fn partition(&self, partitions: u32) -> PartitionId {
-        let mut buf = Vec::with_capacity(self.kind.len() + 1 + self.id.len());
-        buf.extend_from_slice(self.kind.as_bytes());
-        buf.push(0);
-        buf.extend_from_slice(self.id.as_bytes());
-        let h = xxhash_rust::xxh3::xxh3_64(&buf);
+        // kind ≤ 64 and id ≤ 256 bytes for validated keys: hash from a stack buffer.
+        let (kind, id) = (self.kind.as_bytes(), self.id.as_bytes());
+        let mut stack = [0u8; MAX_KIND_BYTES + 1 + MAX_ID_BYTES];
+        let len = kind.len() + 1 + id.len();
+        let h = if len <= stack.len() {
+            stack[..kind.len()].copy_from_slice(kind);
+            stack[kind.len() + 1..len].copy_from_slice(id);
+            xxhash_rust::xxh3::xxh3_64(&stack[..len])
+        } else {
+            let mut buf = Vec::with_capacity(len);
+            buf.extend_from_slice(kind);
+            buf.push(0);
+            buf.extend_from_slice(id);
+            xxhash_rust::xxh3::xxh3_64(&buf)
+        };
         PartitionId((h % u64::from(partitions.max(1))) as u32)
     }
 }
