@@ -35,8 +35,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// that, each request frame is handled on its own task and answered when done, in any order.
 ///
 /// A request's `deadline_ms` bounds its handler: past it, the handler's future is dropped and
-/// the answer is `Response::Err(CallError::Unavailable("deadline"))` (the client has usually
-/// given up by then, and ignores it).
+/// no answer is sent (the client gives up at the same moment and reports
+/// [`super::TransportError::Timeout`]); `requests_expired` counts these.
 ///
 /// On shutdown: stop accepting, stop reading new requests, finish and answer the requests in
 /// flight, close every connection, then return.
@@ -50,6 +50,7 @@ pub async fn serve(
     info!(node = %config.node_name, addr = ?listener.local_addr().ok(), "accepting peers");
     loop {
         let (stream, peer_addr) = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -113,7 +114,7 @@ impl Connection {
 
         let (queue, queued) = mpsc::channel(RESPONSE_QUEUE);
         let writer_failed = CancellationToken::new();
-        let mut writer_task = tokio::spawn({
+        let writer_task = tokio::spawn({
             let writer_failed = writer_failed.clone();
             async move {
                 let outcome = write_loop(queued, writer).await;
@@ -124,6 +125,7 @@ impl Connection {
         let mut links_cut = false;
         loop {
             let frame = tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => break,
                 () = writer_failed.cancelled() => break,
                 frame = reader.recv::<RequestFrame>() => frame,
@@ -152,9 +154,8 @@ impl Connection {
         if links_cut {
             writer_task.abort();
         }
-        match (&mut writer_task).await {
-            Ok(Err(e)) => debug!(peer = %self.peer_addr, error = %e, "peer connection lost"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = writer_task.await {
+            debug!(peer = %self.peer_addr, error = %e, "peer connection lost");
         }
     }
 
@@ -168,18 +169,20 @@ impl Connection {
         let deadline = Instant::now() + Duration::from_millis(frame.deadline_ms.into());
         let handler = self.handler.clone();
         let faults = self.config.faults.clone();
+        let counters = self.config.counters.clone();
         let max_frame_bytes = self.config.max_frame_bytes;
         async move {
             faults.gate().await;
             let left = deadline.saturating_duration_since(Instant::now());
-            let late = || Response::Err(CallError::Unavailable("deadline".into()));
-            let body = if left.is_zero() {
-                late()
-            } else {
-                let handled = handler.handle(&peer, frame.body, left);
-                tokio::time::timeout_at(deadline, handled)
-                    .await
-                    .unwrap_or_else(|_| late())
+            let handled = handler.handle(&peer, frame.body, left);
+            let body = match tokio::time::timeout_at(deadline, handled).await {
+                Ok(body) if !left.is_zero() => body,
+                _ => {
+                    // The client has given up (or is about to): nobody awaits an answer.
+                    bump(&counters.requests_expired);
+                    debug!(node = %peer, id = frame.id, "request dropped at its deadline");
+                    return;
+                }
             };
             if faults.peers_cut() {
                 return;
