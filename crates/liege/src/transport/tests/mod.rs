@@ -3,6 +3,7 @@
 
 mod handshake;
 mod requests;
+mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
