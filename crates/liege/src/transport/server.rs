@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +23,9 @@ use crate::error::CallError;
 /// Responses waiting for the writer of one connection. Handlers wait when it is full, which
 /// slows a client that does not read its answers.
 const RESPONSE_QUEUE: usize = 1024;
+
+/// Requests one connection may have in flight on this server; past it, reading pauses.
+const MAX_IN_FLIGHT: usize = 4096;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -122,8 +125,16 @@ impl Connection {
                 outcome
             }
         });
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut links_cut = false;
         loop {
+            // Past the cap, stop reading: TCP then slows the client down.
+            let permit = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = writer_failed.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+            };
             let frame = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
@@ -138,7 +149,7 @@ impl Connection {
                 }
                 Ok(Some(frame)) => {
                     bump(&self.config.counters.requests_received);
-                    tokio::spawn(self.answer(frame, peer.clone(), queue.clone()));
+                    tokio::spawn(self.answer(frame, peer.clone(), queue.clone(), permit));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -165,6 +176,7 @@ impl Connection {
         frame: RequestFrame,
         peer: Arc<str>,
         queue: mpsc::Sender<Bytes>,
+        permit: OwnedSemaphorePermit,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let deadline = Instant::now() + Duration::from_millis(frame.deadline_ms.into());
         let handler = self.handler.clone();
@@ -193,6 +205,7 @@ impl Connection {
             };
             // A closed queue means the connection is gone; the client will see `Closed`.
             let _ = queue.send(bytes).await;
+            drop(permit);
         }
     }
 
