@@ -65,8 +65,9 @@ impl Peers {
 
     /// Sends `request` to the node at `addr` (`host:port`) and waits for its response.
     ///
-    /// Gives up after `timeout` with [`TransportError::Timeout`], connection time included;
-    /// the server is told the time left in the frame and drops the work past it. See
+    /// Gives up after `timeout` with [`TransportError::Timeout`], connection time (and time
+    /// spent paused by [`crate::faults::Faults::pause`]) included; the server is told the time
+    /// left in the frame and drops the work past it. See
     /// [`TransportError::is_retryable`] for what a caller may retry.
     pub async fn request(
         &self,

@@ -103,6 +103,8 @@ pub struct TransportCounters {
     pub requests_received: AtomicU64,
     /// Requests that [`crate::transport::Peers`] gave up on at their deadline.
     pub request_timeouts: AtomicU64,
+    /// Requests whose handler [`crate::transport::serve`] dropped at their deadline, unanswered.
+    pub requests_expired: AtomicU64,
 }
 
 /// A copy of [`TransportCounters`] at one moment.
@@ -118,6 +120,7 @@ pub struct CountersSnapshot {
     pub requests_sent: u64,
     pub requests_received: u64,
     pub request_timeouts: u64,
+    pub requests_expired: u64,
 }
 
 impl TransportCounters {
@@ -134,6 +137,7 @@ impl TransportCounters {
             requests_sent: get(&self.requests_sent),
             requests_received: get(&self.requests_received),
             request_timeouts: get(&self.request_timeouts),
+            requests_expired: get(&self.requests_expired),
         }
     }
 }

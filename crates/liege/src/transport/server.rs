@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,9 @@ use crate::error::CallError;
 /// slows a client that does not read its answers.
 const RESPONSE_QUEUE: usize = 1024;
 
+/// Requests one connection may have in flight on this server; past it, reading pauses.
+const MAX_IN_FLIGHT: usize = 4096;
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -35,8 +38,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// that, each request frame is handled on its own task and answered when done, in any order.
 ///
 /// A request's `deadline_ms` bounds its handler: past it, the handler's future is dropped and
-/// the answer is `Response::Err(CallError::Unavailable("deadline"))` (the client has usually
-/// given up by then, and ignores it).
+/// no answer is sent (the client gives up at the same moment and reports
+/// [`super::TransportError::Timeout`]); `requests_expired` counts these.
 ///
 /// On shutdown: stop accepting, stop reading new requests, finish and answer the requests in
 /// flight, close every connection, then return.
@@ -50,6 +53,7 @@ pub async fn serve(
     info!(node = %config.node_name, addr = ?listener.local_addr().ok(), "accepting peers");
     loop {
         let (stream, peer_addr) = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -113,7 +117,7 @@ impl Connection {
 
         let (queue, queued) = mpsc::channel(RESPONSE_QUEUE);
         let writer_failed = CancellationToken::new();
-        let mut writer_task = tokio::spawn({
+        let writer_task = tokio::spawn({
             let writer_failed = writer_failed.clone();
             async move {
                 let outcome = write_loop(queued, writer).await;
@@ -121,9 +125,18 @@ impl Connection {
                 outcome
             }
         });
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut links_cut = false;
         loop {
+            // Past the cap, stop reading: TCP then slows the client down.
+            let permit = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = writer_failed.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+            };
             let frame = tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => break,
                 () = writer_failed.cancelled() => break,
                 frame = reader.recv::<RequestFrame>() => frame,
@@ -136,7 +149,7 @@ impl Connection {
                 }
                 Ok(Some(frame)) => {
                     bump(&self.config.counters.requests_received);
-                    tokio::spawn(self.answer(frame, peer.clone(), queue.clone()));
+                    tokio::spawn(self.answer(frame, peer.clone(), queue.clone(), permit));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -152,7 +165,7 @@ impl Connection {
         if links_cut {
             writer_task.abort();
         }
-        if let Ok(Err(e)) = (&mut writer_task).await {
+        if let Ok(Err(e)) = writer_task.await {
             debug!(peer = %self.peer_addr, error = %e, "peer connection lost");
         }
     }
@@ -163,22 +176,25 @@ impl Connection {
         frame: RequestFrame,
         peer: Arc<str>,
         queue: mpsc::Sender<Bytes>,
+        permit: OwnedSemaphorePermit,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let deadline = Instant::now() + Duration::from_millis(frame.deadline_ms.into());
         let handler = self.handler.clone();
         let faults = self.config.faults.clone();
+        let counters = self.config.counters.clone();
         let max_frame_bytes = self.config.max_frame_bytes;
         async move {
             faults.gate().await;
             let left = deadline.saturating_duration_since(Instant::now());
-            let late = || Response::Err(CallError::Unavailable("deadline".into()));
-            let body = if left.is_zero() {
-                late()
-            } else {
-                let handled = handler.handle(&peer, frame.body, left);
-                tokio::time::timeout_at(deadline, handled)
-                    .await
-                    .unwrap_or_else(|_| late())
+            let handled = handler.handle(&peer, frame.body, left);
+            let body = match tokio::time::timeout_at(deadline, handled).await {
+                Ok(body) if !left.is_zero() => body,
+                _ => {
+                    // The client has given up (or is about to): nobody awaits an answer.
+                    bump(&counters.requests_expired);
+                    debug!(node = %peer, id = frame.id, "request dropped at its deadline");
+                    return;
+                }
             };
             if faults.peers_cut() {
                 return;
@@ -189,6 +205,7 @@ impl Connection {
             };
             // A closed queue means the connection is gone; the client will see `Closed`.
             let _ = queue.send(bytes).await;
+            drop(permit);
         }
     }
 

@@ -1,0 +1,74 @@
+//! Cluster transport over loopback TCP: one request's round trip, and 64 requests pipelined on
+//! one connection.
+//!
+//! `cargo bench -p liege --bench transport`. Both ends share one 2-worker runtime, so the
+//! figures include the server's work; the median is in
+//! `target/criterion/transport/*/new/estimates.json`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use criterion::{Criterion, Throughput};
+use futures_util::future::join_all;
+use liege::transport::{serve, Peers, Request, RequestHandler, Response, TransportConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &[u8] = b"bench secret";
+const TIMEOUT: Duration = Duration::from_secs(10);
+const PIPELINED: usize = 64;
+
+/// Answers pings, as cheaply as a handler can.
+struct Pong;
+
+#[async_trait]
+impl RequestHandler for Pong {
+    async fn handle(&self, _peer: &str, _request: Request, _deadline: Duration) -> Response {
+        Response::Pong
+    }
+}
+
+fn transport(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let shutdown = CancellationToken::new();
+    let (peers, addr) = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let config = TransportConfig::new("server", SECRET);
+        tokio::spawn(serve(listener, config, Arc::new(Pong), shutdown.clone()));
+        let peers = Peers::new(TransportConfig::new("client", SECRET));
+        let warm = peers.request(&addr, Request::Ping, TIMEOUT).await;
+        assert_eq!(warm, Ok(Response::Pong));
+        (peers, addr)
+    });
+
+    let mut group = c.benchmark_group("transport");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("ping_round_trip", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let answer = peers.request(&addr, Request::Ping, TIMEOUT).await;
+            assert_eq!(answer, Ok(Response::Pong));
+        });
+    });
+    group.throughput(Throughput::Elements(PIPELINED as u64));
+    group.bench_function("pipelined_64_pings", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let pings = (0..PIPELINED).map(|_| peers.request(&addr, Request::Ping, TIMEOUT));
+            let answers = join_all(pings).await;
+            assert!(answers.iter().all(|a| a == &Ok(Response::Pong)));
+        });
+    });
+    group.finish();
+    shutdown.cancel();
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    transport(&mut criterion);
+    criterion.final_summary();
+}
