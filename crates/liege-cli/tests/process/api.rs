@@ -215,3 +215,40 @@ fn health_readiness_owner_stats_and_metrics_answer() {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
 }
+
+#[test]
+fn garbage_on_the_cluster_port_is_refused_and_the_node_keeps_serving() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start(
+        "garbage",
+        "local",
+        &dir.path().join("liege.db"),
+        &["--secret", "s3cret"],
+    );
+    let cluster_port = node.cluster;
+    assert_eq!(node.inc("g", None), 1);
+    for payload in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0xff; 4096],
+        vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3],
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", cluster_port)).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = s.write_all(&payload);
+        let mut sink = Vec::new();
+        // The node closes the connection; reading ends without a welcome.
+        let _ = s.read_to_end(&mut sink);
+        assert!(!String::from_utf8_lossy(&sink).contains("Welcome"));
+    }
+    assert_eq!(node.inc("g", None), 2, "still serving, nothing lost");
+    let (_, raw) = try_request(node.http, "GET", "/metrics", &[], b"").unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let refused: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("liege_transport_handshakes_refused_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(refused >= 3, "each bad peer was counted:\n{text}");
+}

@@ -20,6 +20,8 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct NodeProcess {
     pub(crate) name: String,
     pub(crate) http: u16,
+    /// The cluster transport port.
+    pub(crate) cluster: u16,
     child: Option<Child>,
     args: Vec<String>,
     log: PathBuf,
@@ -50,6 +52,7 @@ impl NodeProcess {
         let mut node = NodeProcess {
             name: name.into(),
             http,
+            cluster,
             child: None,
             args,
             log,

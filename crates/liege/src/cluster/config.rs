@@ -54,7 +54,8 @@ pub struct NodeConfig {
     pub cluster_advertise: Option<String>,
     /// HTTP address to publish in membership (for stats and owner answers); informational.
     pub http_advertise: String,
-    /// Cluster secret; every node of a cluster must share it. `None`: loopback only.
+    /// Cluster secret; every node of a cluster must share it. `None`: the cluster port is
+    /// bound to loopback whatever `cluster_listen` says.
     pub secret: Option<Vec<u8>>,
     /// Partition count; fixed when the cluster is created in the store.
     pub partitions: u32,
@@ -117,12 +118,6 @@ impl NodeConfig {
         }
         if self.mailbox_capacity == 0 || self.max_batch == 0 {
             return Err("mailbox capacity and max batch must be positive".into());
-        }
-        if self.secret.is_none() && !self.cluster_listen.ip().is_loopback() {
-            return Err(
-                "without a cluster secret the cluster port may bind only to loopback; set --secret"
-                    .into(),
-            );
         }
         self.placement
             .validate(self.partitions)

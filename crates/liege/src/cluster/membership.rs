@@ -15,10 +15,7 @@ use crate::core::ids::NodeId;
 use crate::store::StoreError;
 use crate::telemetry::Event;
 
-/// Safety margin subtracted from the TTL for the local deadline.
-pub(crate) fn margin(ttl: Duration) -> Duration {
-    (ttl / 10).max(Duration::from_millis(20))
-}
+use crate::core::lease::{renew_period, serving_window};
 
 fn ttl_ms(inner: &NodeInner) -> u64 {
     inner.config.lease_ttl.as_millis() as u64
@@ -33,7 +30,9 @@ pub(crate) async fn join(inner: &NodeInner) -> Result<(), StoreError> {
         let sent = Instant::now();
         match inner.store.join(&record, ttl_ms(inner)).await {
             Ok(_) => {
-                inner.ownership.set_lease_deadline(sent + ttl - margin(ttl));
+                inner
+                    .ownership
+                    .set_lease_deadline(sent + serving_window(ttl));
                 inner.telemetry.lease_ok.set(1);
                 inner.telemetry.emit(Event::NodeJoined {
                     node: record.id.name.to_string(),
@@ -62,7 +61,7 @@ pub(crate) async fn join(inner: &NodeInner) -> Result<(), StoreError> {
 /// Renews the lease until shutdown; self-fences and rejoins when a deadline is missed.
 pub(crate) async fn lease_loop(inner: Arc<NodeInner>) {
     let ttl = inner.config.lease_ttl;
-    let period = ttl / 4;
+    let period = renew_period(ttl);
     loop {
         // Wake for the next renewal, or at the lease deadline to fence at once.
         let deadline = inner
@@ -93,7 +92,9 @@ pub(crate) async fn lease_loop(inner: Arc<NodeInner>) {
             Ok(Ok(_)) => {
                 // A self-fence may have replaced the incarnation meanwhile; only extend our own.
                 if inner.me() == me {
-                    inner.ownership.set_lease_deadline(sent + ttl - margin(ttl));
+                    inner
+                        .ownership
+                        .set_lease_deadline(sent + serving_window(ttl));
                 }
             }
             Ok(Err(StoreError::LeaseLost { .. })) => {

@@ -269,7 +269,15 @@ impl Node {
             ));
         }
 
-        let listener = TcpListener::bind(config.cluster_listen)
+        let mut listen = config.cluster_listen;
+        if config.secret.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                requested = %listen,
+                "no cluster secret: binding the cluster port to 127.0.0.1 instead; set --secret to accept peers from other hosts"
+            );
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: config.cluster_listen.to_string(),
@@ -280,7 +288,7 @@ impl Node {
             source,
         })?;
         if config.secret.is_none() {
-            tracing::warn!(addr = %bound, "no cluster secret: cluster port bound to loopback only");
+            tracing::warn!(addr = %bound, "no cluster secret: the cluster port is bound to loopback only");
         }
         let cluster_addr = config
             .cluster_advertise

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use liege::cluster::CallOptions;
+use liege::telemetry::Event;
 use liege::testing::TestCluster;
 use liege::{AgentKey, Signal};
 

@@ -270,3 +270,42 @@ async fn idle_agents_are_passivated_and_come_back_with_their_state() {
         .unwrap();
     assert_eq!(value(&reply.value), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_persistence_writes_changed_state_in_the_background() {
+    init_tracing();
+    let cluster = TestCluster::builder()
+        .node("a", "iad")
+        .configure(|c| {
+            c.persistence = liege::cluster::Persistence::Interval(Duration::from_millis(50))
+        })
+        .start()
+        .await;
+    let node = cluster.node("a");
+    let key = counter("interval");
+    for _ in 0..3 {
+        node.call(&key, Signal::new("inc"), CallOptions::default())
+            .await
+            .unwrap();
+    }
+    // The reply did not wait for the store; the flusher writes the state soon after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cp = cluster.store().read(&key).await.unwrap();
+        if cp.as_ref().is_some_and(|c| c.rev.0 >= 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "interval flush never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Passivate and reload: the flushed state is the acknowledged one.
+    node.stop(&key, CallOptions::default()).await.unwrap();
+    let reply = node
+        .call(&key, Signal::new("inc"), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(value(&reply.value), 4);
+}
