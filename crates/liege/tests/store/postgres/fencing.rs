@@ -1,8 +1,10 @@
 //! Claims against claims, and claims against fenced writes, from many tasks at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use liege::store::postgres::PostgresStore;
 use liege::store::{AuditRecord, Store, StoreError, WriteError};
 use liege::{Epoch, NodeId, PartitionId, Rev};
 
@@ -81,39 +83,32 @@ async fn a_write_fenced_with_an_old_epoch_never_commits_after_a_claim() {
     check_audit(&audit, &claims);
 }
 
-/// One simulated node: claims whatever it can, writes with the epochs it holds (and keeps
-/// writing for a while with epochs it lost or gave away), releases or lets its short lease
-/// lapse now and then. Returns how many claims took a partition another node had held.
-async fn node_loop(
-    store: Arc<liege::store::postgres::PostgresStore>,
-    claims: Claims,
-    n: u64,
-) -> usize {
+/// What one simulated node holds: `(partition, epoch, incarnation that claimed it)`.
+type Held = Arc<Mutex<Vec<(PartitionId, Epoch, NodeId)>>>;
+
+/// One simulated node: a control task renews (or rejoins after letting its short lease
+/// lapse), claims whatever it can and releases some partitions *while* a writer task keeps
+/// writing with every epoch it believes it holds, dropping one only when fenced. Returns how
+/// many claims took a partition another node had held.
+async fn node_loop(store: Arc<PostgresStore>, claims: Claims, n: u64) -> usize {
+    let held: Held = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(writer_loop(store.clone(), held.clone(), done.clone()));
     let all: Vec<PartitionId> = (0..6).map(PartitionId).collect();
-    let mut incarnation = n * 1000;
-    let mut me = record(&format!("n{n}"), incarnation).id;
+    let mut me = NodeId::new(format!("n{n}"), n * 1000);
     store
-        .join(&record(&me.name, incarnation), 150)
+        .join(&record(&me.name, me.incarnation), 200)
         .await
         .unwrap();
-    let mut held: Vec<(PartitionId, Epoch)> = Vec::new();
-    let mut revs: HashMap<String, u64> = HashMap::new();
     let mut takeovers = 0;
-    for step in 0..60u64 {
-        match store.renew(&me, 150).await {
-            Ok(_) => {}
-            Err(StoreError::LeaseLost { .. }) => {
-                incarnation += 1;
-                me = NodeId::new(me.name.clone(), incarnation);
-                if store
-                    .join(&record(&me.name, incarnation), 150)
-                    .await
-                    .is_err()
-                {
-                    continue;
-                }
+    for step in 0..80u64 {
+        // Now and then skip renewals so the lease lapses under the writer's feet.
+        let lapse = step % 20 >= 17;
+        if !lapse {
+            if let Err(StoreError::LeaseLost { .. }) = store.renew(&me, 200).await {
+                me = NodeId::new(me.name.clone(), me.incarnation + 1);
+                let _ = store.join(&record(&me.name, me.incarnation), 200).await;
             }
-            Err(e) => panic!("renew: {e}"),
         }
         let got = match store.claim(&me, &all).await {
             Ok(got) => got,
@@ -132,16 +127,44 @@ async fn node_loop(
                 takeovers += usize::from(e.0 > 1);
             }
         }
-        held.extend(got);
-        // Write two keys per held partition, including partitions we may have lost.
-        let batch: Vec<_> = held
+        held.lock()
+            .unwrap()
+            .extend(got.into_iter().map(|(p, e)| (p, e, me.clone())));
+        if step % 5 == n % 5 {
+            // Release two partitions but let the writer find out the hard way.
+            let giving: Vec<_> = held
+                .lock()
+                .unwrap()
+                .iter()
+                .take(2)
+                .map(|h| (h.0, h.1))
+                .collect();
+            store.release(&me, &giving).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(if lapse { 80 } else { 5 })).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    takeovers
+}
+
+/// Writes two keys per held partition in one batch, over and over, until `done`.
+async fn writer_loop(store: Arc<PostgresStore>, held: Held, done: Arc<AtomicBool>) {
+    let mut revs: HashMap<String, u64> = HashMap::new();
+    while !done.load(Ordering::Relaxed) {
+        let snapshot = held.lock().unwrap().clone();
+        let batch: Vec<_> = snapshot
             .iter()
-            .flat_map(|&(p, e)| (0..2).map(move |i| (p, e, format!("p{}-k{i}", p.0))))
-            .map(|(p, e, id)| {
+            .flat_map(|(p, e, w)| (0..2).map(move |i| (*p, *e, w, format!("p{}-k{i}", p.0))))
+            .map(|(p, e, w, id)| {
                 let expected = revs.get(&id).copied().unwrap_or(0);
-                write(&key(&id), p.0, e.0, &me, expected, Some(id.as_bytes()))
+                write(&key(&id), p.0, e.0, w, expected, Some(id.as_bytes()))
             })
             .collect();
+        if batch.is_empty() {
+            tokio::task::yield_now().await;
+            continue;
+        }
         let results = store.write(&batch).await.unwrap();
         for (w, result) in batch.iter().zip(results) {
             match result {
@@ -149,18 +172,13 @@ async fn node_loop(
                 Err(WriteError::Conflict { actual, .. }) => {
                     revs.insert(w.key.id.to_string(), actual.0);
                 }
-                Err(WriteError::Fenced { .. }) if step % 3 != 0 => {
-                    held.retain(|h| h.0 != w.partition); // drop it, like a real node
+                Err(WriteError::Fenced { .. }) => {
+                    let stale = (w.partition, w.epoch);
+                    held.lock().unwrap().retain(|h| (h.0, h.1) != stale);
                 }
-                Err(WriteError::Fenced { .. }) => {} // keep trying the stale epoch a while
             }
         }
-        if step % 7 == n {
-            let giving: Vec<_> = held.iter().copied().take(2).collect();
-            store.release(&me, &giving).await.unwrap();
-        }
     }
-    takeovers
 }
 
 /// The safety properties, checked on the audit log and the recorded claims.
