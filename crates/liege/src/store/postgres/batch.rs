@@ -15,11 +15,13 @@ use crate::store::{CheckpointWrite, StoreError, StoreResult, WriteError};
 
 /// The statement applying a batch.
 pub(super) const WRITE_SQL: &str = "SELECT o_idx, o_status, o_rev, o_owner, o_inc, o_epoch \
-     FROM liege_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     FROM liege_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
-/// A batch as parallel column arrays, in batch order.
+/// A batch as parallel column arrays, sorted into rounds (see `liege_write`).
 #[derive(Default)]
 pub(super) struct Columns<'a> {
+    /// 1-based position of each write in the caller's batch.
+    pub(super) idx: Vec<i64>,
     pub(super) partition: Vec<i64>,
     pub(super) epoch: Vec<i64>,
     pub(super) writer_name: Vec<&'a str>,
@@ -28,19 +30,33 @@ pub(super) struct Columns<'a> {
     pub(super) id: Vec<&'a str>,
     pub(super) expected_rev: Vec<i64>,
     pub(super) data: Vec<Option<&'a [u8]>>,
-    /// 1 + the number of earlier writes of the same key: writes of one key apply in order.
-    pub(super) round: Vec<i32>,
+    /// Inclusive 1-based end of each round in the arrays. Round n holds the n-th write of
+    /// every key, so writes of one key apply in batch order.
+    pub(super) round_ends: Vec<i32>,
 }
 
 impl<'a> Columns<'a> {
     /// Splits `batch` into columns.
-    pub(super) fn new(batch: &'a [CheckpointWrite]) -> Self {
+    pub(super) fn new(batch: &'a [CheckpointWrite]) -> StoreResult<Self> {
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut order: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let round = seen.entry((&w.key.kind, &w.key.id)).or_insert(0);
+                *round += 1;
+                (*round, i)
+            })
+            .collect();
+        order.sort_unstable();
+        let too_big = |_| StoreError::Other("write batch too large".into());
         let mut c = Columns::default();
-        let mut seen: HashMap<(&str, &str), i32> = HashMap::new();
-        for w in batch {
-            let round = seen.entry((&w.key.kind, &w.key.id)).or_insert(0);
-            *round += 1;
-            c.round.push(*round);
+        for (n, &(round, i)) in order.iter().enumerate() {
+            if order.get(n + 1).is_none_or(|next| next.0 != round) {
+                c.round_ends.push(i32::try_from(n + 1).map_err(too_big)?);
+            }
+            let w = &batch[i];
+            c.idx.push(i64::try_from(i + 1).map_err(too_big)?);
             c.partition.push(i64::from(w.partition.0));
             c.epoch.push(to_db_u64(w.epoch.0));
             c.writer_name.push(&w.writer.name);
@@ -50,7 +66,7 @@ impl<'a> Columns<'a> {
             c.expected_rev.push(to_db_u64(w.expected_rev.0));
             c.data.push(w.data.as_deref());
         }
-        c
+        Ok(c)
     }
 }
 

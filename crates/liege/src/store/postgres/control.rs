@@ -26,7 +26,7 @@ const LEAVE_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now), 
 const NODES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
      SELECT t.now, n.name, n.incarnation, n.region, n.cluster_addr, n.http_addr, \
             n.lease_expires_at, n.has_left \
-     FROM t LEFT JOIN liege_nodes n ON true ORDER BY n.name";
+     FROM t LEFT JOIN liege_nodes n ON true ORDER BY n.name COLLATE \"C\"";
 const DIRECTORY_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
      SELECT t.now, p.id, p.owner_name, p.owner_incarnation, p.epoch \
      FROM t LEFT JOIN liege_partitions p ON true ORDER BY p.id";
@@ -221,12 +221,13 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let c = Columns::new(batch);
+        let c = Columns::new(batch)?;
         let audit = self.options.store.audit;
         let rows = self
             .query(
                 batch::WRITE_SQL,
                 &[
+                    &c.idx,
                     &c.partition,
                     &c.epoch,
                     &c.writer_name,
@@ -235,7 +236,7 @@ impl Store for PostgresStore {
                     &c.id,
                     &c.expected_rev,
                     &c.data,
-                    &c.round,
+                    &c.round_ends,
                     &audit,
                 ],
             )

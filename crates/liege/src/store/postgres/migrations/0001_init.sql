@@ -147,20 +147,22 @@ BEGIN
 END $$;
 
 -- Applies a batch of fenced checkpoint writes in the caller's transaction (one statement).
--- Row i of the arrays is write i; p_round[i] is 1 + the number of earlier writes of the same
--- key in the batch, so each round touches a key at most once and rounds apply in order.
--- Returns one row per write: o_status 0 = committed (o_rev = new revision), 1 = fenced
--- (o_owner/o_inc/o_epoch = the directory now), 2 = revision conflict (o_rev = actual).
-CREATE FUNCTION liege_write(p_part bigint[], p_epoch bigint[], p_wname text[], p_winc bigint[],
-                            p_kind text[], p_id text[], p_exp bigint[], p_data bytea[],
-                            p_round integer[], p_audit boolean)
+-- The arrays hold the writes sorted into rounds: each round touches a key at most once, and
+-- the n-th write of a key in the batch is in round n, so writes of one key apply in order.
+-- p_round_ends[r] is the (1-based, inclusive) array position where round r ends; p_idx is
+-- each write's position in the caller's batch. Returns one row per write: o_status 0 =
+-- committed (o_rev = new revision), 1 = fenced (o_owner/o_inc/o_epoch = the directory now),
+-- 2 = revision conflict (o_rev = actual).
+CREATE FUNCTION liege_write(p_idx bigint[], p_part bigint[], p_epoch bigint[], p_wname text[],
+                            p_winc bigint[], p_kind text[], p_id text[], p_exp bigint[],
+                            p_data bytea[], p_round_ends integer[], p_audit boolean)
 RETURNS TABLE (o_idx bigint, o_status integer, o_rev bigint, o_owner text, o_inc bigint,
                o_epoch bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_round integer;
-    v_last integer := coalesce((SELECT max(x) FROM unnest(p_round) AS x), 0);
+    v_lo integer := 1;
+    v_hi integer;
 BEGIN
     -- The fence: shared row locks on the directory rows, held until commit. A claim takes
     -- FOR UPDATE on the same rows, so it waits for this batch or this batch waits for it.
@@ -169,15 +171,15 @@ BEGIN
     PERFORM 1 FROM liege_checkpoints c
     JOIN unnest(p_kind, p_id) AS k (kind, id) ON c.kind = k.kind AND c.id = k.id
     ORDER BY c.kind, c.id FOR UPDATE OF c;
-    FOR v_round IN 1 .. v_last LOOP
+    FOREACH v_hi IN ARRAY p_round_ends LOOP
         -- Each statement takes a new snapshot: it sees the locked directory rows as they
         -- are now (no claim can commit until we do) and the effects of earlier rounds.
         RETURN QUERY
         WITH inp AS MATERIALIZED (
-            SELECT t.* FROM unnest(p_part, p_epoch, p_wname, p_winc, p_kind, p_id, p_exp,
-                                   p_data, p_round) WITH ORDINALITY
-                AS t (part, wepoch, wname, winc, kind, kid, exp, data, rnd, idx)
-            WHERE t.rnd = v_round
+            SELECT t.* FROM unnest(p_idx[v_lo:v_hi], p_part[v_lo:v_hi], p_epoch[v_lo:v_hi],
+                                   p_wname[v_lo:v_hi], p_winc[v_lo:v_hi], p_kind[v_lo:v_hi],
+                                   p_id[v_lo:v_hi], p_exp[v_lo:v_hi], p_data[v_lo:v_hi])
+                AS t (idx, part, wepoch, wname, winc, kind, kid, exp, data)
         ), chk AS MATERIALIZED (
             SELECT i.*, p.owner_name AS owner, p.owner_incarnation AS oinc,
                    coalesce(p.epoch, 0) AS pepoch, coalesce(c.rev, 0) AS cur,
@@ -216,5 +218,6 @@ BEGIN
                CASE WHEN NOT chk.fence_ok THEN 1 WHEN d.idx IS NULL THEN 2 ELSE 0 END,
                coalesce(d.newrev, chk.cur), chk.owner, chk.oinc, chk.pepoch
         FROM chk LEFT JOIN done d ON d.idx = chk.idx;
+        v_lo := v_hi + 1;
     END LOOP;
 END $$;
