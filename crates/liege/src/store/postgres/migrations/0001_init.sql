@@ -158,7 +158,11 @@ CREATE FUNCTION liege_write(p_idx bigint[], p_part bigint[], p_epoch bigint[], p
                             p_data bytea[], p_round_ends integer[], p_audit boolean)
 RETURNS TABLE (o_idx bigint, o_status integer, o_rev bigint, o_owner text, o_inc bigint,
                o_epoch bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- A batch touches a few hundred rows by primary key: index lookups, never a scan of the
+-- whole checkpoint table (which the planner otherwise picks for mid-sized tables).
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     v_lo integer := 1;
