@@ -143,3 +143,36 @@ pub(super) fn audit_record(row: &Row) -> StoreResult<crate::store::AuditRecord> 
 pub(super) fn partition_from_db(id: i64) -> StoreResult<u32> {
     u32::try_from(id).map_err(|_| StoreError::Other(format!("partition id {id} out of range")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(id: &str) -> CheckpointWrite {
+        CheckpointWrite {
+            key: AgentKey::new("counter", id).expect("valid key"),
+            partition: PartitionId(0),
+            epoch: Epoch(1),
+            writer: NodeId::new("a", 1),
+            expected_rev: Rev(0),
+            data: None,
+        }
+    }
+
+    #[test]
+    fn repeated_keys_go_to_later_rounds_in_batch_order() {
+        let batch = [w("x"), w("y"), w("x"), w("x"), w("z"), w("y")];
+        let c = Columns::new(&batch).expect("small batch");
+        assert_eq!(c.idx, vec![1, 2, 5, 3, 6, 4]);
+        assert_eq!(c.id, vec!["x", "y", "z", "x", "y", "x"]);
+        assert_eq!(c.round_ends, vec![3, 5, 6]);
+    }
+
+    #[test]
+    fn a_batch_without_repeats_is_one_round() {
+        let batch = [w("a"), w("b"), w("c")];
+        let c = Columns::new(&batch).expect("small batch");
+        assert_eq!(c.idx, vec![1, 2, 3]);
+        assert_eq!(c.round_ends, vec![3]);
+    }
+}

@@ -7,7 +7,7 @@
 //!   A batch of checkpoint writes is a single call of `liege_write` with column arrays.
 //! - **Fencing**: a write batch holds `FOR SHARE` locks on its partitions' directory rows until
 //!   commit; a claim takes `FOR UPDATE` on them before deciding. See [`PostgresStore`].
-//! - **Push**: `LISTEN liege_changes` on a dedicated connection feeds [`Store::watch`].
+//! - **Push**: `LISTEN liege_changes` on a dedicated connection feeds [`Store::watch`](super::Store::watch).
 //! - **Outages**: a bounded pool, a server-side `statement_timeout` and a client-side
 //!   deadline per operation; an unreachable server gives [`StoreError::Unavailable`] within
 //!   about [`PostgresOptions::op_timeout`], and broken connections are replaced on next use.
