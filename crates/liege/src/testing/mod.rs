@@ -4,4 +4,6 @@
 mod cluster;
 pub mod conformance;
 
+pub mod postgres;
+
 pub use cluster::{check_audit, TestCluster, TestClusterBuilder, TestNode, TestStore};

@@ -3,3 +3,4 @@
 
 mod memory;
 mod sqlite;
+mod postgres;

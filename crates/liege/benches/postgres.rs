@@ -1,0 +1,103 @@
+//! Durable batched checkpoint writes to a throwaway PostgreSQL server (`fsync` on).
+//!
+//! `cargo bench -p liege --bench postgres`. Each iteration commits batches of 256 fenced
+//! writes to distinct keys; criterion reports writes per second. Skipped (with a "skipped:"
+//! line) when no PostgreSQL binaries are installed.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use liege::store::postgres::{PostgresOptions, PostgresStore};
+use liege::store::{CheckpointWrite, ClusterMeta, NodeRecord, Store};
+use liege::testing::postgres::TempPostgres;
+use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+
+const BATCH: usize = 256;
+const PARTITIONS: u32 = 64;
+
+/// A store on a fresh database, with node `bench` owning every partition at epoch 1.
+async fn setup(pg: &TempPostgres) -> (Arc<PostgresStore>, NodeId) {
+    let url = pg.create_database().await.expect("database");
+    let store = PostgresStore::connect(&url, PostgresOptions::for_tests())
+        .await
+        .expect("store");
+    let meta = ClusterMeta {
+        partitions: PARTITIONS,
+        secret_salt: vec![0],
+        secret_verifier: vec![0],
+    };
+    store.init_cluster(&meta).await.expect("init");
+    let node = NodeRecord {
+        id: NodeId::new("bench", 1),
+        region: "local".into(),
+        cluster_addr: "127.0.0.1:1".into(),
+        http_addr: "127.0.0.1:2".into(),
+    };
+    store.join(&node, 3_600_000).await.expect("join");
+    let all: Vec<_> = (0..PARTITIONS).map(PartitionId).collect();
+    store.claim(&node.id, &all).await.expect("claim");
+    (Arc::new(store), node.id)
+}
+
+/// A batch of new keys `prefix-n-i`, each in its own partition's epoch 1.
+fn batch(writer: &NodeId, prefix: &str, n: u64) -> Vec<CheckpointWrite> {
+    (0..BATCH)
+        .map(|i| {
+            let key = AgentKey::new("counter", format!("{prefix}-{n}-{i}")).expect("key");
+            CheckpointWrite {
+                partition: key.partition(PARTITIONS),
+                key,
+                epoch: Epoch(1),
+                writer: writer.clone(),
+                expected_rev: Rev(0),
+                data: Some(vec![7; 64]),
+            }
+        })
+        .collect()
+}
+
+fn durable_batches(c: &mut Criterion) {
+    let Some(pg) = TempPostgres::start().expect("postgres") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (store, writer) = rt.block_on(setup(&pg));
+    let mut group = c.benchmark_group("postgres_write");
+    group.sample_size(20);
+
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut n = 0;
+    group.bench_function("one_writer_batch_256", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let (store, writes) = (store.clone(), batch(&writer, "one", n));
+            async move {
+                let results = store.write(&writes).await.expect("write");
+                assert!(results.iter().all(Result::is_ok));
+            }
+        })
+    });
+
+    // Four node writers committing at once: the server's WAL group-commits them.
+    group.throughput(Throughput::Elements(4 * BATCH as u64));
+    let mut n = 0;
+    group.bench_function("four_writers_batch_256", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let writes: Vec<_> = (0..4)
+                .map(|w| batch(&writer, &format!("four{w}"), n))
+                .collect();
+            let store = store.clone();
+            async move {
+                let commits = writes.iter().map(|w| store.write(w));
+                for results in futures_util::future::join_all(commits).await {
+                    assert!(results.expect("write").iter().all(Result::is_ok));
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, durable_batches);
+criterion_main!(benches);

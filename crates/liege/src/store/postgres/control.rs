@@ -1,0 +1,263 @@
+//! The [`Store`] operations of [`PostgresStore`]: one prepared statement each.
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::batch::{self, get, partition_from_db, Columns};
+use super::{from_db_u64, to_db_u64, ttl_to_db, PostgresStore};
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use crate::store::{
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership, NodeLease,
+    NodeRecord, PartitionRow, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+};
+
+const INIT_SQL: &str =
+    "SELECT o_partitions, o_salt, o_verifier FROM liege_init_cluster($1, $2, $3)";
+const NOW_SQL: &str = "SELECT liege_now_ms()";
+const JOIN_SQL: &str = "SELECT o_ok, o_now, o_until FROM liege_join($1, $2, $3, $4, $5, $6)";
+const RENEW_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
+     UPDATE liege_nodes n SET lease_expires_at = liege_lease_end(t.now, $3) FROM t \
+     WHERE n.name = $1 AND n.incarnation = $2 AND n.lease_expires_at > t.now \
+     RETURNING t.now, n.lease_expires_at";
+const LEAVE_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now), \
+     u AS (UPDATE liege_nodes n SET lease_expires_at = LEAST(n.lease_expires_at, t.now), \
+           has_left = true FROM t WHERE n.name = $1 AND n.incarnation = $2 RETURNING 1) \
+     SELECT pg_notify('liege_changes', 'membership') WHERE EXISTS (SELECT 1 FROM u)";
+const NODES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
+     SELECT t.now, n.name, n.incarnation, n.region, n.cluster_addr, n.http_addr, \
+            n.lease_expires_at, n.has_left \
+     FROM t LEFT JOIN liege_nodes n ON true ORDER BY n.name COLLATE \"C\"";
+const DIRECTORY_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
+     SELECT t.now, p.id, p.owner_name, p.owner_incarnation, p.epoch \
+     FROM t LEFT JOIN liege_partitions p ON true ORDER BY p.id";
+const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
+const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
+const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
+const AUDIT_SQL: &str = "SELECT seq, kind, id, partition, epoch, writer_name, \
+     writer_incarnation, rev FROM liege_audit ORDER BY seq";
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
+        let partitions = i64::from(proposed.partitions);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+            &partitions,
+            &proposed.secret_salt,
+            &proposed.secret_verifier,
+        ];
+        let rows = self.query(INIT_SQL, &params).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Other("liege_init_cluster returned no row".into()))?;
+        Ok(ClusterMeta {
+            partitions: partition_from_db(get(row, 0)?)?,
+            secret_salt: get(row, 1)?,
+            secret_verifier: get(row, 2)?,
+        })
+    }
+
+    async fn now(&self) -> StoreResult<StoreTime> {
+        let rows = self.query(NOW_SQL, &[]).await?;
+        get(first(&rows)?, 0)
+    }
+
+    async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
+        let inc = to_db_u64(node.id.incarnation);
+        let ttl = ttl_to_db(ttl_ms);
+        let name: &str = &node.id.name;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &name,
+            &inc,
+            &node.region,
+            &node.cluster_addr,
+            &node.http_addr,
+            &ttl,
+        ];
+        let rows = self.query(JOIN_SQL, &params).await?;
+        let row = first(&rows)?;
+        if get::<bool>(row, 0)? {
+            Ok(Lease {
+                now: get(row, 1)?,
+                expires_at: get(row, 2)?,
+            })
+        } else {
+            Err(StoreError::NameInUse {
+                name: name.to_string(),
+                remaining_ms: get::<Option<i64>>(row, 2)?.unwrap_or(0),
+            })
+        }
+    }
+
+    async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
+        let name: &str = &node.name;
+        let inc = to_db_u64(node.incarnation);
+        let ttl = ttl_to_db(ttl_ms);
+        let rows = self.query(RENEW_SQL, &[&name, &inc, &ttl]).await?;
+        match rows.first() {
+            Some(row) => Ok(Lease {
+                now: get(row, 0)?,
+                expires_at: get(row, 1)?,
+            }),
+            None => Err(StoreError::LeaseLost { node: node.clone() }),
+        }
+    }
+
+    async fn leave(&self, node: &NodeId) -> StoreResult<()> {
+        let name: &str = &node.name;
+        let inc = to_db_u64(node.incarnation);
+        self.query(LEAVE_SQL, &[&name, &inc]).await.map(drop)
+    }
+
+    async fn nodes(&self) -> StoreResult<Membership> {
+        let rows = self.query(NODES_SQL, &[]).await?;
+        let mut membership = Membership {
+            now: get(first(&rows)?, 0)?,
+            nodes: Vec::with_capacity(rows.len()),
+        };
+        for row in &rows {
+            let Some(name) = get::<Option<String>>(row, 1)? else {
+                continue; // no nodes at all: only the clock row
+            };
+            membership.nodes.push(NodeLease {
+                record: NodeRecord {
+                    id: NodeId::new(name, from_db_u64(get(row, 2)?)),
+                    region: get(row, 3)?,
+                    cluster_addr: get(row, 4)?,
+                    http_addr: get(row, 5)?,
+                },
+                lease_expires_at: get(row, 6)?,
+                left: get(row, 7)?,
+            });
+        }
+        Ok(membership)
+    }
+
+    async fn directory(&self) -> StoreResult<Directory> {
+        let rows = self.query(DIRECTORY_SQL, &[]).await?;
+        let mut directory = Directory {
+            now: get(first(&rows)?, 0)?,
+            partitions: Vec::with_capacity(rows.len()),
+        };
+        for row in &rows {
+            let Some(id) = get::<Option<i64>>(row, 1)? else {
+                continue; // no partitions yet: only the clock row
+            };
+            let owner_name: Option<String> = get(row, 2)?;
+            let owner_inc: Option<i64> = get(row, 3)?;
+            directory.partitions.push(PartitionRow {
+                id: PartitionId(partition_from_db(id)?),
+                owner: owner_name
+                    .zip(owner_inc)
+                    .map(|(n, i)| NodeId::new(n, from_db_u64(i))),
+                epoch: Epoch(from_db_u64(get(row, 4)?)),
+            });
+        }
+        Ok(directory)
+    }
+
+    async fn claim(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
+        let name: &str = &node.name;
+        let inc = to_db_u64(node.incarnation);
+        let ids: Vec<i64> = partitions.iter().map(|p| i64::from(p.0)).collect();
+        let rows = match self.query(CLAIM_SQL, &[&name, &inc, &ids]).await {
+            Err(StoreError::LeaseLost { .. }) => {
+                return Err(StoreError::LeaseLost { node: node.clone() })
+            }
+            other => other?,
+        };
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let id = PartitionId(partition_from_db(get(row, 0)?)?);
+                Ok((id, Epoch(from_db_u64(get(row, 1)?))))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort();
+        Ok(claimed)
+    }
+
+    async fn release(
+        &self,
+        node: &NodeId,
+        partitions: &[(PartitionId, Epoch)],
+    ) -> StoreResult<Vec<PartitionId>> {
+        let name: &str = &node.name;
+        let inc = to_db_u64(node.incarnation);
+        let ids: Vec<i64> = partitions.iter().map(|(p, _)| i64::from(p.0)).collect();
+        let epochs: Vec<i64> = partitions.iter().map(|(_, e)| to_db_u64(e.0)).collect();
+        let rows = self
+            .query(RELEASE_SQL, &[&name, &inc, &ids, &epochs])
+            .await?;
+        let mut released = rows
+            .iter()
+            .map(|row| Ok(PartitionId(partition_from_db(get(row, 0)?)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        released.sort();
+        Ok(released)
+    }
+
+    async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+        let (kind, id): (&str, &str) = (&key.kind, &key.id);
+        let rows = self.query(READ_SQL, &[&kind, &id]).await?;
+        rows.first()
+            .map(|row| {
+                Ok(Checkpoint {
+                    rev: Rev(from_db_u64(get(row, 0)?)),
+                    data: get(row, 1)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = Columns::new(batch)?;
+        let audit = self.options.store.audit;
+        let rows = self
+            .query(
+                batch::WRITE_SQL,
+                &[
+                    &c.idx,
+                    &c.partition,
+                    &c.epoch,
+                    &c.writer_name,
+                    &c.writer_incarnation,
+                    &c.kind,
+                    &c.id,
+                    &c.expected_rev,
+                    &c.data,
+                    &c.round_ends,
+                    &audit,
+                ],
+            )
+            .await?;
+        batch::decode(batch, &rows)
+    }
+
+    async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
+        if !self.options.store.audit {
+            return Ok(Vec::new());
+        }
+        let rows = self.query(AUDIT_SQL, &[]).await?;
+        rows.iter().map(batch::audit_record).collect()
+    }
+
+    fn watch(&self) -> Option<broadcast::Receiver<StoreChange>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+fn first(rows: &[tokio_postgres::Row]) -> StoreResult<&tokio_postgres::Row> {
+    rows.first()
+        .ok_or_else(|| StoreError::Other("query returned no row".into()))
+}

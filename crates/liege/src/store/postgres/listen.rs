@@ -1,0 +1,105 @@
+//! Push notifications: `LISTEN liege_changes` on a dedicated connection.
+//!
+//! Claims, releases, joins and leaves `pg_notify('liege_changes', 'directory' | 'membership')`
+//! in their transaction; the listener turns each notification into a [`StoreChange`] on a
+//! broadcast channel. A dead listener connection is replaced with backoff; after every
+//! (re)connect both kinds of change are announced, because notifications sent while the
+//! listener was away are lost and watchers must poll once.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, watch};
+use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::StoreChange;
+
+/// The notification channel.
+pub(super) const CHANNEL: &str = "liege_changes";
+
+/// How often the listener checks its connection with a trivial query.
+const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs the listener until `cancel` fires.
+pub(super) async fn run(
+    config: Config,
+    timeout: Duration,
+    changes: broadcast::Sender<StoreChange>,
+    listening: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    while !cancel.is_cancelled() {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            ended = listen_once(&config, timeout, &changes, &listening) => {
+                listening.send_replace(false);
+                tracing::debug!(reason = %ended, "postgres listener disconnected; reconnecting");
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One listener connection, until it fails. Returns why it ended.
+async fn listen_once(
+    config: &Config,
+    timeout: Duration,
+    changes: &broadcast::Sender<StoreChange>,
+    listening: &watch::Sender<bool>,
+) -> String {
+    let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await;
+    let (client, mut connection) = match connected {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return format!("connect: {e}"),
+        Err(_) => return "connect timed out".into(),
+    };
+    let forward = changes.clone();
+    let mut driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let change = match n.payload() {
+                        "directory" => StoreChange::Directory,
+                        _ => StoreChange::Membership,
+                    };
+                    // No receivers is fine: nobody is watching.
+                    let _ = forward.send(change);
+                }
+                Ok(_) => {}
+                Err(e) => return format!("connection: {e}"),
+            }
+        }
+        "connection closed".to_string()
+    });
+    let listen = format!("LISTEN {CHANNEL}");
+    match tokio::time::timeout(timeout, client.batch_execute(&listen)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return format!("listen: {e}"),
+        Err(_) => return "listen timed out".into(),
+    }
+    let _ = changes.send(StoreChange::Membership);
+    let _ = changes.send(StoreChange::Directory);
+    listening.send_replace(true);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            ended = &mut driver => {
+                return ended.unwrap_or_else(|e| format!("driver task: {e}"));
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(timeout, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping: {e}"),
+                    Err(_) => return "ping timed out".into(),
+                }
+            }
+        }
+    }
+}
