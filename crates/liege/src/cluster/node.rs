@@ -467,6 +467,16 @@ impl Node {
         Ok(self.inner.view.read().owner_info(p))
     }
 
+    /// This node's cached directory: per partition, the owner it believes live (name and
+    /// incarnation) and the epoch. May lag the store by up to a refresh interval.
+    pub fn directory_view(&self) -> Vec<(Option<NodeId>, crate::core::ids::Epoch)> {
+        let view = self.inner.view.read();
+        view.owners
+            .iter()
+            .map(|(owner, epoch)| (owner.clone().filter(|o| view.is_live(o)), *epoch))
+            .collect()
+    }
+
     /// Every live node's own stats, gathered concurrently; unreachable nodes are listed.
     pub async fn stats(&self) -> ClusterStats {
         super::router::cluster_stats(&self.inner).await

@@ -304,10 +304,16 @@ impl TestCluster {
             .live()
             .map(|n| (n.record.id.clone(), ()))
             .collect();
+        let store_view: Vec<_> = directory
+            .partitions
+            .iter()
+            .map(|row| (row.owner.clone(), row.epoch))
+            .collect();
         directory
             .partitions
             .iter()
             .all(|row| row.owner.as_ref().is_some_and(|o| live.contains_key(o)))
+            && alive.iter().all(|n| n.node.directory_view() == store_view)
             && alive.iter().all(|n| {
                 n.node.local_stats().partitions > 0 || alive.len() > self.partitions as usize
             })

@@ -1,11 +1,12 @@
 //! Several nodes: routing from anywhere, failover, fencing under pause and isolation.
+//! Each scenario runs on every store backend (see `backends.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use liege::cluster::CallOptions;
 use liege::telemetry::Event;
-use liege::testing::TestCluster;
+use liege::testing::{TestCluster, TestStore};
 use liege::{AgentKey, Signal};
 
 use crate::common::{counter, inc, init_tracing, value};
@@ -17,8 +18,9 @@ fn long() -> CallOptions {
 }
 
 /// Three regions, two nodes each.
-async fn six_nodes() -> TestCluster {
+async fn six_nodes(store: TestStore) -> TestCluster {
     TestCluster::builder()
+        .store(store)
         .node("iad-1", "iad")
         .node("iad-2", "iad")
         .node("ord-1", "ord")
@@ -29,10 +31,9 @@ async fn six_nodes() -> TestCluster {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_first_calls_from_every_node_activate_the_key_once() {
+pub(crate) async fn concurrent_first_calls_from_every_node_activate_the_key_once(store: TestStore) {
     init_tracing();
-    let cluster = six_nodes().await;
+    let cluster = six_nodes(store).await;
     let key = counter("contended");
     let mut tasks = Vec::new();
     for name in cluster.alive() {
@@ -67,10 +68,9 @@ async fn concurrent_first_calls_from_every_node_activate_the_key_once() {
     cluster.check_audit().await.expect("audit clean");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_and_casts_reach_keys_owned_in_other_regions() {
+pub(crate) async fn calls_and_casts_reach_keys_owned_in_other_regions(store: TestStore) {
     init_tracing();
-    let cluster = six_nodes().await;
+    let cluster = six_nodes(store).await;
     // Find a key owned in another region than the caller's.
     let caller = cluster.node("iad-1");
     let key = (0..1000)
@@ -119,10 +119,9 @@ async fn load(
     acked
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_an_owner_keeps_every_acknowledged_update() {
+pub(crate) async fn killing_an_owner_keeps_every_acknowledged_update(store: TestStore) {
     init_tracing();
-    let mut cluster = six_nodes().await;
+    let mut cluster = six_nodes(store).await;
     let keys: Vec<AgentKey> = (0..60).map(|i| counter(&format!("k{i}"))).collect();
     let all = cluster.alive();
     let before = load(&cluster, &all, &keys, 2, "warm").await;
@@ -147,10 +146,9 @@ async fn killing_an_owner_keeps_every_acknowledged_update() {
     cluster.check_audit().await.expect("audit clean");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_whole_region_moves_its_keys_to_survivors() {
+pub(crate) async fn killing_a_whole_region_moves_its_keys_to_survivors(store: TestStore) {
     init_tracing();
-    let mut cluster = six_nodes().await;
+    let mut cluster = six_nodes(store).await;
     let keys: Vec<AgentKey> = (0..90).map(|i| counter(&format!("r{i}"))).collect();
     let all = cluster.alive();
     let before = load(&cluster, &all, &keys, 1, "warm").await;
@@ -187,10 +185,12 @@ async fn killing_a_whole_region_moves_its_keys_to_survivors() {
     cluster.check_audit().await.expect("audit clean");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale() {
+pub(crate) async fn a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale(
+    store: TestStore,
+) {
     init_tracing();
     let cluster = TestCluster::builder()
+        .store(store)
         .node("a", "iad")
         .node("b", "iad")
         .node("c", "iad")
@@ -254,10 +254,12 @@ async fn a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale() 
     cluster.check_audit().await.expect("audit clean");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_the_store_stops_serving_and_others_take_over() {
+pub(crate) async fn a_node_cut_off_from_the_store_stops_serving_and_others_take_over(
+    store: TestStore,
+) {
     init_tracing();
     let cluster = TestCluster::builder()
+        .store(store)
         .node("a", "iad")
         .node("b", "ord")
         .node("c", "lax")
@@ -292,10 +294,12 @@ async fn a_node_cut_off_from_the_store_stops_serving_and_others_take_over() {
     cluster.check_audit().await.expect("audit clean");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_its_peers_still_serves_its_own_keys_and_others_route_around() {
+pub(crate) async fn a_node_cut_off_from_its_peers_still_serves_its_own_keys_and_others_route_around(
+    store: TestStore,
+) {
     init_tracing();
     let cluster = TestCluster::builder()
+        .store(store)
         .node("a", "iad")
         .node("b", "iad")
         .start()

@@ -2,5 +2,5 @@
 //! specific to each backend.
 
 mod memory;
-mod sqlite;
 mod postgres;
+mod sqlite;
