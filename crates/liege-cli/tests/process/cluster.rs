@@ -7,12 +7,26 @@ use crate::support::NodeProcess;
 #[test]
 fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("liege.db");
+    let store = format!("sqlite:{}", dir.path().join("liege.db").display());
+    three_processes_serve_every_key_and_survive_a_sigkill(&store, dir.path());
+}
+
+#[test]
+fn three_processes_on_one_postgres_serve_every_key_and_survive_a_sigkill() {
+    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("throwaway PostgreSQL")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    three_processes_serve_every_key_and_survive_a_sigkill(&pg.url(), dir.path());
+}
+
+fn three_processes_serve_every_key_and_survive_a_sigkill(store: &str, dir: &std::path::Path) {
     let secret = ["--secret", "drill-secret"];
     let mut nodes = vec![
-        NodeProcess::start("iad-1", "iad", &db, &secret),
-        NodeProcess::start("ord-1", "ord", &db, &secret),
-        NodeProcess::start("lax-1", "lax", &db, &secret),
+        NodeProcess::start_on("iad-1", "iad", store, dir, &secret),
+        NodeProcess::start_on("ord-1", "ord", store, dir, &secret),
+        NodeProcess::start_on("lax-1", "lax", store, dir, &secret),
     ];
     // Partitions first go to whoever is up, then move to their desired owners.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -30,6 +30,19 @@ pub(crate) struct NodeProcess {
 impl NodeProcess {
     /// Starts `liege node` with a SQLite store at `db` and waits until `/readyz` answers 200.
     pub(crate) fn start(name: &str, region: &str, db: &Path, extra: &[&str]) -> NodeProcess {
+        let store = format!("sqlite:{}", db.display());
+        let log_dir = db.parent().expect("db in a directory");
+        Self::start_on(name, region, &store, log_dir, extra)
+    }
+
+    /// Starts `liege node` on any store URL; its log goes to `log_dir/{name}.log`.
+    pub(crate) fn start_on(
+        name: &str,
+        region: &str,
+        store: &str,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> NodeProcess {
         let http = free_port();
         let cluster = free_port();
         let mut args: Vec<String> = vec![
@@ -43,12 +56,12 @@ impl NodeProcess {
             "--listen".into(),
             format!("127.0.0.1:{cluster}"),
             "--store".into(),
-            format!("sqlite:{}", db.display()),
+            store.into(),
             "--lease-ttl-ms".into(),
             "600".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = db.with_file_name(format!("{name}.log"));
+        let log = log_dir.join(format!("{name}.log"));
         let mut node = NodeProcess {
             name: name.into(),
             http,

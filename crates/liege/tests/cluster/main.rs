@@ -4,4 +4,5 @@
 mod backends;
 mod common;
 mod failover;
+mod outage;
 mod single_node;
