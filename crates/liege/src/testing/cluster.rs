@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use liege::testing::TestCluster;
-//! let cluster = TestCluster::builder()
+//! let mut cluster = TestCluster::builder()
 //!     .node("iad-1", "iad")
 //!     .node("ord-1", "ord")
 //!     .start()
