@@ -215,8 +215,18 @@ fn optional_string(
 }
 
 /// A fresh UUIDv7 as a string: time-ordered, unique without coordination.
+///
+/// The 74 random bits come from the thread's cryptographically seeded generator (no system
+/// call per id).
 pub fn new_signal_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(ms, &random)
+        .into_uuid()
+        .to_string()
 }
 
 /// The current UTC time as RFC 3339 with milliseconds, e.g. `2026-11-23T11:20:00.123Z`.

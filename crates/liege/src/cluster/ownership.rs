@@ -49,6 +49,11 @@ impl Ownership {
         self.ms_since_origin(Instant::now())
     }
 
+    /// Milliseconds from this table's origin to `at`.
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        self.ms_since_origin(at)
+    }
+
     fn ms_since_origin(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.origin).as_millis() as u64
     }
@@ -76,8 +81,13 @@ impl Ownership {
 
     /// True while the lease deadline has not passed.
     pub(crate) fn lease_valid(&self) -> bool {
+        self.lease_valid_at(Instant::now())
+    }
+
+    /// True if the lease deadline is after `now`.
+    pub(crate) fn lease_valid_at(&self, now: Instant) -> bool {
         let until = self.lease_valid_until.load(Ordering::Acquire);
-        until != 0 && self.ms_since_origin(Instant::now()) < until
+        until != 0 && self.ms_since_origin(now) < until
     }
 
     pub(crate) fn set_directory_loaded(&self) {

@@ -124,7 +124,7 @@ async fn route(
         attempts += 1;
         let target = {
             let view = inner.view.read();
-            match view.route_target(p) {
+            match view.route_target(p, &inner.config.name) {
                 None => None,
                 // The local fast path clones nothing.
                 Some(n) if *n.record.id.name == *inner.config.name => Some(None),

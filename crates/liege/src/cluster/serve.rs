@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
 
 use serde_json::Value;
 
@@ -132,7 +131,8 @@ impl NodeInner {
             return Err(self.moved_or_not_owner(act.partition));
         }
         // The partition may have changed hands while we waited for the turn.
-        if !self.ownership.lease_valid()
+        let now = tokio::time::Instant::now();
+        if !self.ownership.lease_valid_at(now)
             || self.ownership.held(act.partition) != Held::Serving(act.epoch)
         {
             if let Held::Draining(e) = self.ownership.held(act.partition) {
@@ -147,7 +147,8 @@ impl NodeInner {
                 return Err(self.moved_or_not_owner(act.partition));
             }
         }
-        act.last_used.store(self.now_ms(), Ordering::Relaxed);
+        act.last_used
+            .store(self.ownership.ms_at(now), Ordering::Relaxed);
         let mut guard = KillOnDrop {
             inner: self,
             act: &act,
@@ -166,7 +167,7 @@ impl NodeInner {
                 self.kill_activation(&act);
                 return Ok(Value::Null);
             }
-            LocalOp::Signal(signal) => self.handle_signal(&act, &mut turn, *signal).await,
+            LocalOp::Signal(signal) => self.handle_signal(&act, &mut turn, *signal, now).await,
         };
         match &result {
             Err(e) if e.is_retryable() || matches!(e, CallError::Internal(_)) => {}
@@ -209,8 +210,8 @@ impl NodeInner {
         act: &Arc<Activation>,
         turn: &mut Turn,
         signal: Signal,
+        started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
-        let started = StdInstant::now();
         let id_hash = DedupeWindow::hash_id(&signal.id);
         if let Some(reply) = turn.dedupe.get(id_hash) {
             let value = serde_json::from_slice(reply)
@@ -246,7 +247,7 @@ impl NodeInner {
         Ok(reply)
     }
 
-    fn observe(&self, act: &Activation, outcome: &'static str, started: StdInstant) {
+    fn observe(&self, act: &Activation, outcome: &'static str, started: tokio::time::Instant) {
         if let Some(series) = self.kind_series.get(&*act.key.kind) {
             series.observe(outcome, started.elapsed().as_secs_f64());
         }

@@ -114,10 +114,11 @@ impl View {
 
     /// Where to send a signal for partition `p`: the actual owner if live, else the desired
     /// owner. `None` when no live node is known.
-    pub(crate) fn route_target(&self, p: PartitionId) -> Option<&NodeLease> {
+    /// `me` is this node: its own liveness is checked by the serving path, not here.
+    pub(crate) fn route_target(&self, p: PartitionId, me: &str) -> Option<&NodeLease> {
         let (owner, _) = self.owners.get(p.0 as usize)?;
         if let Some(owner) = owner {
-            if self.is_live(owner) {
+            if *owner.name == *me || self.is_live(owner) {
                 return self.nodes.get(&owner.name);
             }
         }
