@@ -9,6 +9,7 @@ pub mod core;
 pub mod error;
 pub mod faults;
 pub mod http;
+mod sabotage;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
