@@ -1,5 +1,6 @@
 //! `liege`: run a node, or run the multi-region chaos drill.
 
+mod drill;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -16,11 +17,16 @@ struct Cli {
 enum Command {
     /// Run one node.
     Node(Box<node::NodeArgs>),
+    /// Run the multi-region chaos drill: real nodes, a fault, a pass/fail verdict.
+    Drill(Box<drill::DrillArgs>),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -30,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run(*args).await,
+            Command::Drill(args) => drill::run(*args).await,
         }
     });
     match result {
