@@ -115,7 +115,7 @@ impl Client {
         if !status.is_success() {
             return Err(AttemptError::Status(status.as_u16(), lossy(&body)));
         }
-        Ok(lossy(&body))
+        String::from_utf8(body.to_vec()).map_err(|e| AttemptError::BadBody(e.to_string()))
     }
 
     /// `POST /demo/keys/{id}/inc` with an idempotency key; returns the counter's new value.
@@ -145,6 +145,7 @@ impl Client {
     }
 }
 
+/// The start of a body, for error messages.
 fn lossy(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(body);
     s.chars().take(300).collect()

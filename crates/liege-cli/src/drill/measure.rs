@@ -160,3 +160,102 @@ pub(crate) fn histogram(values: &[u64], bins: usize) -> Vec<(u64, usize)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::load::Phase;
+
+    fn logical(key: u32, end_ms: u64, ok: bool, retried: bool) -> Logical {
+        Logical {
+            phase: Phase::Continue,
+            key,
+            start_us: end_ms * 1000 - 500,
+            end_us: end_ms * 1000,
+            region: 0,
+            ok,
+            retried,
+        }
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        let p = percentiles(&mut v);
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (50, 95, 99, 100));
+        assert_eq!(percentiles(&mut []), Percentiles::default());
+        let p = percentiles(&mut [7]);
+        assert_eq!((p.p50, p.p99, p.max), (7, 7, 7));
+    }
+
+    #[test]
+    fn recovery_counts_owned_and_failed_keys_from_the_fault() {
+        // Fault at 1 s. Key 0 owned by the target, recovers at 2.2 s. Key 1 untouched.
+        // Key 2 fails once after the fault, then succeeds at 1.5 s. Key 3 owned, never again.
+        let logs = [
+            logical(0, 900, true, false),
+            logical(0, 2200, true, true),
+            logical(0, 2400, true, false),
+            logical(1, 1100, true, false),
+            logical(2, 1200, false, true),
+            logical(2, 1500, true, false),
+        ];
+        let r = recovery(1_000_000, &[true, false, false, true], &logs);
+        let mut t = r.times_ms.clone();
+        t.sort_unstable();
+        assert_eq!(t, vec![500, 1200]);
+        assert_eq!(r.unrecovered, 1);
+    }
+
+    #[test]
+    fn reconcile_accounting_separates_lost_double_and_unknown() {
+        let s = |acked, pending: Option<u32>| KeyState {
+            issued: acked + u32::from(pending.is_some()),
+            acked,
+            pending,
+            ..KeyState::default()
+        };
+        let states = [
+            s(5, None),
+            s(5, None),
+            s(5, None),
+            s(5, Some(5)),
+            s(5, Some(5)),
+            s(1, None),
+        ];
+        let finals = [Some(5), Some(4), Some(7), Some(6), Some(5), None];
+        let c = continuity(&states, &finals);
+        assert_eq!(c.lost_acked, 1);
+        assert_eq!(c.double_applied, 2);
+        assert_eq!(c.unresolved, 2);
+        assert_eq!(c.unreadable, 1);
+    }
+
+    #[test]
+    fn timeline_buckets_attempts_per_region() {
+        let a = |end_ms, region, ok| Attempt { end_ms, region, ok };
+        let t = timeline(
+            &[
+                a(0, 0, true),
+                a(99, 0, false),
+                a(100, 1, true),
+                a(250, 1, true),
+                a(5, 9, true),
+            ],
+            2,
+            100,
+        );
+        assert_eq!(t.counts[0], vec![(1, 1), (0, 0), (0, 0)]);
+        assert_eq!(t.counts[1], vec![(0, 0), (1, 0), (1, 0)]);
+        assert_eq!(timeline(&[], 3, 100).counts, vec![Vec::new(); 3]);
+    }
+
+    #[test]
+    fn histogram_bins_cover_the_maximum() {
+        let h = histogram(&[0, 10, 20, 99], 4);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.iter().map(|b| b.1).sum::<usize>(), 4);
+        assert!(h.last().expect("bins").0 > 99);
+        assert!(histogram(&[], 4).is_empty());
+    }
+}

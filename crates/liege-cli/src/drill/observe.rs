@@ -221,16 +221,55 @@ pub(crate) fn event_counts(metrics: &str) -> BTreeMap<String, u64> {
     out
 }
 
-/// Cluster event counters of each reachable node.
+/// Cluster event counters of each reachable node; each exposition is also saved as
+/// `{run_dir}/{name}.metrics`.
 pub(crate) async fn events(
     client: &Client,
     members: &[(String, SocketAddr)],
+    run_dir: &std::path::Path,
 ) -> BTreeMap<String, BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for (name, addr) in members {
         if let Ok(text) = client.get_text(*addr, "/metrics", STATS_TIMEOUT).await {
+            let _ = std::fs::write(run_dir.join(format!("{name}.metrics")), &text);
             out.insert(name.clone(), event_counts(&text));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_counters_are_parsed_from_the_exposition() {
+        let text = "# TYPE liege_cluster_events counter\nliege_cluster_events_total{event=\"failover_succeeded\"} 2\nliege_cluster_events_total{event=\"node_expired\"} 1\nliege_agents_active 3\n";
+        let m = event_counts(text);
+        assert_eq!(m.get("failover_succeeded"), Some(&2));
+        assert_eq!(m.get("node_expired"), Some(&1));
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn divergence_spots_dead_owners_and_disagreement() {
+        let expected: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let stats = |owners: Value| {
+            json!({"nodes": [{"name": "a", "ready": true}, {"name": "b", "ready": true}],
+                   "unreachable": [], "partitions_orphaned": 0, "partitions_by_owner": owners})
+        };
+        let good = stats(json!({"a": 2, "b": 2}));
+        assert_eq!(
+            divergence(
+                &expected,
+                &[("a".into(), good.clone()), ("b".into(), good.clone())]
+            ),
+            None
+        );
+        let dead = stats(json!({"a": 2, "c": 2}));
+        assert!(divergence(&expected, &[("a".into(), dead)]).is_some());
+        let other = stats(json!({"a": 3, "b": 1}));
+        assert!(divergence(&expected, &[("a".into(), good), ("b".into(), other)]).is_some());
+    }
 }

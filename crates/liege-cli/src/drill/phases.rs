@@ -290,7 +290,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let finals = observe::finals(&client, &alive_addrs, &keys).await;
     let fault_us = u64::try_from(fault_at.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
     let mut recovery = measure::recovery(fault_us, &owned_by_target, &logical);
-    let events = observe::events(&client, &alive).await;
+    let events = observe::events(&client, &alive, &run_dir).await;
     let audit = match store.audit().await {
         Ok(records) => liege::testing::check_audit(&records),
         Err(e) => Err(format!("audit unreadable: {e:#}")),
