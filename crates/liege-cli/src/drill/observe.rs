@@ -65,10 +65,10 @@ pub(crate) fn divergence(
         }
         spreads.push(spread);
     }
-    match spreads.windows(2).find(|w| w[0] != w[1]) {
-        Some(w) => Some(format!("views disagree: {} vs {}", w[0], w[1])),
-        None => None,
-    }
+    spreads
+        .windows(2)
+        .find(|w| w[0] != w[1])
+        .map(|w| format!("views disagree: {} vs {}", w[0], w[1]))
 }
 
 /// Polls every node in `members` until [`divergence`] finds nothing twice in a row (a settled
