@@ -173,8 +173,9 @@ impl Cluster {
                     retries += 1;
                     if retries > 3 {
                         bail!(
-                            "node {} exited ({status}); see {}",
+                            "node {} exited ({status}): {}\n(log: {})",
                             node.name,
+                            last_line(&node.log),
                             node.log.display()
                         );
                     }
@@ -200,6 +201,19 @@ impl Cluster {
     pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut NodeProc> {
         self.nodes.iter_mut().find(|n| n.name == name)
     }
+}
+
+/// The last non-empty line of a log, for error messages.
+fn last_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
 }
 
 /// A fresh run directory under the system temp dir (kept after the run).
