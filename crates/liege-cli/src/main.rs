@@ -1,5 +1,6 @@
 //! `liege`: run a node, or run the multi-region chaos drill.
 
+mod drill;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run one node.
     Node(Box<node::NodeArgs>),
+    /// Run the multi-region chaos drill: real nodes, a fault, a pass/fail verdict.
+    Drill(Box<drill::DrillArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run(*args).await,
+            Command::Drill(args) => drill::run(*args).await,
         }
     });
     match result {

@@ -1,0 +1,211 @@
+//! `liege drill` flags, their defaults, and the pass criteria derived from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// The fault a drill injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// SIGKILL every node of one region (`--kill-region`, default: the region owning most keys).
+    RegionKill,
+    /// SIGKILL the single node owning the most keys.
+    NodeKill,
+    /// SIGSTOP the node owning the most keys for 3 × TTL, then SIGCONT: it must self-fence.
+    Pause,
+    /// Stop and restart the Postgres server (needs a store harness; not in this build yet).
+    StoreOutage,
+    /// Restart every node in turn (not in this build yet).
+    RollingRestart,
+}
+
+impl Scenario {
+    /// The flag spelling, for reports.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Scenario::RegionKill => "region-kill",
+            Scenario::NodeKill => "node-kill",
+            Scenario::Pause => "pause",
+            Scenario::StoreOutage => "store-outage",
+            Scenario::RollingRestart => "rolling-restart",
+        }
+    }
+}
+
+/// Options of `liege drill`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DrillArgs {
+    /// Comma-separated region labels; each gets `--nodes-per-region` nodes.
+    #[arg(long, value_delimiter = ',', default_value = "iad,ord,lax")]
+    pub(crate) regions: Vec<String>,
+    /// Nodes started in every region.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) nodes_per_region: usize,
+    /// Distinct keys (counters) driven by the load.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) keys: usize,
+    /// Length of the load after the fault, e.g. `10s` or `1500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Client deadline per logical increment, retries included (default 3 × TTL + 1000).
+    #[arg(long)]
+    pub(crate) deadline_ms: Option<u64>,
+    /// The fault to inject.
+    #[arg(long, value_enum, default_value = "region-kill")]
+    pub(crate) scenario: Scenario,
+    /// Region killed by `region-kill` (default: the one owning the most keys).
+    #[arg(long)]
+    pub(crate) kill_region: Option<String>,
+    /// Store shared by the nodes: `sqlite:PATH` or `postgres://...` (default: a fresh
+    /// SQLite file in the run directory).
+    #[arg(long, conflicts_with = "postgres_temp")]
+    pub(crate) store: Option<String>,
+    /// Start a throwaway Postgres server from local binaries for the run.
+    #[arg(long)]
+    pub(crate) postgres_temp: bool,
+    /// Lease TTL of every node, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) lease_ttl_ms: u64,
+    /// Partition count passed to the nodes.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) partitions: u32,
+    /// Concurrent load workers.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) workers: usize,
+    /// Directory for the store, node logs and reports (default: a fresh temp dir, kept).
+    #[arg(long)]
+    pub(crate) run_dir: Option<PathBuf>,
+    /// Write the machine-readable result here.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Write a self-contained HTML report (timeline and recovery histogram) here.
+    #[arg(long)]
+    pub(crate) html: Option<PathBuf>,
+    /// Pass criterion: recovery p99 ceiling in ms (default 2 × TTL + 500).
+    #[arg(long)]
+    pub(crate) max_recovery_p99_ms: Option<u64>,
+    /// Pass criterion: tolerate client errors (default: zero allowed when deadline ≥ 3 × TTL).
+    #[arg(long)]
+    pub(crate) allow_errors: bool,
+    /// Pass criterion: tolerate this many lost or double-applied increments (default 0).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) allow_inexact: u64,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub(crate) no_progress: bool,
+}
+
+/// Thresholds a run is judged by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Criteria {
+    /// Recovery p99 must not exceed this.
+    pub(crate) max_recovery_p99_ms: u64,
+    /// Client errors allowed (None: any number).
+    pub(crate) max_errors: Option<u64>,
+    /// Lost plus double-applied increments allowed.
+    pub(crate) max_inexact: u64,
+}
+
+impl DrillArgs {
+    /// Lease TTL as a duration.
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// The client deadline per logical increment.
+    pub(crate) fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.unwrap_or(3 * self.lease_ttl_ms + 1000))
+    }
+
+    /// The thresholds, defaults filled in.
+    pub(crate) fn criteria(&self) -> Criteria {
+        let strict = !self.allow_errors && self.deadline() >= 3 * self.ttl();
+        Criteria {
+            max_recovery_p99_ms: self
+                .max_recovery_p99_ms
+                .unwrap_or(2 * self.lease_ttl_ms + 500),
+            max_errors: strict.then_some(0),
+            max_inexact: self.allow_inexact,
+        }
+    }
+
+    /// Rejects combinations that cannot run; the message is shown as a usage error.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.regions.is_empty() || self.regions.iter().any(|r| r.trim().is_empty()) {
+            return Err("--regions needs at least one non-empty label".into());
+        }
+        let mut sorted = self.regions.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.regions.len() {
+            return Err("--regions lists a region twice".into());
+        }
+        if self.nodes_per_region == 0 || self.keys == 0 || self.workers == 0 {
+            return Err("--nodes-per-region, --keys and --workers must be positive".into());
+        }
+        if self.lease_ttl_ms < 100 {
+            return Err("--lease-ttl-ms must be at least 100".into());
+        }
+        if self.partitions == 0 {
+            return Err("--partitions must be positive".into());
+        }
+        let nodes = self.regions.len() * self.nodes_per_region;
+        match self.scenario {
+            Scenario::RegionKill if self.regions.len() < 2 => {
+                return Err("region-kill needs at least two regions".into())
+            }
+            Scenario::NodeKill | Scenario::Pause if nodes < 2 => {
+                return Err(format!(
+                    "{} needs at least two nodes",
+                    self.scenario.label()
+                ))
+            }
+            _ => {}
+        }
+        if let Some(r) = &self.kill_region {
+            if !self.regions.contains(r) {
+                return Err(format!("--kill-region {r} is not one of --regions"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `10s`, `1500ms`, `2m` or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: use e.g. 10s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s or m")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("duration {s:?} must be between 1ms and 1h"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_or_without_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! Reading the cluster from outside: convergence from every node's `/demo/cluster/stats`,
+//! key owners, final counter values and telemetry counters from `/metrics`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::client::{counter_value, Client};
+
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the cluster is not (yet) converged, or `None` when it is, judged from one stats answer
+/// per expected node: every node lists exactly `expected` (all ready, none unreachable),
+/// no partition is orphaned or owned by a stranger, and all agree on the spread.
+pub(crate) fn divergence(
+    expected: &BTreeSet<String>,
+    answers: &[(String, Value)],
+) -> Option<String> {
+    let mut spreads: Vec<&Value> = Vec::new();
+    for (asked, stats) in answers {
+        let names: BTreeSet<String> = stats["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if &names != expected {
+            return Some(format!("{asked} sees nodes {names:?}"));
+        }
+        if let Some(n) = stats["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["ready"] != Value::Bool(true)))
+        {
+            return Some(format!("{asked} reports {} not ready", n["name"]));
+        }
+        if stats["unreachable"]
+            .as_array()
+            .is_some_and(|u| !u.is_empty())
+        {
+            return Some(format!("{asked} cannot reach {}", stats["unreachable"]));
+        }
+        let orphaned = stats["partitions_orphaned"].as_u64().unwrap_or(u64::MAX);
+        if orphaned != 0 {
+            return Some(format!("{asked} sees {orphaned} orphaned partitions"));
+        }
+        let spread = &stats["partitions_by_owner"];
+        if let Some(owners) = spread.as_object() {
+            if let Some(stranger) = owners.keys().find(|o| !expected.contains(*o)) {
+                return Some(format!(
+                    "{asked} sees partitions owned by dead node {stranger}"
+                ));
+            }
+            if owners.len() != expected.len() {
+                return Some(format!(
+                    "{asked}: not every node owns partitions yet ({spread})"
+                ));
+            }
+        }
+        spreads.push(spread);
+    }
+    spreads
+        .windows(2)
+        .find(|w| w[0] != w[1])
+        .map(|w| format!("views disagree: {} vs {}", w[0], w[1]))
+}
+
+/// Polls every node in `members` until [`divergence`] finds nothing twice in a row (a settled
+/// spread), or `timeout`. Returns the last reason on timeout.
+pub(crate) async fn converge(
+    client: &Client,
+    members: &[(String, SocketAddr)],
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let expected: BTreeSet<String> = members.iter().map(|(n, _)| n.clone()).collect();
+    let mut calm = 0;
+    let mut last = String::from("no answer yet");
+    let mut previous: Option<Value> = None;
+    loop {
+        let mut answers = Vec::new();
+        for (name, addr) in members {
+            match client
+                .get_json(*addr, "/demo/cluster/stats", STATS_TIMEOUT)
+                .await
+            {
+                Ok(v) => answers.push((name.clone(), v)),
+                Err(e) => answers.push((name.clone(), serde_json::json!({"error": e.to_string()}))),
+            }
+        }
+        match divergence(&expected, &answers) {
+            None => {
+                let spread = answers
+                    .first()
+                    .map(|(_, v)| v["partitions_by_owner"].clone());
+                calm = if previous == spread { calm + 1 } else { 1 };
+                previous = spread;
+                if calm >= 2 {
+                    return Ok(started.elapsed());
+                }
+            }
+            Some(why) => {
+                calm = 0;
+                last = why;
+            }
+        }
+        if started.elapsed() > timeout {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `f` on every key with `parallel` tasks; results in key order.
+async fn per_key<T, F, Fut>(keys: &Arc<Vec<String>>, parallel: usize, f: F) -> Vec<T>
+where
+    T: Send + Default + Clone + 'static,
+    F: Fn(usize, String) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    let mut set = JoinSet::new();
+    let n = keys.len();
+    let parallel = parallel.clamp(1, n.max(1));
+    for w in 0..parallel {
+        let keys = keys.clone();
+        let f = f.clone();
+        set.spawn(async move {
+            let mut out = Vec::new();
+            for k in (w..n).step_by(parallel) {
+                out.push((k, f(k, keys[k].clone()).await));
+            }
+            out
+        });
+    }
+    let mut results = vec![T::default(); n];
+    while let Some(done) = set.join_next().await {
+        for (k, v) in done.unwrap_or_default() {
+            results[k] = v;
+        }
+    }
+    results
+}
+
+/// The owner name of every key, asked of the given nodes in turn (empty when unknown).
+pub(crate) async fn owners(
+    client: &Client,
+    nodes: &[SocketAddr],
+    keys: &Arc<Vec<String>>,
+) -> Vec<String> {
+    let client = client.clone();
+    let nodes: Arc<Vec<SocketAddr>> = Arc::new(nodes.to_vec());
+    per_key(keys, 32, move |k, id| {
+        let (client, nodes) = (client.clone(), nodes.clone());
+        async move {
+            for i in 0..nodes.len() * 2 {
+                let addr = nodes[(k + i) % nodes.len()];
+                let path = format!("/demo/keys/{id}/owner");
+                if let Ok(v) = client.get_json(addr, &path, STATS_TIMEOUT).await {
+                    if let Some(o) = v["owner"].as_str() {
+                        return o.to_string();
+                    }
+                }
+            }
+            String::new()
+        }
+    })
+    .await
+}
+
+/// Every key's counter value via `GET /v1/agents/counter/{id}`, `None` if unreadable.
+pub(crate) async fn finals(
+    client: &Client,
+    nodes: &[SocketAddr],
+    keys: &Arc<Vec<String>>,
+) -> Vec<Option<i64>> {
+    let client = client.clone();
+    let nodes: Arc<Vec<SocketAddr>> = Arc::new(nodes.to_vec());
+    per_key(keys, 32, move |k, id| {
+        let (client, nodes) = (client.clone(), nodes.clone());
+        async move {
+            for i in 0..nodes.len() * 3 {
+                let addr = nodes[(k + i) % nodes.len()];
+                let path = format!("/v1/agents/counter/{id}");
+                match client.get_json(addr, &path, Duration::from_secs(5)).await {
+                    Ok(v) => return counter_value(&v),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            None
+        }
+    })
+    .await
+}
+
+/// Parses `liege_cluster_events_total{event="x"} n` lines of a Prometheus exposition.
+pub(crate) fn event_counts(metrics: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("liege_cluster_events_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(event) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("event=\""))
+            .and_then(|v| v.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        *out.entry(event.to_string()).or_insert(0) += n;
+    }
+    out
+}
+
+/// Cluster event counters of each reachable node; each exposition is also saved as
+/// `{run_dir}/{name}.metrics`.
+pub(crate) async fn events(
+    client: &Client,
+    members: &[(String, SocketAddr)],
+    run_dir: &std::path::Path,
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for (name, addr) in members {
+        if let Ok(text) = client.get_text(*addr, "/metrics", STATS_TIMEOUT).await {
+            let _ = std::fs::write(run_dir.join(format!("{name}.metrics")), &text);
+            out.insert(name.clone(), event_counts(&text));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_counters_are_parsed_from_the_exposition() {
+        let text = "# TYPE liege_cluster_events counter\nliege_cluster_events_total{event=\"failover_succeeded\"} 2\nliege_cluster_events_total{event=\"node_expired\"} 1\nliege_agents_active 3\n";
+        let m = event_counts(text);
+        assert_eq!(m.get("failover_succeeded"), Some(&2));
+        assert_eq!(m.get("node_expired"), Some(&1));
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn divergence_spots_dead_owners_and_disagreement() {
+        let expected: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let stats = |owners: Value| {
+            json!({"nodes": [{"name": "a", "ready": true}, {"name": "b", "ready": true}],
+                   "unreachable": [], "partitions_orphaned": 0, "partitions_by_owner": owners})
+        };
+        let good = stats(json!({"a": 2, "b": 2}));
+        assert_eq!(
+            divergence(
+                &expected,
+                &[("a".into(), good.clone()), ("b".into(), good.clone())]
+            ),
+            None
+        );
+        let dead = stats(json!({"a": 2, "c": 2}));
+        assert!(divergence(&expected, &[("a".into(), dead)]).is_some());
+        let other = stats(json!({"a": 3, "b": 1}));
+        assert!(divergence(&expected, &[("a".into(), good), ("b".into(), other)]).is_some());
+    }
+}

@@ -1,0 +1,346 @@
+//! The drill's script: start → settle → warm → record owners → fault → continue → converge →
+//! reconcile → verify → report. Each phase is announced on stderr.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+use super::args::{DrillArgs, Scenario};
+use super::client::Client;
+use super::load::{self, Entry, KeyState, LoadSpec, Phase, Until, Worker};
+use super::progress::Progress;
+use super::report::Findings;
+use super::store::StoreSetup;
+use super::topology::{ensure_dir, fresh_run_dir, Cluster, NodeTemplate};
+use super::{fault, html, measure, observe, SetupError};
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Entry nodes among `cluster`'s nodes whose name passes `keep`.
+fn entries(cluster: &Cluster, regions: &[String], keep: impl Fn(&str) -> bool) -> Vec<Entry> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.killed && keep(&n.name))
+        .map(|n| Entry {
+            addr: n.http,
+            region: regions.iter().position(|r| *r == n.region).unwrap_or(0) as u8,
+        })
+        .collect()
+}
+
+fn members(cluster: &Cluster, keep: impl Fn(&str) -> bool) -> Vec<(String, SocketAddr)> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.killed && keep(&n.name))
+        .map(|n| (n.name.clone(), n.http))
+        .collect()
+}
+
+/// Runs one load phase over every worker with a progress bar.
+async fn phase(
+    workers: Vec<Worker>,
+    spec: &mut LoadSpec,
+    p: Phase,
+    until: Until,
+    progress: &Progress,
+    label: &str,
+    span: (Option<u64>, Option<Duration>),
+) -> anyhow::Result<Vec<Worker>> {
+    spec.phase = p;
+    spec.done = Arc::new(AtomicU64::new(0));
+    spec.failed = Arc::new(AtomicU64::new(0));
+    let bar = progress.bar(
+        label,
+        span.0,
+        span.1,
+        spec.done.clone(),
+        spec.failed.clone(),
+    );
+    let handles: Vec<_> = workers
+        .into_iter()
+        .map(|w| tokio::spawn(w.run(spec.clone(), until)))
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.context("a load worker failed")?);
+    }
+    bar.finish();
+    Ok(out)
+}
+
+/// The whole drill; see the module docs.
+pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
+    let t0 = Instant::now();
+    let progress = Progress::new(args.no_progress, t0);
+    let run_dir = match &args.run_dir {
+        Some(d) => {
+            ensure_dir(d)?;
+            d.canonicalize()
+                .with_context(|| format!("resolving {}", d.display()))?
+        }
+        None => fresh_run_dir()?,
+    };
+    progress.say(format!("run directory: {}", run_dir.display()));
+    let store = StoreSetup::from_args(args.store.as_deref(), args.postgres_temp, &run_dir)?;
+    if args.scenario == Scenario::StoreOutage && store.harness().is_none() {
+        return Err(SetupError(
+            "--scenario store-outage needs a store the drill controls (--postgres-temp); not available in this build yet".into(),
+        )
+        .into());
+    }
+    if args.scenario == Scenario::RollingRestart {
+        return Err(SetupError(
+            "--scenario rolling-restart is not available in this build yet".into(),
+        )
+        .into());
+    }
+    let template = NodeTemplate {
+        exe: std::env::current_exe().context("finding the liege executable")?,
+        store: store.node_url(),
+        secret: random_hex(32),
+        lease_ttl_ms: args.lease_ttl_ms,
+        partitions: args.partitions,
+        run_dir: run_dir.clone(),
+    };
+    let client = Client::new();
+    let regions = args.regions.clone();
+    let total_nodes = regions.len() * args.nodes_per_region;
+    progress.say(format!(
+        "start: {total_nodes} nodes ({} × {}), {} store, TTL {} ms",
+        regions.join(","),
+        args.nodes_per_region,
+        store.label(),
+        args.lease_ttl_ms
+    ));
+    let mut cluster = Cluster::start(&template, &regions, args.nodes_per_region, &client).await?;
+    let settle = observe::converge(
+        &client,
+        &members(&cluster, |_| true),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|why| SetupError(format!("the cluster did not settle: {why}")))?;
+    progress.say(format!(
+        "settled: every node ready, partitions spread ({} ms)",
+        ms(settle)
+    ));
+
+    // warm
+    let run_tag = random_hex(4);
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..args.keys)
+            .map(|i| format!("drill-{run_tag}-{i}"))
+            .collect(),
+    );
+    let ttl = args.ttl();
+    let mut spec = LoadSpec {
+        keys: keys.clone(),
+        run_tag: run_tag.clone().into(),
+        deadline: args.deadline(),
+        attempt_cap: 2 * ttl + Duration::from_millis(500),
+        t0,
+        entries: Arc::new(RwLock::new(entries(&cluster, &regions, |_| true))),
+        client: client.clone(),
+        phase: Phase::Warm,
+        done: Arc::default(),
+        failed: Arc::default(),
+    };
+    progress.say(format!(
+        "warm: one increment per key through every region ({} keys)",
+        args.keys
+    ));
+    let workers = load::workers(args.keys, args.workers);
+    let span = (Some(args.keys as u64), None);
+    let workers = phase(
+        workers,
+        &mut spec,
+        Phase::Warm,
+        Until::OncePerKey,
+        &progress,
+        "warm",
+        span,
+    )
+    .await?;
+
+    // record owners
+    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    let owners = observe::owners(&client, &addrs, &keys).await;
+    let per_node = fault::keys_per_node(&owners);
+    progress.say(format!("owners: {per_node:?}"));
+
+    // fault
+    let targets = fault::choose(&args, &cluster, &per_node)?;
+    let hit: BTreeSet<String> = targets.iter().cloned().collect();
+    let owned_by_target: Vec<bool> = owners.iter().map(|o| hit.contains(o)).collect();
+    *spec
+        .entries
+        .write()
+        .expect("entries lock is never poisoned") =
+        entries(&cluster, &regions, |n| !hit.contains(n));
+    let verb = if args.scenario == Scenario::Pause {
+        "SIGSTOP"
+    } else {
+        "SIGKILL"
+    };
+    progress.say(format!(
+        "fault: {} {verb} {} ({} keys)",
+        args.scenario.label(),
+        targets.join(","),
+        owned_by_target.iter().filter(|b| **b).count()
+    ));
+    let fault_at = Instant::now();
+    fault::strike(&mut cluster, args.scenario, &targets)?;
+
+    // continue
+    let end = fault_at + args.duration;
+    let span = (None, Some(args.duration));
+    let mut cont_spec = spec.clone();
+    let progress2 = progress.clone();
+    let cont = tokio::spawn(async move {
+        phase(
+            workers,
+            &mut cont_spec,
+            Phase::Continue,
+            Until::Deadline(end),
+            &progress2,
+            "continue",
+            span,
+        )
+        .await
+    });
+    if args.scenario == Scenario::Pause {
+        tokio::time::sleep(3 * ttl).await;
+        fault::resume(&mut cluster, &targets)?;
+        progress.say(format!("resume: SIGCONT {}", targets.join(",")));
+    }
+    let workers = cont.await.context("the load phase failed")??;
+
+    // converge
+    let alive: Vec<(String, SocketAddr)> = match args.scenario {
+        Scenario::Pause => members(&cluster, |_| true),
+        _ => members(&cluster, |n| !hit.contains(n)),
+    };
+    let converge_timeout = Duration::from_secs(10).max(10 * ttl);
+    let converged = observe::converge(&client, &alive, converge_timeout)
+        .await
+        .map(ms);
+    match &converged {
+        Ok(t) => progress.say(format!("converge: {} nodes agree ({t} ms)", alive.len())),
+        Err(why) => progress.say(format!("converge: NOT converged: {why}")),
+    }
+
+    // reconcile
+    *spec
+        .entries
+        .write()
+        .expect("entries lock is never poisoned") =
+        entries(&cluster, &regions, |n| alive.iter().any(|(a, _)| a == n));
+    spec.deadline = spec.deadline.max(Duration::from_secs(30));
+    let parked = workers
+        .iter()
+        .flat_map(|w| &w.state)
+        .filter(|s| s.pending.is_some())
+        .count();
+    let workers = if parked > 0 {
+        progress.say(format!(
+            "reconcile: re-sending {parked} failed increments with their idempotency keys"
+        ));
+        phase(
+            workers,
+            &mut spec,
+            Phase::Reconcile,
+            Until::Parked,
+            &progress,
+            "reconcile",
+            (Some(parked as u64), None),
+        )
+        .await?
+    } else {
+        workers
+    };
+
+    // verify
+    progress.say("verify: reading every counter, the audit and the telemetry");
+    let mut states = vec![KeyState::default(); args.keys];
+    let (mut logical, mut attempts) = (Vec::new(), Vec::new());
+    for w in workers {
+        for (k, s) in w.keys.iter().zip(w.state) {
+            states[*k as usize] = s;
+        }
+        logical.extend(w.logical);
+        attempts.extend(w.attempts);
+    }
+    let alive_addrs: Vec<SocketAddr> = alive.iter().map(|(_, a)| *a).collect();
+    let finals = observe::finals(&client, &alive_addrs, &keys).await;
+    let fault_us = u64::try_from(fault_at.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+    let mut recovery = measure::recovery(fault_us, &owned_by_target, &logical);
+    let events = observe::events(&client, &alive, &run_dir).await;
+    let audit = match store.audit().await {
+        Ok(records) => liege::testing::check_audit(&records),
+        Err(e) => Err(format!("audit unreadable: {e:#}")),
+    };
+    let load_phase = |l: &&load::Logical| l.phase != Phase::Reconcile;
+    let findings = Findings {
+        scenario: args.scenario.label().into(),
+        store: store.label().into(),
+        regions: regions.clone(),
+        nodes: total_nodes,
+        keys: args.keys,
+        target_keys: owned_by_target.iter().filter(|b| **b).count(),
+        targets: targets.clone(),
+        fault_ms: fault_us / 1000,
+        recovery: measure::percentiles(&mut recovery.times_ms),
+        recovery_ms: recovery.times_ms,
+        unrecovered: recovery.unrecovered,
+        continuity: measure::continuity(&states, &finals),
+        requests: logical.iter().filter(load_phase).count() as u64,
+        errors: logical.iter().filter(load_phase).filter(|l| !l.ok).count() as u64,
+        attempts: attempts.len() as u64,
+        converge_ms: *converged.as_ref().unwrap_or(&0),
+        not_converged: converged.err(),
+        audit_writes: *audit.as_ref().unwrap_or(&0),
+        audit_violation: audit.err(),
+        self_fenced: (args.scenario == Scenario::Pause).then(|| {
+            targets
+                .iter()
+                .filter_map(|t| events.get(t).and_then(|m| m.get("self_fenced")))
+                .sum()
+        }),
+        events,
+        timeline: measure::timeline(&attempts, regions.len(), 100),
+        wall_ms: ms(t0.elapsed()),
+        run_dir: run_dir.display().to_string(),
+    };
+    let verdict = findings.judge(&args.criteria());
+    print!("{}", findings.summary(&verdict));
+    if let Some(path) = &args.json {
+        let doc = serde_json::to_string_pretty(&findings.to_json(&verdict))?;
+        std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::render(&findings, &verdict))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(cluster);
+    Ok(if verdict.iter().all(|c| c.pass) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,134 @@
+//! Process tests of `liege drill`: short real drills as child processes.
+//!
+//! The recovery ceiling is raised in these runs: a test asserts outcomes (pass, nothing lost,
+//! nothing applied twice, reports written), never timing on a shared CI machine.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+/// Drills run one at a time: they share two CPU cores with everything else.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Kills the drill (and with it, its nodes) if a test panics while it runs.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn drill(args: &[&str]) -> (ExitStatus, String) {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_liege"))
+        .arg("drill")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("the liege binary starts");
+    let mut guard = Guard(child);
+    let status = guard.0.wait().expect("the drill finishes");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status, format!("{}\n{}", read(&out), read(&err)))
+}
+
+fn short(dir: &Path, scenario: &str) -> Vec<String> {
+    [
+        "--scenario",
+        scenario,
+        "--keys",
+        "200",
+        "--nodes-per-region",
+        "1",
+        "--duration",
+        "3s",
+        "--max-recovery-p99-ms",
+        "60000",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--run-dir".to_string(),
+        dir.join("run").display().to_string(),
+        "--json".to_string(),
+        dir.join("drill.json").display().to_string(),
+        "--html".to_string(),
+        dir.join("drill.html").display().to_string(),
+    ])
+    .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("the drill wrote --json");
+    serde_json::from_str(&text).expect("--json is JSON")
+}
+
+fn assert_passed(status: ExitStatus, output: &str, doc: &Value, scenario: &str) {
+    assert_eq!(status.code(), Some(0), "the drill failed:\n{output}");
+    assert_eq!(doc["pass"], Value::Bool(true), "{doc:#}");
+    assert_eq!(doc["scenario"], scenario);
+    assert_eq!(doc["lost_acked"], 0);
+    assert_eq!(doc["double_applied"], 0);
+    assert_eq!(doc["converged"], true);
+    for field in ["p50", "p95", "p99", "max"] {
+        assert!(
+            doc["recovery_ms"][field].is_u64(),
+            "recovery_ms.{field} missing: {doc:#}"
+        );
+    }
+    assert!(doc["requests"].as_u64().is_some_and(|n| n >= 200));
+    assert!(doc["errors"].is_u64());
+    assert!(output.contains("PASS"), "{output}");
+}
+
+#[test]
+fn region_kill_drill_passes_and_writes_both_reports() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = short(dir.path(), "region-kill");
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "region-kill");
+    let html =
+        std::fs::read_to_string(dir.path().join("drill.html")).expect("the drill wrote --html");
+    assert!(html.contains("<svg"), "no SVG in the HTML report");
+    assert!(
+        dir.path().join("run").join("iad-1.log").exists(),
+        "node logs are kept in the run dir"
+    );
+}
+
+#[test]
+fn pause_drill_passes_with_a_clean_fencing_audit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = short(dir.path(), "pause");
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "pause");
+    assert_eq!(doc["fencing_audit"]["pass"], true, "{doc:#}");
+}
+
+#[test]
+fn usage_and_setup_errors_exit_with_code_2() {
+    for args in [
+        vec!["--no-such-flag"],
+        vec!["--scenario", "meteor"],
+        vec!["--regions", "iad,ord", "--kill-region", "lax"],
+        vec!["--regions", "iad", "--scenario", "region-kill"],
+        vec!["--postgres-temp"],
+        vec!["--store", "memory:"],
+        vec!["--scenario", "store-outage"],
+    ] {
+        let (status, output) = drill(&args);
+        assert_eq!(status.code(), Some(2), "{args:?} gave {status}:\n{output}");
+    }
+}
