@@ -23,11 +23,16 @@ impl Drop for Guard {
 }
 
 fn drill(args: &[&str]) -> (ExitStatus, String) {
+    drill_with_env(args, &[])
+}
+
+fn drill_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let logs = tempfile::tempdir().expect("temp dir");
     let (out, err) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_liege"))
         .arg("drill")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).expect("stdout file"))
         .stderr(std::fs::File::create(&err).expect("stderr file"))
@@ -115,6 +120,28 @@ fn pause_drill_passes_with_a_clean_fencing_audit() {
     let doc = read_json(&dir.path().join("drill.json"));
     assert_passed(status, &output, &doc, "pause");
     assert_eq!(doc["fencing_audit"]["pass"], true, "{doc:#}");
+}
+
+#[test]
+fn pause_drill_fails_when_fencing_is_deliberately_broken() {
+    // Debug builds honour LIEGE_UNSAFE_SKIP_FENCING=1: stores skip the fence and revision
+    // checks and nodes ignore their lease. The paused owner then writes stale state on resume.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = short(dir.path(), "pause");
+    let (status, output) = drill_with_env(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("LIEGE_UNSAFE_SKIP_FENCING", "1")],
+    );
+    assert_eq!(status.code(), Some(1), "the drill must fail:\n{output}");
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_eq!(doc["pass"], false);
+    let lost = doc["lost_acked"].as_u64().unwrap_or(0);
+    let audit_ok = doc["fencing_audit"]["pass"].as_bool().unwrap_or(true);
+    assert!(
+        lost > 0 || !audit_ok,
+        "a broken fence must show as lost updates or a bad audit: {doc:#}"
+    );
 }
 
 #[test]

@@ -162,7 +162,7 @@ async fn reconcile(
         });
     }
     if !claimable.is_empty() {
-        claim(inner, me, claimable, store_now, expiry_of).await;
+        claim(inner, me, claimable, store_now, expiry_of, true).await;
     }
     if !handoff.is_empty() {
         super::handoff::start_rebalance(inner, handoff);
@@ -173,19 +173,21 @@ async fn reconcile(
         .set(inner.ownership.count() as i64);
 }
 
-/// Claims partitions in one store transaction; emits claim and failover events.
+/// Claims partitions in one store transaction; emits claim events, and failover events when
+/// `announce_failover` (the directory loop's batch claims).
 pub(crate) async fn claim(
     inner: &Arc<NodeInner>,
     me: &NodeId,
     wanted: Vec<(PartitionId, Option<NodeId>)>,
     store_now: i64,
     expiry_of: &HashMap<NodeId, i64>,
+    announce_failover: bool,
 ) {
     let _guard = inner.claim_lock.lock().await;
     let started = Instant::now();
     // Failover bookkeeping: which expired node each partition came from.
     let mut by_prev: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, prev) in &wanted {
+    for (_, prev) in wanted.iter().filter(|_| announce_failover) {
         if let Some(prev) = prev {
             *by_prev.entry(prev.name.to_string()).or_default() += 1;
         }
@@ -223,7 +225,7 @@ pub(crate) async fn claim(
     }
     for (p, e) in &claimed {
         let prev = prev_of.get(p).cloned().flatten();
-        if let Some(prev) = &prev {
+        if let Some(prev) = prev.as_ref().filter(|_| announce_failover) {
             let entry = done.entry(prev.name.to_string()).or_insert((0, 0));
             entry.0 += 1;
             entry.1 = expiry_of.get(prev).copied().unwrap_or(store_now);
@@ -272,7 +274,9 @@ pub(crate) async fn claim_on_demand(inner: &Arc<NodeInner>, p: PartitionId) -> O
         attempts.insert(p, now);
     }
     let store_now = inner.view.read().store_now_estimate();
-    claim(inner, &me, vec![(p, prev)], store_now, &HashMap::new()).await;
+    // Failover events come from the directory loop's batch claim; an on-demand claim of a
+    // single partition only reports the claim itself.
+    claim(inner, &me, vec![(p, prev)], store_now, &HashMap::new(), false).await;
     match inner.ownership.held(p) {
         Held::Serving(e) => Some(e),
         _ => None,
