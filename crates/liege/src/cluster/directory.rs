@@ -162,7 +162,7 @@ async fn reconcile(
         });
     }
     if !claimable.is_empty() {
-        claim(inner, me, claimable, store_now, expiry_of, true).await;
+        claim(inner, me, claimable, store_now, expiry_of).await;
     }
     if !handoff.is_empty() {
         super::handoff::start_rebalance(inner, handoff);
@@ -173,30 +173,39 @@ async fn reconcile(
         .set(inner.ownership.count() as i64);
 }
 
-/// Claims partitions in one store transaction; emits claim events, and failover events when
-/// `announce_failover` (the directory loop's batch claims).
+/// Claims partitions in one store transaction; emits claim events, `FailoverStarted` once per
+/// dead incarnation and `FailoverSucceeded` per successful claim of its partitions.
 pub(crate) async fn claim(
     inner: &Arc<NodeInner>,
     me: &NodeId,
     wanted: Vec<(PartitionId, Option<NodeId>)>,
     store_now: i64,
     expiry_of: &HashMap<NodeId, i64>,
-    announce_failover: bool,
 ) {
     let _guard = inner.claim_lock.lock().await;
     let started = Instant::now();
     // Failover bookkeeping: which expired node each partition came from.
-    let mut by_prev: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, prev) in wanted.iter().filter(|_| announce_failover) {
+    let mut by_prev: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for (_, prev) in &wanted {
         if let Some(prev) = prev {
-            *by_prev.entry(prev.name.to_string()).or_default() += 1;
+            *by_prev.entry(prev.clone()).or_default() += 1;
         }
     }
     for (from, n) in &by_prev {
-        inner.telemetry.emit(Event::FailoverStarted {
-            from: from.clone(),
-            partitions: *n,
-        });
+        // Announce a failover once per dead incarnation, whichever path claims first.
+        let first = {
+            let mut seen = inner.failovers_seen.lock();
+            if seen.len() > 256 {
+                seen.clear();
+            }
+            seen.insert(from.clone())
+        };
+        if first {
+            inner.telemetry.emit(Event::FailoverStarted {
+                from: from.name.to_string(),
+                partitions: *n,
+            });
+        }
     }
     let ids: Vec<PartitionId> = wanted
         .iter()
@@ -225,7 +234,7 @@ pub(crate) async fn claim(
     }
     for (p, e) in &claimed {
         let prev = prev_of.get(p).cloned().flatten();
-        if let Some(prev) = prev.as_ref().filter(|_| announce_failover) {
+        if let Some(prev) = &prev {
             let entry = done.entry(prev.name.to_string()).or_insert((0, 0));
             entry.0 += 1;
             entry.1 = expiry_of.get(prev).copied().unwrap_or(store_now);
@@ -252,7 +261,7 @@ pub(crate) async fn claim(
 /// owner). Throttled per partition.
 pub(crate) async fn claim_on_demand(inner: &Arc<NodeInner>, p: PartitionId) -> Option<Epoch> {
     let me = inner.me();
-    let prev = {
+    let (prev, expiry_of) = {
         let view = inner.view.read();
         if view.desired(p).is_none_or(|d| **d != *me.name) {
             return None;
@@ -261,7 +270,16 @@ pub(crate) async fn claim_on_demand(inner: &Arc<NodeInner>, p: PartitionId) -> O
         if owner.as_ref().is_some_and(|o| view.is_live(o)) {
             return None;
         }
-        owner
+        let expiry_of: HashMap<NodeId, i64> = owner
+            .as_ref()
+            .and_then(|o| {
+                view.nodes
+                    .get(&o.name)
+                    .map(|n| (o.clone(), n.lease_expires_at))
+            })
+            .into_iter()
+            .collect();
+        (owner, expiry_of)
     };
     {
         let mut attempts = inner.claim_attempts.lock();
@@ -274,9 +292,7 @@ pub(crate) async fn claim_on_demand(inner: &Arc<NodeInner>, p: PartitionId) -> O
         attempts.insert(p, now);
     }
     let store_now = inner.view.read().store_now_estimate();
-    // Failover events come from the directory loop's batch claim; an on-demand claim of a
-    // single partition only reports the claim itself.
-    claim(inner, &me, vec![(p, prev)], store_now, &HashMap::new(), false).await;
+    claim(inner, &me, vec![(p, prev)], store_now, &expiry_of).await;
     match inner.ownership.held(p) {
         Held::Serving(e) => Some(e),
         _ => None,

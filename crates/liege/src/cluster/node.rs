@@ -159,6 +159,8 @@ pub(crate) struct NodeInner {
     pub(crate) claim_lock: tokio::sync::Mutex<()>,
     /// Held by the running rebalance round (at most one at a time).
     pub(crate) rebalancing: Arc<tokio::sync::Mutex<()>>,
+    /// Dead incarnations whose failover this node has announced.
+    pub(crate) failovers_seen: Mutex<std::collections::HashSet<NodeId>>,
     /// Call metrics per registered kind, resolved at start.
     pub(crate) kind_series: std::collections::HashMap<String, crate::telemetry::KindSeries>,
 }
@@ -319,6 +321,7 @@ impl Node {
             .collect();
         let inner = Arc::new(NodeInner {
             kind_series,
+            failovers_seen: Mutex::new(Default::default()),
             me: RwLock::new(NodeId::new(config.name.as_str(), rand::random())),
             ownership: Ownership::new(partitions),
             local: Local::new(partitions),
