@@ -14,7 +14,7 @@ pub(crate) enum Scenario {
     NodeKill,
     /// SIGSTOP the node owning the most keys for 3 × TTL, then SIGCONT: it must self-fence.
     Pause,
-    /// Stop and restart the Postgres server (needs a store harness; not in this build yet).
+    /// Stop the throwaway Postgres server for 2 × TTL, then start it again (`--postgres-temp`).
     StoreOutage,
     /// Restart every node in turn (not in this build yet).
     RollingRestart,
@@ -115,7 +115,12 @@ impl DrillArgs {
 
     /// The client deadline per logical increment.
     pub(crate) fn deadline(&self) -> Duration {
-        Duration::from_millis(self.deadline_ms.unwrap_or(3 * self.lease_ttl_ms + 1000))
+        // A store outage lasts 2 × TTL before the store returns: give callers room to wait.
+        let default = match self.scenario {
+            Scenario::StoreOutage => 6 * self.lease_ttl_ms + 1000,
+            _ => 3 * self.lease_ttl_ms + 1000,
+        };
+        Duration::from_millis(self.deadline_ms.unwrap_or(default))
     }
 
     /// The thresholds, defaults filled in.

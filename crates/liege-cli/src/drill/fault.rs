@@ -57,7 +57,9 @@ pub(crate) fn choose(
                 .collect())
         }
         Scenario::NodeKill | Scenario::Pause => Ok(vec![busiest_node()?]),
-        Scenario::StoreOutage | Scenario::RollingRestart => Err(SetupError(format!(
+        // The store is hit, not a node: every node is expected to fence and come back.
+        Scenario::StoreOutage => Ok(Vec::new()),
+        Scenario::RollingRestart => Err(SetupError(format!(
             "--scenario {} is not available in this build yet",
             args.scenario.label()
         ))

@@ -50,11 +50,15 @@ pub(crate) fn recovery(fault_us: u64, owned_by_target: &[bool], logical: &[Logic
     let n = owned_by_target.len();
     let mut affected = owned_by_target.to_vec();
     let mut first_ok: Vec<Option<u64>> = vec![None; n];
+    // A key with no request ending after the fault cannot be measured (the load never came
+    // back to it); it is neither recovered nor "never recovered".
+    let mut measured = vec![false; n];
     for l in logical {
         let k = l.key as usize;
         if k >= n || l.end_us <= fault_us {
             continue;
         }
+        measured[k] = true;
         if !l.ok || l.retried {
             affected[k] = true;
         }
@@ -65,7 +69,7 @@ pub(crate) fn recovery(fault_us: u64, owned_by_target: &[bool], logical: &[Logic
     }
     let mut out = Recovery::default();
     for k in 0..n {
-        if !affected[k] {
+        if !affected[k] || !measured[k] {
             continue;
         }
         match first_ok[k] {
@@ -191,8 +195,11 @@ mod tests {
     #[test]
     fn recovery_counts_owned_and_failed_keys_from_the_fault() {
         // Fault at 1 s. Key 0 owned by the target, recovers at 2.2 s. Key 1 untouched.
-        // Key 2 fails once after the fault, then succeeds at 1.5 s. Key 3 owned, never again.
+        // Key 2 fails once after the fault, then succeeds at 1.5 s. Key 3 owned, fails after
+        // the fault and never succeeds. Key 4 owned, but no request reached it after the fault:
+        // not measured.
         let logs = [
+            logical(3, 1800, false, true),
             logical(0, 900, true, false),
             logical(0, 2200, true, true),
             logical(0, 2400, true, false),
@@ -200,7 +207,7 @@ mod tests {
             logical(2, 1200, false, true),
             logical(2, 1500, true, false),
         ];
-        let r = recovery(1_000_000, &[true, false, false, true], &logs);
+        let r = recovery(1_000_000, &[true, false, false, true, true], &logs);
         let mut t = r.times_ms.clone();
         t.sort_unstable();
         assert_eq!(t, vec![500, 1200]);

@@ -97,10 +97,15 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         None => fresh_run_dir()?,
     };
     progress.say(format!("run directory: {}", run_dir.display()));
-    let store = StoreSetup::from_args(args.store.as_deref(), args.postgres_temp, &run_dir)?;
+    if args.postgres_temp {
+        progress.say("store: starting a throwaway PostgreSQL from the local server binaries");
+    }
+    let store = tokio::task::block_in_place(|| {
+        StoreSetup::from_args(args.store.as_deref(), args.postgres_temp, &run_dir)
+    })?;
     if args.scenario == Scenario::StoreOutage && store.harness().is_none() {
         return Err(SetupError(
-            "--scenario store-outage needs a store the drill controls (--postgres-temp); not available in this build yet".into(),
+            "--scenario store-outage needs a store the drill controls: use --postgres-temp".into(),
         )
         .into());
     }
@@ -187,16 +192,20 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     // fault
     let targets = fault::choose(&args, &cluster, &per_node)?;
     let hit: BTreeSet<String> = targets.iter().cloned().collect();
-    let owned_by_target: Vec<bool> = owners.iter().map(|o| hit.contains(o)).collect();
+    // A store outage hits every key; node faults hit the keys their targets owned.
+    let owned_by_target: Vec<bool> = owners
+        .iter()
+        .map(|o| args.scenario == Scenario::StoreOutage || hit.contains(o))
+        .collect();
     *spec
         .entries
         .write()
         .expect("entries lock is never poisoned") =
         entries(&cluster, &regions, |n| !hit.contains(n));
-    let verb = if args.scenario == Scenario::Pause {
-        "SIGSTOP"
-    } else {
-        "SIGKILL"
+    let verb = match args.scenario {
+        Scenario::Pause => "SIGSTOP",
+        Scenario::StoreOutage => "stop the store server;",
+        _ => "SIGKILL",
     };
     progress.say(format!(
         "fault: {} {verb} {} ({} keys)",
@@ -205,7 +214,10 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         owned_by_target.iter().filter(|b| **b).count()
     ));
     let fault_at = Instant::now();
-    fault::strike(&mut cluster, args.scenario, &targets)?;
+    match store.harness() {
+        Some(h) if args.scenario == Scenario::StoreOutage => h.stop().await?,
+        _ => fault::strike(&mut cluster, args.scenario, &targets)?,
+    }
 
     // continue
     let end = fault_at + args.duration;
@@ -228,6 +240,15 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(3 * ttl).await;
         fault::resume(&mut cluster, &targets)?;
         progress.say(format!("resume: SIGCONT {}", targets.join(",")));
+    }
+    // Recovery is measured from the end of a store outage (from the fault otherwise).
+    let mut recovery_from = fault_at;
+    if let (Scenario::StoreOutage, Some(h)) = (args.scenario, store.harness()) {
+        // Long enough for every lease to lapse: all nodes must fence, then rejoin by themselves.
+        tokio::time::sleep(2 * ttl).await;
+        h.start().await?;
+        recovery_from = Instant::now();
+        progress.say("resume: store server started again");
     }
     let workers = cont.await.context("the load phase failed")??;
 
@@ -288,7 +309,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     }
     let alive_addrs: Vec<SocketAddr> = alive.iter().map(|(_, a)| *a).collect();
     let finals = observe::finals(&client, &alive_addrs, &keys).await;
-    let fault_us = u64::try_from(fault_at.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+    let fault_us = u64::try_from(recovery_from.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
     let mut recovery = measure::recovery(fault_us, &owned_by_target, &logical);
     let events = observe::events(&client, &alive, &run_dir).await;
     let audit = match store.audit().await {
@@ -316,12 +337,33 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         not_converged: converged.err(),
         audit_writes: *audit.as_ref().unwrap_or(&0),
         audit_violation: audit.err(),
-        self_fenced: (args.scenario == Scenario::Pause).then(|| {
-            targets
-                .iter()
-                .filter_map(|t| events.get(t).and_then(|m| m.get("self_fenced")))
-                .sum()
-        }),
+        self_fenced: match args.scenario {
+            Scenario::Pause => Some(
+                targets
+                    .iter()
+                    .filter_map(|t| events.get(t).and_then(|m| m.get("self_fenced")))
+                    .sum(),
+            ),
+            // Every node must have fenced itself while the store was down.
+            Scenario::StoreOutage => {
+                let fenced = cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        events
+                            .get(&n.name)
+                            .and_then(|m| m.get("self_fenced"))
+                            .is_some_and(|c| *c > 0)
+                    })
+                    .count();
+                Some(if fenced == cluster.nodes.len() {
+                    fenced as u64
+                } else {
+                    0
+                })
+            }
+            _ => None,
+        },
         events,
         timeline: measure::timeline(&attempts, regions.len(), 100),
         wall_ms: ms(t0.elapsed()),

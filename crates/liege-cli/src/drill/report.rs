@@ -149,7 +149,7 @@ impl Findings {
         };
         if let Some(n) = self.self_fenced {
             telemetry.pass &= n > 0;
-            let _ = write!(telemetry.detail, ", paused node self-fenced {n}×");
+            let _ = write!(telemetry.detail, ", self-fenced {n}×");
         }
         out.push(telemetry);
         out

@@ -8,12 +8,11 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use liege::store::{StoreOptions, StoreUrl};
+use liege::testing::postgres::TempPostgres;
 
 use super::SetupError;
 
 /// A store the drill started and can disrupt (a throwaway Postgres server).
-// Implemented by the Postgres harness once it lands; `store-outage` drives it.
-#[allow(dead_code)]
 #[async_trait]
 pub(crate) trait StoreHarness: Send + Sync {
     /// Connection URL for the nodes.
@@ -31,22 +30,74 @@ pub(crate) enum StoreSetup {
     /// A Postgres server the user gave; the drill cannot stop it.
     Given(String),
     /// A server the drill started and controls.
-    #[allow(dead_code)]
     Managed(Box<dyn StoreHarness>),
 }
 
+/// A throwaway PostgreSQL from the local server binaries (`--postgres-temp`).
+struct TempPostgresHarness {
+    url: String,
+    server: std::sync::Arc<std::sync::Mutex<TempPostgres>>,
+}
+
+impl TempPostgresHarness {
+    fn start() -> Result<Self, SetupError> {
+        let server = TempPostgres::start()
+            .map_err(|e| SetupError(format!("--postgres-temp: {e}")))?
+            .ok_or_else(|| {
+                SetupError(
+                    "--postgres-temp: no PostgreSQL server binaries found (install the postgresql package)"
+                        .into(),
+                )
+            })?;
+        Ok(Self {
+            url: server.url(),
+            server: std::sync::Arc::new(std::sync::Mutex::new(server)),
+        })
+    }
+
+    async fn with_server(
+        &self,
+        f: fn(&mut TempPostgres) -> Result<(), String>,
+    ) -> anyhow::Result<()> {
+        let server = self.server.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = server.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await?
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+#[async_trait]
+impl StoreHarness for TempPostgresHarness {
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        self.with_server(TempPostgres::stop).await
+    }
+
+    async fn start(&self) -> anyhow::Result<()> {
+        self.with_server(TempPostgres::start_again).await
+    }
+}
+
 impl StoreSetup {
-    /// Picks the store from the flags. `--postgres-temp` needs a harness this build lacks.
+    /// Picks the store from the flags; `--postgres-temp` starts a throwaway server (blocking).
     pub(crate) fn from_args(
         store: Option<&str>,
         postgres_temp: bool,
         run_dir: &Path,
     ) -> Result<Self, SetupError> {
         if postgres_temp {
-            return Err(SetupError(
-                "--postgres-temp is not available in this build yet (no throwaway Postgres harness)"
-                    .into(),
-            ));
+            if store.is_some() {
+                return Err(SetupError(
+                    "give either --store or --postgres-temp, not both".into(),
+                ));
+            }
+            return Ok(StoreSetup::Managed(Box::new(TempPostgresHarness::start()?)));
         }
         match store {
             None => Ok(StoreSetup::Sqlite(run_dir.join("liege.db"))),
@@ -111,6 +162,6 @@ mod tests {
             StoreSetup::from_args(Some("postgres://u@h/db"), false, Path::new("/r")).expect("pg");
         assert_eq!(s.node_url(), "postgres://u@h/db");
         assert!(StoreSetup::from_args(Some("memory:"), false, Path::new("/r")).is_err());
-        assert!(StoreSetup::from_args(None, true, Path::new("/r")).is_err());
+        assert!(StoreSetup::from_args(Some("sqlite:/x"), true, Path::new("/r")).is_err());
     }
 }

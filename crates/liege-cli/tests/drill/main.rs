@@ -145,13 +145,31 @@ fn pause_drill_fails_when_fencing_is_deliberately_broken() {
 }
 
 #[test]
+fn store_outage_drill_on_a_throwaway_postgres_passes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if liege::testing::postgres::TempPostgres::start()
+        .expect("looking for PostgreSQL")
+        .is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = short(dir.path(), "store-outage");
+    args.push("--postgres-temp".into());
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "store-outage");
+    assert_eq!(doc["fencing_audit"]["pass"], true, "{doc:#}");
+}
+
+#[test]
 fn usage_and_setup_errors_exit_with_code_2() {
     for args in [
         vec!["--no-such-flag"],
         vec!["--scenario", "meteor"],
         vec!["--regions", "iad,ord", "--kill-region", "lax"],
         vec!["--regions", "iad", "--scenario", "region-kill"],
-        vec!["--postgres-temp"],
+        vec!["--postgres-temp", "--store", "sqlite:/tmp/x.db"],
         vec!["--store", "memory:"],
         vec!["--scenario", "store-outage"],
     ] {
