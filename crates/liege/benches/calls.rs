@@ -119,6 +119,31 @@ fn durable_sqlite(c: &mut Criterion) {
     g.finish();
 }
 
+fn durable_postgres(c: &mut Criterion) {
+    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("looking for PostgreSQL")
+    else {
+        eprintln!("skipped durable_inc_postgres: no PostgreSQL server binaries");
+        return;
+    };
+    let rt = runtime();
+    let node = rt.block_on(node(
+        StoreUrl::Postgres(pg.url()),
+        Persistence::Durable,
+        "pg",
+    ));
+    let ks = Arc::new(keys(10_000, "p"));
+    let mut g = c.benchmark_group("durable_inc_postgres");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.bench_function("256_callers", |b| {
+        b.to_async(&rt)
+            .iter_custom(|iters| concurrent_calls(&node, &ks, 256, iters.max(256)));
+    });
+    g.finish();
+    rt.block_on(node.shutdown());
+}
+
 fn remote(c: &mut Criterion) {
     let rt = runtime();
     let store = rt
@@ -179,6 +204,6 @@ fn remote(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = in_process, durable_sqlite, remote
+    targets = in_process, durable_sqlite, durable_postgres, remote
 }
 criterion_main!(benches);

@@ -181,4 +181,7 @@ impl Store for FaultyStore {
     fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
         self.inner.watch()
     }
+    fn write_concurrency(&self) -> usize {
+        self.inner.write_concurrency()
+    }
 }

@@ -51,9 +51,18 @@ pub(crate) fn spawn_writer(
     shutdown: CancellationToken,
 ) -> WriterHandle {
     let (tx, mut rx) = mpsc::channel::<Job>(max_batch * 8);
+    // Batches in flight at once: each holds a permit until its commit returns. A key is in at
+    // most one batch at a time (its turn waits for the commit), so batches never overlap on a key.
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        store.write_concurrency().max(1),
+    ));
     tokio::spawn(async move {
-        let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
         loop {
+            // Wait for a free slot first, so a batch forms while the others commit.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
             let n = tokio::select! {
                 biased;
                 n = rx.recv_many(&mut jobs, max_batch) => n,
@@ -66,43 +75,57 @@ pub(crate) fn spawn_writer(
             if n == 0 {
                 break;
             }
-            let batch: Vec<CheckpointWrite> = jobs.iter().map(|j| j.write.clone()).collect();
-            let started = Instant::now();
-            let result = store.write(&batch).await;
-            telemetry
-                .commit_duration
-                .observe(started.elapsed().as_secs_f64());
-            telemetry.commit_batch.observe(batch.len() as f64);
-            match result {
-                Ok(outcomes) if outcomes.len() == jobs.len() => {
-                    for (job, outcome) in jobs.drain(..).zip(outcomes) {
-                        telemetry.write_outcome(match &outcome {
-                            Ok(_) => "ok",
-                            Err(WriteError::Fenced { .. }) => "fenced",
-                            Err(WriteError::Conflict { .. }) => "conflict",
-                        });
-                        let _ = job.reply.send(Ok(outcome));
-                    }
-                }
-                Ok(outcomes) => {
-                    let err = StoreError::Other(format!(
-                        "store answered {} outcomes for {} writes",
-                        outcomes.len(),
-                        jobs.len()
-                    ));
-                    for job in jobs.drain(..) {
-                        telemetry.write_outcome("error");
-                        let _ = job.reply.send(Err(err.clone()));
-                    }
-                }
-                Err(err) => {
-                    for job in jobs.drain(..) {
-                        telemetry.write_outcome("error");
-                        let _ = job.reply.send(Err(err.clone()));
-                    }
-                }
-            }
+            let store = store.clone();
+            let telemetry = telemetry.clone();
+            tokio::spawn(async move {
+                commit(&store, &telemetry, jobs).await;
+                drop(permit);
+            });
         }
+        // Wait for the batches still committing.
+        let _ = permits
+            .acquire_many(store.write_concurrency().max(1) as u32)
+            .await;
     });
     WriterHandle { tx }
+}
+
+/// Commits one batch and answers each job with its own outcome.
+async fn commit(store: &SharedStore, telemetry: &Telemetry, mut jobs: Vec<Job>) {
+    let batch: Vec<CheckpointWrite> = jobs.iter().map(|j| j.write.clone()).collect();
+    let started = Instant::now();
+    let result = store.write(&batch).await;
+    telemetry
+        .commit_duration
+        .observe(started.elapsed().as_secs_f64());
+    telemetry.commit_batch.observe(batch.len() as f64);
+    match result {
+        Ok(outcomes) if outcomes.len() == jobs.len() => {
+            for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                telemetry.write_outcome(match &outcome {
+                    Ok(_) => "ok",
+                    Err(WriteError::Fenced { .. }) => "fenced",
+                    Err(WriteError::Conflict { .. }) => "conflict",
+                });
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Ok(outcomes) => {
+            let err = StoreError::Other(format!(
+                "store answered {} outcomes for {} writes",
+                outcomes.len(),
+                jobs.len()
+            ));
+            for job in jobs.drain(..) {
+                telemetry.write_outcome("error");
+                let _ = job.reply.send(Err(err.clone()));
+            }
+        }
+        Err(err) => {
+            for job in jobs.drain(..) {
+                telemetry.write_outcome("error");
+                let _ = job.reply.send(Err(err.clone()));
+            }
+        }
+    }
 }

@@ -298,6 +298,13 @@ pub trait Store: Send + Sync + 'static {
     /// committed write appends an [`AuditRecord`] in the same transaction.
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>>;
 
+    /// How many write batches the node's writer may have in flight at once. A backend that
+    /// serializes writers anyway (SQLite) gains nothing from more than one; a server
+    /// (Postgres) overlaps their round trips and fsyncs.
+    fn write_concurrency(&self) -> usize {
+        1
+    }
+
     /// Every audit record in commit order (empty when auditing is off).
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>>;
 

@@ -42,6 +42,12 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn write_concurrency(&self) -> usize {
+        // Half the pool: batches overlap their round trips while control operations
+        // (lease renewals, claims) always find a connection.
+        (self.options.pool_size / 2).max(1)
+    }
+
     async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
         let partitions = i64::from(proposed.partitions);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
