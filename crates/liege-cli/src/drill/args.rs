@@ -16,7 +16,7 @@ pub(crate) enum Scenario {
     Pause,
     /// Stop the throwaway Postgres server for 2 × TTL, then start it again (`--postgres-temp`).
     StoreOutage,
-    /// Restart every node in turn (not in this build yet).
+    /// Restart every node in turn with SIGTERM (graceful handoff), on the same ports: zero client errors expected.
     RollingRestart,
 }
 

@@ -59,11 +59,8 @@ pub(crate) fn choose(
         Scenario::NodeKill | Scenario::Pause => Ok(vec![busiest_node()?]),
         // The store is hit, not a node: every node is expected to fence and come back.
         Scenario::StoreOutage => Ok(Vec::new()),
-        Scenario::RollingRestart => Err(SetupError(format!(
-            "--scenario {} is not available in this build yet",
-            args.scenario.label()
-        ))
-        .into()),
+        // Every node, one after the other.
+        Scenario::RollingRestart => Ok(cluster.nodes.iter().map(|n| n.name.clone()).collect()),
     }
 }
 

@@ -80,6 +80,27 @@ pub(crate) fn recovery(fault_us: u64, owned_by_target: &[bool], logical: &[Logic
     out
 }
 
+/// Latency of the logical requests after the fault that needed a retry (rolling restarts:
+/// the delay a drain imposes on clients). Failed requests count as unrecovered.
+pub(crate) fn retried_latency(fault_us: u64, logical: &[Logical]) -> Recovery {
+    let mut out = Recovery::default();
+    for l in logical
+        .iter()
+        .filter(|l| l.end_us > fault_us && (l.retried || !l.ok))
+    {
+        if l.ok {
+            out.times_ms.push(
+                l.end_us
+                    .saturating_sub(l.start_us.max(fault_us))
+                    .div_ceil(1000),
+            );
+        } else {
+            out.unrecovered += 1;
+        }
+    }
+    out
+}
+
 /// Nothing lost, nothing applied twice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Continuity {

@@ -109,12 +109,6 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    if args.scenario == Scenario::RollingRestart {
-        return Err(SetupError(
-            "--scenario rolling-restart is not available in this build yet".into(),
-        )
-        .into());
-    }
     let template = NodeTemplate {
         exe: std::env::current_exe().context("finding the liege executable")?,
         store: store.node_url(),
@@ -200,11 +194,14 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     *spec
         .entries
         .write()
-        .expect("entries lock is never poisoned") =
-        entries(&cluster, &regions, |n| !hit.contains(n));
+        .expect("entries lock is never poisoned") = entries(&cluster, &regions, |n| {
+        // A rolling restart takes nodes away one at a time: clients keep using them all.
+        args.scenario == Scenario::RollingRestart || !hit.contains(n)
+    });
     let verb = match args.scenario {
         Scenario::Pause => "SIGSTOP",
         Scenario::StoreOutage => "stop the store server;",
+        Scenario::RollingRestart => "SIGTERM and restart, in turn,",
         _ => "SIGKILL",
     };
     progress.say(format!(
@@ -216,12 +213,19 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let fault_at = Instant::now();
     match store.harness() {
         Some(h) if args.scenario == Scenario::StoreOutage => h.stop().await?,
+        _ if args.scenario == Scenario::RollingRestart => {}
         _ => fault::strike(&mut cluster, args.scenario, &targets)?,
     }
 
-    // continue
-    let end = fault_at + args.duration;
-    let span = (None, Some(args.duration));
+    // continue (a rolling restart keeps the load on until every node has been restarted)
+    let duration = match args.scenario {
+        Scenario::RollingRestart => args
+            .duration
+            .max((2 * ttl + Duration::from_millis(1500)) * targets.len() as u32),
+        _ => args.duration,
+    };
+    let end = fault_at + duration;
+    let span = (None, Some(duration));
     let mut cont_spec = spec.clone();
     let progress2 = progress.clone();
     let cont = tokio::spawn(async move {
@@ -241,6 +245,17 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         fault::resume(&mut cluster, &targets)?;
         progress.say(format!("resume: SIGCONT {}", targets.join(",")));
     }
+    if args.scenario == Scenario::RollingRestart {
+        for name in &targets {
+            let took = cluster.restart(&template, name, &client).await?;
+            progress.say(format!(
+                "restart: {name} drained, restarted and ready in {} ms",
+                ms(took)
+            ));
+            // Let its partitions come back before the next one goes.
+            tokio::time::sleep(2 * ttl).await;
+        }
+    }
     // Recovery is measured from the end of a store outage (from the fault otherwise).
     let mut recovery_from = fault_at;
     if let (Scenario::StoreOutage, Some(h)) = (args.scenario, store.harness()) {
@@ -254,7 +269,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
 
     // converge
     let alive: Vec<(String, SocketAddr)> = match args.scenario {
-        Scenario::Pause => members(&cluster, |_| true),
+        Scenario::Pause | Scenario::RollingRestart => members(&cluster, |_| true),
         _ => members(&cluster, |n| !hit.contains(n)),
     };
     let converge_timeout = Duration::from_secs(10).max(10 * ttl);
@@ -310,7 +325,13 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let alive_addrs: Vec<SocketAddr> = alive.iter().map(|(_, a)| *a).collect();
     let finals = observe::finals(&client, &alive_addrs, &keys).await;
     let fault_us = u64::try_from(recovery_from.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
-    let mut recovery = measure::recovery(fault_us, &owned_by_target, &logical);
+    let mut recovery = if args.scenario == Scenario::RollingRestart {
+        // No key is lost for long in a drain: what clients see is the delay of the requests
+        // that had to be retried while partitions moved.
+        measure::retried_latency(fault_us, &logical)
+    } else {
+        measure::recovery(fault_us, &owned_by_target, &logical)
+    };
     let events = observe::events(&client, &alive, &run_dir).await;
     let audit = match store.audit().await {
         Ok(records) => liege::testing::check_audit(&records),

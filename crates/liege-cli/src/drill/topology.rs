@@ -38,6 +38,8 @@ pub(crate) struct NodeProc {
     pub(crate) region: String,
     /// HTTP API address.
     pub(crate) http: SocketAddr,
+    /// Cluster transport address.
+    pub(crate) listen: SocketAddr,
     /// The log file (stdout and stderr).
     pub(crate) log: PathBuf,
     child: Child,
@@ -98,6 +100,16 @@ fn free_port() -> anyhow::Result<u16> {
 fn spawn(t: &NodeTemplate, name: &str, region: &str) -> anyhow::Result<NodeProc> {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    spawn_at(t, name, region, listen, http)
+}
+
+fn spawn_at(
+    t: &NodeTemplate,
+    name: &str,
+    region: &str,
+    listen: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<NodeProc> {
     let log = t.run_dir.join(format!("{name}.log"));
     let out = File::options()
         .create(true)
@@ -139,6 +151,7 @@ fn spawn(t: &NodeTemplate, name: &str, region: &str) -> anyhow::Result<NodeProc>
         name: name.to_string(),
         region: region.to_string(),
         http,
+        listen,
         log,
         child,
         killed: false,
@@ -195,6 +208,53 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Restarts a node gracefully on the same ports: SIGTERM (it hands its partitions off and
+    /// leaves), wait for a clean exit, start it again, wait until it is ready.
+    pub(crate) async fn restart(
+        &mut self,
+        t: &NodeTemplate,
+        name: &str,
+        client: &Client,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let node = self
+            .get_mut(name)
+            .with_context(|| format!("no node {name}"))?;
+        node.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = node.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                node.signal(libc::SIGKILL)?;
+                bail!("node {name} did not exit within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if !status.success() {
+            bail!("node {name} exited uncleanly after SIGTERM: {status}");
+        }
+        node.killed = true;
+        let (region, listen, http) = (node.region.clone(), node.listen, node.http);
+        *node = spawn_at(t, name, &region, listen, http)?;
+        while !client.ready(http).await {
+            if Instant::now() > deadline {
+                bail!(
+                    "node {name} not ready again within 30 s: {}",
+                    last_line(
+                        &self
+                            .get_mut(name)
+                            .map(|n| n.log.clone())
+                            .unwrap_or_default()
+                    )
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(started.elapsed())
     }
 
     /// The node called `name`.

@@ -163,6 +163,20 @@ fn store_outage_drill_on_a_throwaway_postgres_passes() {
 }
 
 #[test]
+fn rolling_restart_drill_drains_every_node_without_client_errors() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = short(dir.path(), "rolling-restart");
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "rolling-restart");
+    assert_eq!(
+        doc["errors"], 0,
+        "graceful drains produce no client error: {doc:#}"
+    );
+}
+
+#[test]
 fn usage_and_setup_errors_exit_with_code_2() {
     for args in [
         vec!["--no-such-flag"],
