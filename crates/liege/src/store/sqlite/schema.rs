@@ -59,6 +59,26 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 ///   acknowledged write survives power loss, not just a process crash;
 /// - a busy handler polling every [`BUSY_POLL`] for up to [`BUSY_TIMEOUT`].
 pub(super) fn connect(path: &Path) -> StoreResult<Connection> {
+    // Switching a fresh file to WAL needs an exclusive lock and SQLite does not call the busy
+    // handler for it: nodes opening one new file at the same moment retry for a while.
+    let started = std::time::Instant::now();
+    loop {
+        match connect_once(path) {
+            Err(StoreError::Unavailable(msg))
+                if (msg.contains("locked") || msg.contains("busy"))
+                    && started.elapsed() < OPEN_RETRY_FOR =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long opening a file keeps retrying while another opener holds it.
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(10);
+
+fn connect_once(path: &Path) -> StoreResult<Connection> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
