@@ -302,6 +302,7 @@ impl Node {
         let mut tconfig = TransportConfig::new(config.name.clone(), secret.clone());
         tconfig.faults = faults.clone();
         tconfig.counters = counters;
+        tconfig.validate().map_err(StartError::Config)?;
         let peers = Peers::new(tconfig.clone());
         let shutdown = CancellationToken::new();
         let writer = spawn_writer(

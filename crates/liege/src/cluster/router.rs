@@ -370,6 +370,10 @@ impl RequestHandler for PeerHandler {
                 Request::Lookup { key } => (key, Op::Lookup),
                 Request::Stop { key } => (key, Op::Stop),
             };
+            // Keys decoded from the wire skipped `AgentKey::new`'s checks: check them here.
+            if let Err(e) = AgentKey::new(key.kind.clone(), key.id.clone()) {
+                return Response::Err(CallError::BadRequest(e.to_string()));
+            }
             if !inner.agents.contains(&key.kind) {
                 return Response::Err(CallError::UnknownKind {
                     kind: key.kind.to_string(),

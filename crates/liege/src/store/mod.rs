@@ -294,8 +294,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch of fenced writes in one transaction. Each write commits iff the
     /// directory names `writer` at `epoch` for its partition and the key's revision equals
-    /// `expected_rev`; the result per write is in the same order. With auditing on, each
-    /// committed write appends an [`AuditRecord`] in the same transaction.
+    /// `expected_rev`; the result per write is in the same order. A committed write returns
+    /// the new revision; a committed delete returns `Rev(0)` (an absent key has revision 0,
+    /// which the next write must expect). With auditing on, each committed write appends an
+    /// [`AuditRecord`] in the same transaction.
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>>;
 
     /// How many write batches the node's writer may have in flight at once. A backend that
