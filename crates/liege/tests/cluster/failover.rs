@@ -131,6 +131,11 @@ pub(crate) async fn killing_an_owner_keeps_every_acknowledged_update(store: Test
         .unwrap()
         .owner
         .unwrap();
+    let mut events: Vec<_> = all
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| cluster.node(n).subscribe())
+        .collect();
     cluster.kill(&victim);
     let survivors = cluster.alive();
     let after = load(&cluster, &survivors, &keys, 1, "after").await;
@@ -144,6 +149,28 @@ pub(crate) async fn killing_an_owner_keeps_every_acknowledged_update(store: Test
     }
     assert!(cluster.wait_converged(Duration::from_secs(10)).await);
     cluster.check_audit().await.expect("audit clean");
+    // Survivors announced the expiry and the failover, with the partitions it moved.
+    let mut seen = std::collections::BTreeSet::new();
+    for rx in &mut events {
+        while let Ok(e) = rx.try_recv() {
+            if let Event::FailoverSucceeded {
+                from, partitions, ..
+            } = &e
+            {
+                assert_eq!(from, &victim);
+                assert!(*partitions > 0);
+            }
+            seen.insert(e.name());
+        }
+    }
+    for name in [
+        "node_expired",
+        "failover_started",
+        "failover_succeeded",
+        "partition_claimed",
+    ] {
+        assert!(seen.contains(name), "no {name} event among {seen:?}");
+    }
 }
 
 pub(crate) async fn killing_a_whole_region_moves_its_keys_to_survivors(store: TestStore) {
