@@ -66,19 +66,18 @@ async fn concurrent_calls(
     start.elapsed()
 }
 
-fn in_process(c: &mut Criterion) {
-    let rt = runtime();
-    let node = rt.block_on(node(StoreUrl::Memory, Persistence::OnPassivate, "local"));
-    let ks = Arc::new(keys(1000, "k"));
-    rt.block_on(concurrent_calls(&node, &ks, 4, 10_000));
-    let mut g = c.benchmark_group("in_process_call_memory_1000_keys");
-    g.throughput(Throughput::Elements(1));
+/// One caller, one call at a time, cycling over `keys`.
+fn sequential(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    node: &Node,
+    keys: &[AgentKey],
+) {
     g.bench_function("sequential", |b| {
         let mut i = 0usize;
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             i += 1;
-            let key = &ks[i % ks.len()];
-            let node = &node;
+            let key = &keys[i % keys.len()];
             async move {
                 node.call(key, Signal::new("inc"), CallOptions::default())
                     .await
@@ -86,6 +85,16 @@ fn in_process(c: &mut Criterion) {
             }
         })
     });
+}
+
+fn in_process(c: &mut Criterion) {
+    let rt = runtime();
+    let node = rt.block_on(node(StoreUrl::Memory, Persistence::OnPassivate, "local"));
+    let ks = Arc::new(keys(1000, "k"));
+    rt.block_on(concurrent_calls(&node, &ks, 4, 10_000));
+    let mut g = c.benchmark_group("in_process_call_memory_1000_keys");
+    g.throughput(Throughput::Elements(1));
+    sequential(&mut g, &rt, &node, &ks);
     for workers in [2usize, 8, 64] {
         g.bench_with_input(
             BenchmarkId::new("concurrent", workers),
@@ -181,19 +190,7 @@ fn remote(c: &mut Criterion) {
     rt.block_on(concurrent_calls(&a, &ks, 4, 5_000));
     let mut g = c.benchmark_group("remote_call_loopback");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("sequential", |bch| {
-        let mut i = 0usize;
-        bch.to_async(&rt).iter(|| {
-            i += 1;
-            let key = &ks[i % ks.len()];
-            let a = &a;
-            async move {
-                a.call(key, Signal::new("inc"), CallOptions::default())
-                    .await
-                    .expect("call")
-            }
-        })
-    });
+    sequential(&mut g, &rt, &a, &ks);
     g.bench_function("pipelined_64", |bch| {
         bch.to_async(&rt)
             .iter_custom(|iters| concurrent_calls(&a, &ks, 64, iters.max(64)));

@@ -59,16 +59,21 @@ pub(crate) async fn call(
     delivery: Delivery,
     options: CallOptions,
 ) -> Result<Reply, CallError> {
-    let (answer, node, region) =
-        route(inner, key, Op::Signal(Box::new(signal), delivery), options).await?;
-    Ok(Reply {
+    route(inner, key, Op::Signal(Box::new(signal), delivery), options)
+        .await
+        .map(reply)
+}
+
+/// A routed answer as the public [`Reply`] (no value for answers that carry none).
+fn reply((answer, node, region): (Answer, String, String)) -> Reply {
+    Reply {
         value: match answer {
             Answer::Value(v) => v,
             _ => Value::Null,
         },
         node,
         region,
-    })
+    }
 }
 
 pub(crate) async fn get(
@@ -76,15 +81,7 @@ pub(crate) async fn get(
     key: &AgentKey,
     options: CallOptions,
 ) -> Result<Reply, CallError> {
-    let (answer, node, region) = route(inner, key, Op::Get, options).await?;
-    Ok(Reply {
-        value: match answer {
-            Answer::Value(v) => v,
-            _ => Value::Null,
-        },
-        node,
-        region,
-    })
+    route(inner, key, Op::Get, options).await.map(reply)
 }
 
 pub(crate) async fn lookup(
