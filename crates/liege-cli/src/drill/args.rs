@@ -70,9 +70,14 @@ pub(crate) struct DrillArgs {
     /// Partition count passed to the nodes.
     #[arg(long, default_value_t = 1024)]
     pub(crate) partitions: u32,
-    /// Concurrent load workers.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) workers: usize,
+    /// Concurrent load workers, each owning a slice of the keys (default: one per key, at
+    /// most 2048, so a key waiting for its failover never holds up another key).
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// Target rate of the continue phase, in logical increments per second over all keys
+    /// (0: as fast as the cluster answers).
+    #[arg(long, default_value_t = 6000)]
+    pub(crate) rate: u64,
     /// Directory for the store, node logs and reports (default: a fresh temp dir, kept).
     #[arg(long)]
     pub(crate) run_dir: Option<PathBuf>,
@@ -113,6 +118,18 @@ impl DrillArgs {
         Duration::from_millis(self.lease_ttl_ms)
     }
 
+    /// Load workers: `--workers`, or one per key (at most 2048).
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.unwrap_or(self.keys.min(2048)).max(1)
+    }
+
+    /// Pause between two increments of one worker in the continue phase, for `--rate`.
+    pub(crate) fn pace(&self) -> Option<Duration> {
+        (self.rate > 0).then(|| {
+            Duration::from_secs_f64(self.workers().min(self.keys) as f64 / self.rate as f64)
+        })
+    }
+
     /// The client deadline per logical increment.
     pub(crate) fn deadline(&self) -> Duration {
         // A store outage lasts 2 × TTL before the store returns: give callers room to wait.
@@ -146,7 +163,7 @@ impl DrillArgs {
         if sorted.len() != self.regions.len() {
             return Err("--regions lists a region twice".into());
         }
-        if self.nodes_per_region == 0 || self.keys == 0 || self.workers == 0 {
+        if self.nodes_per_region == 0 || self.keys == 0 || self.workers == Some(0) {
             return Err("--nodes-per-region, --keys and --workers must be positive".into());
         }
         if self.lease_ttl_ms < 100 {

@@ -100,6 +100,9 @@ pub(crate) struct LoadSpec {
     pub(crate) client: Client,
     /// Phase being run.
     pub(crate) phase: Phase,
+    /// Least time between the starts of two increments of one worker (`--rate`), in phases
+    /// that run until a deadline.
+    pub(crate) pace: Option<Duration>,
     /// Logical increments finished (progress).
     pub(crate) done: Arc<AtomicU64>,
     /// Of those, failed (progress).
@@ -172,8 +175,20 @@ impl Worker {
             Until::Deadline(end) => {
                 let mut slot = 0;
                 let mut idle = 0;
+                // Start workers spread over one pace interval, not all at once.
+                let mut next = Instant::now()
+                    + spec
+                        .pace
+                        .map_or(Duration::ZERO, |p| p.mul_f64(rand::random::<f64>()));
                 while Instant::now() < end && idle < n {
                     if self.state[slot].pending.is_none() {
+                        if let Some(pace) = spec.pace {
+                            tokio::time::sleep_until(next.min(end)).await;
+                            next = next.max(Instant::now() - pace) + pace;
+                            if Instant::now() >= end {
+                                break;
+                            }
+                        }
                         self.increment(&spec, slot, None).await;
                         idle = 0;
                     } else {

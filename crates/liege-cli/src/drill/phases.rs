@@ -157,6 +157,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         entries: Arc::new(RwLock::new(entries(&cluster, &regions, |_| true))),
         client: client.clone(),
         phase: Phase::Warm,
+        pace: None,
         done: Arc::default(),
         failed: Arc::default(),
     };
@@ -164,7 +165,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         "warm: one increment per key through every region ({} keys)",
         args.keys
     ));
-    let workers = load::workers(args.keys, args.workers);
+    let workers = load::workers(args.keys, args.workers());
     let span = (Some(args.keys as u64), None);
     let workers = phase(
         workers,
@@ -227,6 +228,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let end = fault_at + duration;
     let span = (None, Some(duration));
     let mut cont_spec = spec.clone();
+    cont_spec.pace = args.pace();
     let progress2 = progress.clone();
     let cont = tokio::spawn(async move {
         phase(
