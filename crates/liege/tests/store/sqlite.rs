@@ -215,3 +215,43 @@ impl Store for TempStore {
         self.inner.audit().await
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewals_go_through_while_another_process_holds_the_checkpoint_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let store = open(&path).await;
+    conformance::init(&*store).await;
+    let (node, _) = join(&*store, "busy", 1, conformance::LONG_TTL_MS).await;
+    // Another process takes the main file's write lock (a long checkpoint batch) and keeps it
+    // longer than the busy timeout.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = rusqlite::Connection::open(&path).expect("raw connection");
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .expect("write lock");
+        locked_tx.send(()).expect("test waits");
+        std::thread::sleep(std::time::Duration::from_millis(2000));
+        tx.rollback().expect("release");
+    });
+    locked_rx.recv().expect("lock taken");
+    for _ in 0..5 {
+        store
+            .renew(&node, conformance::LONG_TTL_MS)
+            .await
+            .expect("renewal does not wait for the checkpoint file's lock");
+        assert!(store
+            .nodes()
+            .await
+            .expect("membership readable")
+            .is_live(&node));
+    }
+    holder.join().expect("lock holder");
+    // The directory is on the main file again free: claims work.
+    let claimed = store
+        .claim(&node, &[PartitionId(0)])
+        .await
+        .expect("claim after the lock is released");
+    assert_eq!(claimed.len(), 1);
+}
