@@ -196,36 +196,16 @@ pub(super) fn directory(conn: &mut Connection) -> StoreResult<Directory> {
     Ok(Directory { now, partitions })
 }
 
-/// Claims on the main file, deciding with leases read from the members file beforehand.
-///
-/// The decision uses `leases.now`, the time the leases were read, not the claim's own time:
-/// a lease expired at that instant stays expired forever (an expired lease is never renewed,
-/// and a name's row is replaced only once expired or left), so reading it earlier changes
-/// nothing. A lease read as live only skips a claim. The claimer's own lease must have been
-/// valid when read; if it lapses before the commit, the claimer is already fencing itself
-/// locally and the next claimer's epoch bump fences out anything it claimed.
 pub(super) fn claim(
     conn: &mut Connection,
     node: &NodeId,
     partitions: &[PartitionId],
-    leases: &Membership,
 ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
-    let lease_of = |name: &str| {
-        leases
-            .nodes
-            .iter()
-            .find(|n| &*n.record.id.name == name)
-            .map(|n| LeaseState {
-                incarnation: n.record.id.incarnation,
-                lease_expires_at: n.lease_expires_at,
-                left: n.left,
-            })
-    };
-    let now = leases.now;
-    if !rules::may_renew(lease_of(&node.name), node, now) {
+    let tx = immediate(conn)?;
+    let now = wall_clock()?;
+    if !rules::may_renew(lease_state(&tx, &node.name)?, node, now) {
         return Err(StoreError::LeaseLost { node: node.clone() });
     }
-    let tx = immediate(conn)?;
     let mut claimed = Vec::new();
     for &p in partitions {
         let row = tx
@@ -241,7 +221,10 @@ pub(super) fn claim(
         let Some((current, epoch)) = row else {
             continue;
         };
-        let owner_lease = current.as_ref().and_then(|o| lease_of(&o.name));
+        let owner_lease = match &current {
+            Some(o) => lease_state(&tx, &o.name)?,
+            None => None,
+        };
         if rules::claim_decision(node, current.as_ref(), owner_lease, now) == ClaimDecision::Take {
             let epoch = Epoch(epoch + 1);
             tx.prepare_cached(

@@ -1,18 +1,10 @@
-//! SQLite store: one file (plus its members file) shared by every process of a cluster on one
-//! machine.
+//! SQLite store: one file shared by every process of a cluster on one machine.
 //!
 //! # Design
-//! - **Two files, three connections, three threads.** The *members* file (`liege.members.db`
-//!   beside `liege.db`) holds only the leases, served by its own connection (join, renew,
-//!   leave, nodes), so a renewal never waits for the main file's write lock, which every
-//!   process's checkpoint batches compete for. On the main file a *control* connection serves
-//!   the directory (claim, release, reads) and a *data* connection serves checkpoints and the
-//!   audit log. Each connection runs on its own OS thread fed by a queue, so the async runtime
-//!   never blocks on SQLite.
-//! - **Claims across the two files.** A claim first reads the leases from the members file,
-//!   then decides and writes on the main file, judging expiry at the time the leases were read:
-//!   an expired lease can never be renewed, so "expired then" is "expired forever" (see
-//!   `control::claim`).
+//! - **Two connections, two threads.** A *control* connection serves membership and the
+//!   directory (join, renew, leave, claim, release, reads of both); a *data* connection serves
+//!   checkpoints and the audit log. Each runs on its own OS thread fed by a queue, so the async
+//!   runtime never blocks on SQLite and a lease renewal never waits behind a large batch.
 //! - **Transactions.** Every mutation is `BEGIN IMMEDIATE`: it takes the file's write lock
 //!   before reading, so a claim and a fenced write (from any process) serialize, and the write
 //!   sees the directory as of its commit. Reads use a deferred transaction (a WAL snapshot).
@@ -50,15 +42,6 @@ use super::{
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
-/// The members file (leases) beside the main file: `liege.db` → `liege.members.db`.
-pub fn members_path(path: &Path) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "liege".into());
-    path.with_file_name(format!("{stem}.members.db"))
-}
-
 /// Opens or creates a SQLite store file (and its parent directories), migrating its schema.
 pub async fn open(path: &Path, options: StoreOptions) -> StoreResult<SharedStore> {
     Ok(Arc::new(SqliteStore::open(path, options).await?))
@@ -73,10 +56,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Whether committed writes are recorded in the audit table.
     audit: bool,
-    /// Directory operations (and cluster meta) on the main file.
+    /// Membership and directory operations.
     control: Worker,
-    /// Membership (leases) on the members file: never behind a checkpoint batch.
-    members: Worker,
     /// Checkpoint reads and writes, and the audit log.
     data: Worker,
 }
@@ -96,20 +77,11 @@ impl SqliteStore {
         )
         .await?;
         let data = Worker::spawn("data", Priority::Data, gate, path.clone(), |_| Ok(())).await?;
-        let members = Worker::spawn(
-            "members",
-            Priority::Control,
-            Arc::new(WriteGate::default()),
-            members_path(&path),
-            schema::migrate_members,
-        )
-        .await?;
         tracing::debug!(path = %path.display(), audit = options.audit, "opened sqlite store");
         Ok(Self {
             path,
             audit: options.audit,
             control,
-            members,
             data,
         })
     }
@@ -139,27 +111,27 @@ impl Store for SqliteStore {
 
     async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
         let node = node.clone();
-        self.members
+        self.control
             .run_write(move |c| control::join(c, &node, ttl_ms))
             .await
     }
 
     async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
         let node = node.clone();
-        self.members
+        self.control
             .run_write(move |c| control::renew(c, &node, ttl_ms))
             .await
     }
 
     async fn leave(&self, node: &NodeId) -> StoreResult<()> {
         let node = node.clone();
-        self.members
+        self.control
             .run_write(move |c| control::leave(c, &node))
             .await
     }
 
     async fn nodes(&self) -> StoreResult<Membership> {
-        self.members.run(control::nodes).await
+        self.control.run(control::nodes).await
     }
 
     async fn directory(&self) -> StoreResult<Directory> {
@@ -173,9 +145,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
         let node = node.clone();
         let partitions = partitions.to_vec();
-        let leases = self.members.run(control::nodes).await?;
         self.control
-            .run_write(move |c| control::claim(c, &node, &partitions, &leases))
+            .run_write(move |c| control::claim(c, &node, &partitions))
             .await
     }
 

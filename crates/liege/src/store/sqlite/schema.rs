@@ -48,9 +48,6 @@ const STATEMENT_CACHE: usize = 64;
 /// Never edit a shipped one: append a new file.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
 
-/// Migrations of the members file (leases), tracked by its own `user_version`.
-const MEMBERS_MIGRATIONS: &[&str] = &[include_str!("migrations/members_0001_init.sql")];
-
 /// The schema version this build writes (`PRAGMA user_version` after migrating).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
@@ -107,37 +104,27 @@ fn connect_once(path: &Path) -> StoreResult<Connection> {
 /// Brings the schema to [`SCHEMA_VERSION`] inside one `BEGIN IMMEDIATE` transaction, so
 /// concurrent openers of one file serialize and only the first applies anything.
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    migrate_with(conn, MIGRATIONS, "main")
-}
-
-/// Brings the members file's schema up to date (same rules as [`migrate`]).
-pub(super) fn migrate_members(conn: &mut Connection) -> StoreResult<()> {
-    migrate_with(conn, MEMBERS_MIGRATIONS, "members")
-}
-
-fn migrate_with(conn: &mut Connection, migrations: &[&str], file: &str) -> StoreResult<()> {
-    let target = migrations.len() as u32;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_err)?;
     let version: u32 = tx
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(map_err)?;
-    if version > target {
+    if version > SCHEMA_VERSION {
         return Err(StoreError::Other(format!(
-            "{file} database schema version {version} is newer than this build's {target}"
+            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
         )));
     }
-    if version == target {
+    if version == SCHEMA_VERSION {
         return Ok(());
     }
-    for sql in &migrations[version as usize..] {
+    for sql in &MIGRATIONS[version as usize..] {
         tx.execute_batch(sql).map_err(map_err)?;
     }
-    tx.pragma_update(None, "user_version", target)
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(map_err)?;
     tx.commit().map_err(map_err)?;
-    tracing::info!(file, from = version, to = target, "migrated sqlite store");
+    tracing::info!(from = version, to = SCHEMA_VERSION, "migrated sqlite store");
     Ok(())
 }
 
