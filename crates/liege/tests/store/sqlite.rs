@@ -1,11 +1,14 @@
 //! The SQLite store: conformance suite, several stores on one file (two processes' worth of
-//! connections), durability across reopen, and migrations.
+//! connections), durability across reopen, migrations (including the upgrade of a
+//! single-file database), and lease renewals that do not wait for the main file's lock.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use liege::store::sqlite::{self, SqliteStore, SCHEMA_VERSION};
+use liege::store::sqlite::{
+    self, members_path, SqliteStore, MEMBERS_SCHEMA_VERSION, SCHEMA_VERSION,
+};
 use liege::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
     NodeRecord, SharedStore, Store, StoreError, StoreOptions, StoreResult, StoreTime, StoreUrl,
@@ -108,6 +111,131 @@ async fn migrations_run_once_even_for_concurrent_openers() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .expect("journal_mode");
     assert_eq!(mode, "wal");
+
+    let members = rusqlite::Connection::open(members_path(&path)).expect("members connection");
+    let (version, mode): (u32, String) = (
+        members
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version"),
+        members
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode"),
+    );
+    assert_eq!((version, mode.as_str()), (MEMBERS_SCHEMA_VERSION, "wal"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewals_succeed_while_another_connection_holds_the_main_files_write_lock() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let store = open(&path).await;
+    conformance::init(&*store).await;
+    let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
+
+    // Another process's long transaction on the main file (a checkpoint batch, say).
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
+        let mut conn = rusqlite::Connection::open(&path)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let _ = locked_tx.send(());
+        let _ = release_rx.recv();
+        tx.commit()
+    });
+    locked_rx.await.expect("the main file is locked");
+
+    // Renewals for longer than the busy timeout (1 s), a join and a membership read.
+    for _ in 0..6 {
+        store
+            .renew(&a, LONG_TTL_MS)
+            .await
+            .expect("renewal while the main file is locked");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let (b, _) = join(&*store, "b", 2, LONG_TTL_MS).await;
+    let members = store.nodes().await.expect("nodes");
+    assert!(members.is_live(&a) && members.is_live(&b));
+    // A claim writes the directory in the main file: it has to wait, and gives up.
+    match store.claim(&a, &partitions(2)).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable while the main file is locked, got {other:?}"),
+    }
+
+    release_tx.send(()).expect("release the lock");
+    holder
+        .await
+        .expect("lock holder")
+        .expect("lock holder commits");
+    let claimed = store.claim(&a, &partitions(2)).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+}
+
+#[tokio::test]
+async fn a_single_file_database_keeps_its_leases_when_upgraded_to_a_members_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let meta = conformance::test_meta(conformance::PARTITIONS, b"salt");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    let far = i64::try_from(now.as_millis()).expect("clock in range") + 3_600_000;
+    {
+        // The layout of schema version 1: `nodes` in the main file; `old` owns partition 0.
+        let conn = rusqlite::Connection::open(&path).expect("raw connection");
+        conn.execute_batch(include_str!(
+            "../../src/store/sqlite/migrations/0001_init.sql"
+        ))
+        .expect("schema v1");
+        conn.execute(
+            "INSERT INTO cluster_meta VALUES (1, ?1, ?2, ?3)",
+            rusqlite::params![meta.partitions, meta.secret_salt, meta.secret_verifier],
+        )
+        .expect("meta");
+        for id in 0..meta.partitions {
+            let (owner, inc, epoch) = if id == 0 {
+                (Some("old"), Some(7), 3)
+            } else {
+                (None, None, 0)
+            };
+            conn.execute(
+                "INSERT INTO partitions VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![id, owner, inc, epoch],
+            )
+            .expect("partition");
+        }
+        conn.execute(
+            "INSERT INTO nodes VALUES ('old', 7, 'r', 'c:1', 'h:1', ?1, 0)",
+            [far],
+        )
+        .expect("lease");
+        conn.pragma_update(None, "user_version", 1).expect("v1");
+    }
+
+    let store = open(&path).await;
+    conformance::init(&*store).await;
+    let old = NodeId::new("old", 7);
+    assert!(store.nodes().await.expect("nodes").is_live(&old));
+    let (b, _) = join(&*store, "b", 1, LONG_TTL_MS).await;
+    let claimed = store.claim(&b, &partitions(2)).await.expect("claim");
+    assert_eq!(
+        claimed,
+        vec![(PartitionId(1), Epoch(1))],
+        "old's lease holds"
+    );
+    store.renew(&old, LONG_TTL_MS).await.expect("old renews");
+
+    let conn = rusqlite::Connection::open(&path).expect("raw connection");
+    let (version, tables): (u32, u32) = (
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version"),
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'nodes'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("tables"),
+    );
+    assert_eq!((version, tables), (SCHEMA_VERSION, 0));
 }
 
 #[tokio::test]

@@ -1,35 +1,20 @@
-//! Cluster meta, membership and directory operations, run on the control connection.
+//! Cluster meta and directory operations, run on the control connection (main file).
 //!
-//! Every mutation is one `BEGIN IMMEDIATE` transaction that reads the clock after taking the
-//! write lock, so lease decisions and commit order agree across processes.
+//! Every mutation is one `BEGIN IMMEDIATE` transaction, so claims, releases and fenced
+//! checkpoint batches (from any process) serialize on the main file's write lock.
+
+use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::members::LeaseSnapshot;
 use super::schema::{from_sql_u64, to_sql_u64, wall_clock, SqlResultExt};
 use crate::core::ids::{Epoch, NodeId, PartitionId};
-use crate::store::rules::{self, ClaimDecision, LeaseState};
-use crate::store::{
-    ClusterMeta, Directory, Lease, Membership, NodeLease, NodeRecord, PartitionRow, StoreError,
-    StoreResult,
-};
+use crate::store::rules::{self, ClaimDecision};
+use crate::store::{ClusterMeta, Directory, PartitionRow, StoreError, StoreResult};
 
 fn immediate(conn: &mut Connection) -> StoreResult<Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
-        .sql()
-}
-
-/// The lease columns of the row for `name`.
-fn lease_state(tx: &Transaction<'_>, name: &str) -> StoreResult<Option<LeaseState>> {
-    tx.prepare_cached("SELECT incarnation, lease_expires_at, has_left FROM nodes WHERE name = ?1")
-        .sql()?
-        .query_row([name], |r| {
-            Ok(LeaseState {
-                incarnation: from_sql_u64(r.get(0)?),
-                lease_expires_at: r.get(1)?,
-                left: r.get(2)?,
-            })
-        })
-        .optional()
         .sql()
 }
 
@@ -85,95 +70,6 @@ pub(super) fn init_cluster(
     Ok(proposed.clone())
 }
 
-pub(super) fn join(conn: &mut Connection, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
-    let tx = immediate(conn)?;
-    let now = wall_clock()?;
-    rules::may_join(lease_state(&tx, &node.id.name)?, node.id.incarnation, now).map_err(
-        |remaining_ms| StoreError::NameInUse {
-            name: node.id.name.to_string(),
-            remaining_ms,
-        },
-    )?;
-    let expires_at = rules::lease_end(now, ttl_ms);
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO nodes \
-         (name, incarnation, region, cluster_addr, http_addr, lease_expires_at, has_left) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-    )
-    .sql()?
-    .execute(rusqlite::params![
-        &*node.id.name,
-        to_sql_u64(node.id.incarnation),
-        node.region,
-        node.cluster_addr,
-        node.http_addr,
-        expires_at
-    ])
-    .sql()?;
-    tx.commit().sql()?;
-    Ok(Lease { now, expires_at })
-}
-
-pub(super) fn renew(conn: &mut Connection, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
-    let tx = immediate(conn)?;
-    let now = wall_clock()?;
-    if !rules::may_renew(lease_state(&tx, &node.name)?, node, now) {
-        return Err(StoreError::LeaseLost { node: node.clone() });
-    }
-    let expires_at = rules::lease_end(now, ttl_ms);
-    tx.prepare_cached("UPDATE nodes SET lease_expires_at = ?1 WHERE name = ?2")
-        .sql()?
-        .execute(rusqlite::params![expires_at, &*node.name])
-        .sql()?;
-    tx.commit().sql()?;
-    Ok(Lease { now, expires_at })
-}
-
-pub(super) fn leave(conn: &mut Connection, node: &NodeId) -> StoreResult<()> {
-    let tx = immediate(conn)?;
-    let now = wall_clock()?;
-    tx.prepare_cached(
-        "UPDATE nodes SET lease_expires_at = MIN(lease_expires_at, ?1), has_left = 1 \
-         WHERE name = ?2 AND incarnation = ?3",
-    )
-    .sql()?
-    .execute(rusqlite::params![
-        now,
-        &*node.name,
-        to_sql_u64(node.incarnation)
-    ])
-    .sql()?;
-    tx.commit().sql()
-}
-
-pub(super) fn nodes(conn: &mut Connection) -> StoreResult<Membership> {
-    let tx = conn.transaction().sql()?;
-    let now = wall_clock()?;
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT name, incarnation, region, cluster_addr, http_addr, lease_expires_at, \
-             has_left FROM nodes ORDER BY name",
-        )
-        .sql()?;
-    let nodes = stmt
-        .query_map([], |r| {
-            Ok(NodeLease {
-                record: NodeRecord {
-                    id: NodeId::new(r.get::<_, String>(0)?, from_sql_u64(r.get(1)?)),
-                    region: r.get(2)?,
-                    cluster_addr: r.get(3)?,
-                    http_addr: r.get(4)?,
-                },
-                lease_expires_at: r.get(5)?,
-                left: r.get(6)?,
-            })
-        })
-        .sql()?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .sql()?;
-    Ok(Membership { now, nodes })
-}
-
 pub(super) fn directory(conn: &mut Connection) -> StoreResult<Directory> {
     let tx = conn.transaction().sql()?;
     let now = wall_clock()?;
@@ -196,36 +92,66 @@ pub(super) fn directory(conn: &mut Connection) -> StoreResult<Directory> {
     Ok(Directory { now, partitions })
 }
 
+/// A directory row as a claim compares it: owner and epoch (raw).
+type Seen = (Option<NodeId>, u64);
+
+/// Reads the rows of `partitions` (a WAL snapshot, no write lock): the first step of a claim,
+/// taken before the lease snapshot. See [`claim`].
+pub(super) fn seen(
+    conn: &mut Connection,
+    partitions: &[PartitionId],
+) -> StoreResult<HashMap<PartitionId, Seen>> {
+    let tx = conn.transaction().sql()?;
+    let mut seen = HashMap::with_capacity(partitions.len());
+    for &p in partitions {
+        if let Some(row) = partition_row(&tx, p)? {
+            seen.insert(p, row);
+        }
+    }
+    Ok(seen)
+}
+
+fn partition_row(tx: &Transaction<'_>, p: PartitionId) -> StoreResult<Option<Seen>> {
+    tx.prepare_cached("SELECT owner_name, owner_incarnation, epoch FROM partitions WHERE id = ?1")
+        .sql()?
+        .query_row([p.0], |r| {
+            Ok((owner(r.get(0)?, r.get(1)?), from_sql_u64(r.get(2)?)))
+        })
+        .optional()
+        .sql()
+}
+
+/// The last step of a claim, in one `BEGIN IMMEDIATE` transaction on the main file.
+///
+/// `seen` holds the rows read before `leases` was taken, `leases` every lease as of
+/// `leases.now`. A partition is taken when it is unowned now, or when it still has the owner
+/// and epoch it had in `seen` and [`rules::claim_decision`] says so for that owner's lease
+/// *as of the snapshot*; any other change since `seen` skips it (the caller retries later).
+/// The module documentation of [`super`] argues why deciding on that earlier read is safe.
 pub(super) fn claim(
     conn: &mut Connection,
     node: &NodeId,
     partitions: &[PartitionId],
+    seen: &HashMap<PartitionId, Seen>,
+    leases: &LeaseSnapshot,
 ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
-    let tx = immediate(conn)?;
-    let now = wall_clock()?;
-    if !rules::may_renew(lease_state(&tx, &node.name)?, node, now) {
+    if !rules::may_renew(leases.lease(&node.name), node, leases.now) {
         return Err(StoreError::LeaseLost { node: node.clone() });
     }
+    let tx = immediate(conn)?;
     let mut claimed = Vec::new();
     for &p in partitions {
-        let row = tx
-            .prepare_cached(
-                "SELECT owner_name, owner_incarnation, epoch FROM partitions WHERE id = ?1",
-            )
-            .sql()?
-            .query_row([p.0], |r| {
-                Ok((owner(r.get(0)?, r.get(1)?), from_sql_u64(r.get(2)?)))
-            })
-            .optional()
-            .sql()?;
-        let Some((current, epoch)) = row else {
+        let Some((current, epoch)) = partition_row(&tx, p)? else {
             continue;
         };
-        let owner_lease = match &current {
-            Some(o) => lease_state(&tx, &o.name)?,
-            None => None,
+        let decision = match &current {
+            None => ClaimDecision::Take,
+            Some(o) if seen.get(&p) == Some(&(current.clone(), epoch)) => {
+                rules::claim_decision(node, Some(o), leases.lease(&o.name), leases.now)
+            }
+            Some(_) => ClaimDecision::Skip,
         };
-        if rules::claim_decision(node, current.as_ref(), owner_lease, now) == ClaimDecision::Take {
+        if decision == ClaimDecision::Take {
             let epoch = Epoch(epoch + 1);
             tx.prepare_cached(
                 "UPDATE partitions SET owner_name = ?1, owner_incarnation = ?2, epoch = ?3 \

@@ -1,10 +1,10 @@
-//! Connection settings, embedded migrations, the clock and error mapping for SQLite.
+//! Connection settings, file names, the clock and error mapping for SQLite.
 
 use std::cell::Cell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode};
 
 use crate::store::{StoreError, StoreResult, StoreTime};
 
@@ -44,12 +44,13 @@ fn busy_handler(attempt: i32) -> bool {
 /// Prepared statements kept per connection; more than the store uses.
 const STATEMENT_CACHE: usize = 64;
 
-/// Schema migrations, in order; migration `i` brings `user_version` from `i` to `i + 1`.
-/// Never edit a shipped one: append a new file.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
-
-/// The schema version this build writes (`PRAGMA user_version` after migrating).
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+/// The members file of the store at `path`: the same path with `-members` appended (for
+/// `liege.db`, `liege.db-members`, next to SQLite's own `liege.db-wal` and `liege.db-shm`).
+pub fn members_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-members");
+    PathBuf::from(name)
+}
 
 /// Opens `path` (creating it and its parent directories) with the store's settings:
 ///
@@ -99,33 +100,6 @@ fn connect_once(path: &Path) -> StoreResult<Connection> {
         .map_err(map_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
-}
-
-/// Brings the schema to [`SCHEMA_VERSION`] inside one `BEGIN IMMEDIATE` transaction, so
-/// concurrent openers of one file serialize and only the first applies anything.
-pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)?;
-    let version: u32 = tx
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(map_err)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Other(format!(
-            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
-        )));
-    }
-    if version == SCHEMA_VERSION {
-        return Ok(());
-    }
-    for sql in &MIGRATIONS[version as usize..] {
-        tx.execute_batch(sql).map_err(map_err)?;
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(map_err)?;
-    tx.commit().map_err(map_err)?;
-    tracing::info!(from = version, to = SCHEMA_VERSION, "migrated sqlite store");
-    Ok(())
 }
 
 /// The store's clock: this machine's wall clock in Unix milliseconds. Every process on the
