@@ -108,40 +108,12 @@ fn in_process(c: &mut Criterion) {
     g.finish();
 }
 
-fn durable_sqlite(c: &mut Criterion) {
+/// Durable increments from 256 concurrent callers on one node over `url`.
+fn durable(c: &mut Criterion, group: &str, url: StoreUrl) {
     let rt = runtime();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = rt.block_on(node(
-        StoreUrl::Sqlite(dir.path().join("bench.db")),
-        Persistence::Durable,
-        "durable",
-    ));
+    let node = rt.block_on(node(url, Persistence::Durable, "durable"));
     let ks = Arc::new(keys(10_000, "d"));
-    let mut g = c.benchmark_group("durable_inc_sqlite");
-    g.throughput(Throughput::Elements(1));
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(10));
-    g.bench_function("256_callers", |b| {
-        b.to_async(&rt)
-            .iter_custom(|iters| concurrent_calls(&node, &ks, 256, iters.max(256)));
-    });
-    g.finish();
-}
-
-fn durable_postgres(c: &mut Criterion) {
-    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("looking for PostgreSQL")
-    else {
-        eprintln!("skipped durable_inc_postgres: no PostgreSQL server binaries");
-        return;
-    };
-    let rt = runtime();
-    let node = rt.block_on(node(
-        StoreUrl::Postgres(pg.url()),
-        Persistence::Durable,
-        "pg",
-    ));
-    let ks = Arc::new(keys(10_000, "p"));
-    let mut g = c.benchmark_group("durable_inc_postgres");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
@@ -151,6 +123,24 @@ fn durable_postgres(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(node.shutdown());
+}
+
+fn durable_sqlite(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    durable(
+        c,
+        "durable_inc_sqlite",
+        StoreUrl::Sqlite(dir.path().join("bench.db")),
+    );
+}
+
+fn durable_postgres(c: &mut Criterion) {
+    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("looking for PostgreSQL")
+    else {
+        eprintln!("skipped durable_inc_postgres: no PostgreSQL server binaries");
+        return;
+    };
+    durable(c, "durable_inc_postgres", StoreUrl::Postgres(pg.url()));
 }
 
 fn remote(c: &mut Criterion) {
