@@ -195,11 +195,7 @@ async fn agent_signal(
         timeout: timeout_header(&headers)?,
     };
     let reply = node.call(&key, signal, options).await?;
-    Ok(with_node_headers(
-        Json(reply.value),
-        &reply.node,
-        &reply.region,
-    ))
+    Ok(reply_response(reply))
 }
 
 async fn agent_state(
@@ -214,11 +210,7 @@ async fn agent_state(
         timeout: timeout_header(&headers)?,
     };
     let reply = node.get(&key, options).await?;
-    Ok(with_node_headers(
-        Json(reply.value),
-        &reply.node,
-        &reply.region,
-    ))
+    Ok(reply_response(reply))
 }
 
 async fn agent_stop(
@@ -245,9 +237,11 @@ fn timeout_header(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     }
 }
 
-fn with_node_headers(body: impl IntoResponse, node: &str, region: &str) -> Response {
-    let mut resp = body.into_response();
-    for (name, value) in [("liege-node", node), ("liege-region", region)] {
+/// The agent's reply as the body, with the node that produced it in `liege-node` and
+/// `liege-region` headers.
+fn reply_response(reply: crate::cluster::Reply) -> Response {
+    let mut resp = Json(reply.value).into_response();
+    for (name, value) in [("liege-node", &reply.node), ("liege-region", &reply.region)] {
         if let Ok(v) = HeaderValue::from_str(value) {
             resp.headers_mut().insert(name, v);
         }

@@ -317,6 +317,12 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend())
+    }
+}
+
 /// A store shared by the parts of one node (and, for `memory`, by many nodes in one process).
 pub type SharedStore = Arc<dyn Store>;
 

@@ -39,12 +39,6 @@ pub enum TestStore {
     Given(SharedStore),
 }
 
-impl std::fmt::Debug for dyn crate::store::Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Store({})", self.backend())
-    }
-}
-
 /// Builds a [`TestCluster`].
 pub struct TestClusterBuilder {
     nodes: Vec<(String, String)>,
