@@ -114,8 +114,16 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var("FLY_REGION").ok())
         .unwrap_or_else(|| "local".to_string());
+    let sabotage = liege::sabotage::Sabotage::from_env()?;
+    if !sabotage.is_none() {
+        tracing::error!(%sabotage, "SABOTAGE is on: this node breaks the guarantees on purpose");
+    }
     let url = store_url(&args)?;
-    let store = liege::store::open(&url, StoreOptions { audit: args.audit })
+    let options = StoreOptions {
+        audit: args.audit,
+        sabotage,
+    };
+    let store = liege::store::open(&url, options)
         .await
         .with_context(|| format!("opening store {url:?}"))?;
 
@@ -134,6 +142,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.persistence = args.persistence;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     config.mailbox_capacity = args.mailbox;
+    config.sabotage = sabotage;
     if let Some(p) = &args.placement {
         config.placement = p.parse().map_err(|e| anyhow::anyhow!("--placement: {e}"))?;
     }

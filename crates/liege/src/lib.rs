@@ -6,10 +6,12 @@
 pub mod agent;
 pub mod cluster;
 pub mod core;
+pub mod env;
 pub mod error;
 pub mod faults;
+pub(crate) mod host;
 pub mod http;
-mod sabotage;
+pub mod sabotage;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

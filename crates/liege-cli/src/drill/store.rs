@@ -141,7 +141,14 @@ impl StoreSetup {
     /// Reads every audit record the nodes committed (they run with `--audit`).
     pub(crate) async fn audit(&self) -> anyhow::Result<Vec<liege::store::AuditRecord>> {
         let url: StoreUrl = self.node_url().parse().map_err(anyhow::Error::msg)?;
-        let store = liege::store::open(&url, StoreOptions { audit: true }).await?;
+        let store = liege::store::open(
+            &url,
+            StoreOptions {
+                audit: true,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(store.audit().await?)
     }
 }

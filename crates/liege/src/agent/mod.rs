@@ -3,7 +3,6 @@
 
 pub(crate) mod checkpoint;
 pub mod signal;
-pub(crate) mod writer;
 
 use std::any::Any;
 use std::collections::HashMap;

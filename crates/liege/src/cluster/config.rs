@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::core::engine::RebalanceConfig;
 use crate::core::placement::PlacementPolicy;
+use crate::sabotage::Sabotage;
 
 /// When an agent's state is made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,8 +77,12 @@ pub struct NodeConfig {
     pub call_timeout: Duration,
     /// Most checkpoint writes per group commit.
     pub max_batch: usize,
-    /// Move partitions to their desired owners (rebalancing). Failover happens regardless.
-    pub rebalance: bool,
+    /// Whether and how fast partitions move to their desired owners (rebalancing).
+    /// Failover claims happen regardless and are never paced.
+    pub rebalance: RebalanceConfig,
+    /// Guards switched off on purpose; only builds with the `unsafe-sabotage` feature can
+    /// switch any on (see [`crate::sabotage`]).
+    pub sabotage: Sabotage,
 }
 
 impl NodeConfig {
@@ -98,7 +104,8 @@ impl NodeConfig {
             dedupe_window: 16,
             call_timeout: Duration::from_secs(5),
             max_batch: 512,
-            rebalance: true,
+            rebalance: RebalanceConfig::default(),
+            sabotage: Sabotage::none(),
         }
     }
 
@@ -118,6 +125,9 @@ impl NodeConfig {
         }
         if self.mailbox_capacity == 0 || self.max_batch == 0 {
             return Err("mailbox capacity and max batch must be positive".into());
+        }
+        if self.rebalance.max_per_tick == 0 {
+            return Err("max migrations per tick must be positive".into());
         }
         self.placement
             .validate(self.partitions)

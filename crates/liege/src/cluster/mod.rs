@@ -1,19 +1,22 @@
-//! The cluster layer: membership through the store, the partition directory with epochs,
-//! claims and failover, routing by key, planned handoff.
+//! The cluster layer: the driver that runs the ownership engine against the store, routing
+//! by key from any node, and the [`Node`] handle that ties them to the agent host.
+//!
+//! ```text
+//!   node.rs ──▶ driver.rs ──▶ core::engine (decisions)      router.rs ──▶ host (turns)
+//!      │            └──────▶ host (handoff, drop)              ▲   └─────▶ transport (peers)
+//!      └──▶ router.rs, peer.rs ─────────────────────────────────┘
+//! ```
 
+mod api;
 mod config;
-mod directory;
-mod handoff;
-mod housekeeping;
-mod local;
-mod membership;
+mod driver;
 mod node;
-mod ownership;
+mod peer;
 mod router;
-mod serve;
-mod view;
 
-pub use config::{NodeConfig, Persistence};
-pub use node::{
-    CallOptions, ClusterStats, Node, NodeStats, OwnerInfo, Reply, StartError, UnreachableNode,
+pub use api::{
+    CallOptions, ClusterStats, NodeStats, OwnerInfo, Reply, StartError, UnreachableNode,
 };
+pub use config::{NodeConfig, Persistence};
+pub use driver::StepObserver;
+pub use node::{Environment, Node};

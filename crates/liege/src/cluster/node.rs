@@ -1,220 +1,103 @@
 //! [`Node`]: one member of a liege cluster — start, the public API, shutdown.
+//!
+//! Starting a node wires four parts together: the ownership [`Engine`] inside its
+//! [`Driver`] task, the agent [`Host`], the [`Router`], and the transport that serves peers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::Sha256;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::api::{CallOptions, ClusterStats, NodeStats, OwnerInfo, Reply, StartError};
 use super::config::NodeConfig;
-use super::local::Local;
-use super::ownership::Ownership;
-use super::view::View;
-use crate::agent::writer::{spawn_writer, WriterHandle};
+use super::driver::{self, Driver, DriverHandle, StepObserver};
+use super::peer::PeerHandler;
+use super::router::{self, Router};
 use crate::agent::{Agents, Signal};
-use crate::core::ids::{AgentKey, NodeId, PartitionId};
+use crate::core::engine::{Engine, EngineConfig, Published};
+use crate::core::ids::{AgentKey, Epoch, NodeId};
+use crate::env::{Clock, TokioClock};
 use crate::error::CallError;
 use crate::faults::{Faults, FaultyStore};
-use crate::store::{ClusterMeta, NodeRecord, SharedStore, StoreError};
+use crate::host::{housekeeping, writer, Answer, Host, HostConfig, LocalOp};
+use crate::store::{ClusterMeta, SharedStore};
 use crate::telemetry::{Event, Telemetry};
-use crate::transport::{self, Peers, TransportConfig, TransportCounters};
+use crate::transport::{self, Network, Peers, RequestHandler, TransportConfig, TransportCounters};
 
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The cluster port could not be bound.
-    #[error("cannot bind cluster port {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The store refused or failed.
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// The store belongs to a cluster with other settings (partition count, secret).
-    #[error("{0}")]
-    Mismatch(String),
+/// What a node runs on besides its store: clock, network, fault switches, randomness.
+///
+/// [`Environment::default`] is production: tokio's clock, TCP with the handshake, no faults,
+/// random seeds. The simulator (`liege-sim`) supplies a drifting virtual clock, an in-memory
+/// network and fixed seeds, and observes every engine step.
+#[derive(Clone)]
+pub struct Environment {
+    /// The node's local clock (lease deadlines, the serving check, passivation).
+    pub clock: Arc<dyn Clock>,
+    /// Peers are reached through this instead of TCP; the node then binds no port and its
+    /// [`Node::peer_handler`] must be registered with the network by the caller.
+    pub network: Option<Arc<dyn Network>>,
+    /// Fault switches (tests).
+    pub faults: Arc<Faults>,
+    /// Seed of the incarnations and of the activation table's hash (random when `None`).
+    pub seed: Option<u64>,
+    /// Sees every engine step (simulation invariants).
+    pub observer: Option<Arc<dyn StepObserver>>,
 }
 
-/// Where a key lives, as answered by [`Node::owner_node`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnerInfo {
-    /// The key's partition.
-    pub partition: u32,
-    /// The owner's name (actual owner from the directory, or the desired one if unowned).
-    pub owner: Option<String>,
-    /// The owner's region.
-    pub region: Option<String>,
-    /// The owner's HTTP address.
-    pub http_addr: Option<String>,
-    /// Epoch of the partition in this node's directory view.
-    pub epoch: u64,
-    /// True when the directory names a live owner; false when this is only the desired owner.
-    pub owned: bool,
-}
-
-/// One node's own figures, as reported in [`ClusterStats`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStats {
-    /// Node name.
-    pub name: String,
-    /// Region.
-    pub region: String,
-    /// Current incarnation.
-    pub incarnation: u64,
-    /// Lease valid by this node's own clock.
-    pub live: bool,
-    /// Lease valid and directory loaded.
-    pub ready: bool,
-    /// Activations hosted.
-    pub active_agents: usize,
-    /// Partitions held.
-    pub partitions: usize,
-    /// HTTP address.
-    pub http_addr: String,
-    /// Cluster transport address.
-    pub cluster_addr: String,
-}
-
-/// The cluster as seen from one node: every live node's own stats, and the ones that did not
-/// answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStats {
-    /// The node that assembled the answer.
-    pub from: String,
-    /// Stats of every node that answered, sorted by name.
-    pub nodes: Vec<NodeStats>,
-    /// Live nodes (by lease) that did not answer in time, with the reason.
-    pub unreachable: Vec<UnreachableNode>,
-    /// Partitions per owner in this node's directory view.
-    pub partitions_by_owner: std::collections::BTreeMap<String, usize>,
-    /// Partitions without a live owner in this node's view.
-    pub partitions_orphaned: usize,
-}
-
-/// A live node that did not answer a stats request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnreachableNode {
-    /// Node name.
-    pub name: String,
-    /// Region.
-    pub region: String,
-    /// Why.
-    pub error: String,
-}
-
-/// Per-call options.
-#[derive(Clone, Debug, Default)]
-pub struct CallOptions {
-    /// Deadline for the call including retries; the node's `call_timeout` when `None`.
-    pub timeout: Option<Duration>,
-}
-
-/// A reply and who produced it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Reply {
-    /// The agent's reply (or state, for `get`).
-    pub value: Value,
-    /// Name of the node that executed the signal.
-    pub node: String,
-    /// Region of that node.
-    pub region: String,
-}
-
-pub(crate) struct NodeInner {
-    pub(crate) config: NodeConfig,
-    pub(crate) agents: Agents,
-    pub(crate) store: SharedStore,
-    pub(crate) telemetry: Arc<Telemetry>,
-    pub(crate) faults: Arc<Faults>,
-    pub(crate) me: RwLock<NodeId>,
-    pub(crate) ownership: Ownership,
-    pub(crate) local: Local,
-    pub(crate) writer: WriterHandle,
-    pub(crate) peers: Peers,
-    pub(crate) view: RwLock<View>,
-    /// Wakes the directory loop early (a caller saw `NotOwner`, a peer expired, ...).
-    pub(crate) nudge: Notify,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) tasks: TaskTracker,
-    pub(crate) stopping: AtomicBool,
-    pub(crate) killed: AtomicBool,
-    pub(crate) cluster_addr: String,
-    /// Last on-demand claim attempt per partition (throttle).
-    pub(crate) claim_attempts: Mutex<std::collections::HashMap<PartitionId, Instant>>,
-    pub(crate) claim_lock: tokio::sync::Mutex<()>,
-    /// Held by the running rebalance round (at most one at a time).
-    pub(crate) rebalancing: Arc<tokio::sync::Mutex<()>>,
-    /// Dead incarnations whose failover this node has announced.
-    pub(crate) failovers_seen: Mutex<std::collections::HashSet<NodeId>>,
-    /// Call metrics per registered kind, resolved at start.
-    pub(crate) kind_series: std::collections::HashMap<String, crate::telemetry::KindSeries>,
-}
-
-impl NodeInner {
-    pub(crate) fn me(&self) -> NodeId {
-        self.me.read().clone()
-    }
-
-    pub(crate) fn record(&self) -> NodeRecord {
-        NodeRecord {
-            id: self.me(),
-            region: self.config.region.clone(),
-            cluster_addr: self.cluster_addr.clone(),
-            http_addr: self.config.http_advertise.clone(),
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(TokioClock::new()),
+            network: None,
+            faults: Arc::default(),
+            seed: None,
+            observer: None,
         }
     }
+}
 
-    pub(crate) fn partition_of(&self, key: &AgentKey) -> PartitionId {
-        self.config
-            .placement
-            .partition_of(key, self.config.partitions)
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("network", &self.network.as_ref().map(|_| "custom"))
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
+}
 
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.ownership.ms_now()
-    }
-
-    pub(crate) fn local_stats(&self) -> NodeStats {
-        let me = self.me();
-        NodeStats {
-            name: me.name.to_string(),
-            region: self.config.region.clone(),
-            incarnation: me.incarnation,
-            live: self.ownership.lease_valid(),
-            ready: self.ownership.ready() && !self.stopping.load(Ordering::Relaxed),
-            active_agents: self.local.active(),
-            partitions: self.ownership.count(),
-            http_addr: self.config.http_advertise.clone(),
-            cluster_addr: self.cluster_addr.clone(),
-        }
-    }
+struct NodeShared {
+    config: NodeConfig,
+    cluster_addr: String,
+    router: Arc<Router>,
+    host: Arc<Host>,
+    published: Arc<Published>,
+    driver: DriverHandle,
+    telemetry: Arc<Telemetry>,
+    faults: Arc<Faults>,
+    peer_handler: Arc<PeerHandler>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    stopping: AtomicBool,
+    stopped: watch::Receiver<bool>,
 }
 
 /// A running liege node. Cheap to clone; all clones drive the same node.
 #[derive(Clone)]
 pub struct Node {
-    pub(crate) inner: Arc<NodeInner>,
+    inner: Arc<NodeShared>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("id", &self.inner.me())
+            .field("id", &self.id())
             .field("region", &self.inner.config.region)
             .finish_non_exhaustive()
     }
@@ -229,146 +112,192 @@ pub(crate) fn secret_verifier(secret: &[u8], salt: &[u8]) -> Vec<u8> {
 
 impl Node {
     /// Starts a node: checks the cluster facts in the store, binds the transport, joins with a
-    /// fresh lease and starts the membership, directory, writer and housekeeping tasks.
+    /// fresh lease and starts the engine's driver, the writer and housekeeping.
     pub async fn start(
         config: NodeConfig,
         store: SharedStore,
         agents: Agents,
     ) -> Result<Node, StartError> {
-        Self::start_with_faults(config, store, agents, Arc::default()).await
+        Self::start_in(config, store, agents, Environment::default()).await
     }
 
     /// [`Node::start`] with fault injection points (see [`crate::testing`]).
+    #[doc(hidden)]
     pub async fn start_with_faults(
         config: NodeConfig,
         store: SharedStore,
         agents: Agents,
         faults: Arc<Faults>,
     ) -> Result<Node, StartError> {
+        let env = Environment {
+            faults,
+            ..Environment::default()
+        };
+        Self::start_in(config, store, agents, env).await
+    }
+
+    /// [`Node::start`] in a given [`Environment`].
+    pub async fn start_in(
+        config: NodeConfig,
+        store: SharedStore,
+        agents: Agents,
+        env: Environment,
+    ) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let faults = env.faults.clone();
         let store: SharedStore = Arc::new(FaultyStore::new(store, faults.clone()));
         let secret = config.secret.clone().unwrap_or_default();
-
-        let salt: [u8; 16] = rand::random();
-        let proposed = ClusterMeta {
-            partitions: config.partitions,
-            secret_salt: salt.to_vec(),
-            secret_verifier: secret_verifier(&secret, &salt),
-        };
-        let meta = store.init_cluster(&proposed).await?;
-        if meta.partitions != config.partitions {
-            return Err(StartError::Mismatch(format!(
-                "the cluster in this store has {} partitions but this node is configured with {}; \
-                 partition count is fixed when a cluster is created",
-                meta.partitions, config.partitions
-            )));
-        }
-        if secret_verifier(&secret, &meta.secret_salt) != meta.secret_verifier {
-            return Err(StartError::Mismatch(
-                "this node's cluster secret differs from the one the cluster was created with; \
-                 refusing to join (peers could not reach it)"
-                    .into(),
-            ));
-        }
-
-        let mut listen = config.cluster_listen;
-        if config.secret.is_none() && !listen.ip().is_loopback() {
-            tracing::warn!(
-                requested = %listen,
-                "no cluster secret: binding the cluster port to 127.0.0.1 instead; set --secret to accept peers from other hosts"
-            );
-            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.cluster_listen.to_string(),
-                source,
-            })?;
-        let bound = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.cluster_listen.to_string(),
-            source,
-        })?;
-        if config.secret.is_none() {
-            tracing::warn!(addr = %bound, "no cluster secret: the cluster port is bound to loopback only");
-        }
-        let cluster_addr = config
-            .cluster_advertise
-            .clone()
-            .unwrap_or_else(|| bound.to_string());
+        check_cluster(&config, &store, &secret).await?;
 
         let counters = Arc::new(TransportCounters::default());
         let telemetry = Arc::new(Telemetry::new(counters.clone()));
-        let mut tconfig = TransportConfig::new(config.name.clone(), secret.clone());
+        let mut tconfig = TransportConfig::new(config.name.clone(), secret);
         tconfig.faults = faults.clone();
         tconfig.counters = counters;
         tconfig.validate().map_err(StartError::Config)?;
-        let peers = Peers::new(tconfig.clone());
+        let (listener, cluster_addr) = match &env.network {
+            Some(_) => {
+                let addr = config
+                    .cluster_advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("sim://{}", config.name));
+                (None, addr)
+            }
+            None => {
+                let (listener, addr) = bind(&config).await?;
+                (Some(listener), addr)
+            }
+        };
+        let network: Arc<dyn Network> = match &env.network {
+            Some(n) => n.clone(),
+            None => Arc::new(Peers::new(tconfig.clone())),
+        };
+
+        let seed = env.seed.unwrap_or_else(rand::random);
+        let clock = env.clock.clone();
+        let name: Arc<str> = config.name.as_str().into();
+        let engine = Engine::new(
+            EngineConfig {
+                name: name.clone(),
+                region: config.region.clone(),
+                cluster_addr: cluster_addr.clone(),
+                http_addr: config.http_advertise.clone(),
+                partitions: config.partitions,
+                lease_ttl: config.lease_ttl,
+                placement: config.placement.clone(),
+                rebalance: config.rebalance.clone(),
+                seed,
+                sabotage: config.sabotage,
+            },
+            clock.now(),
+        );
+        let published = engine.published().clone();
         let shutdown = CancellationToken::new();
-        let writer = spawn_writer(
+        let tasks = TaskTracker::new();
+        let writer = writer::spawn_writer(
             store.clone(),
             telemetry.clone(),
             config.max_batch,
             shutdown.child_token(),
         );
-        let partitions = config.partitions;
-        let kind_series = agents
-            .kinds()
-            .into_iter()
-            .map(|k| {
-                let series = telemetry.kind_series(&k);
-                (k, series)
-            })
-            .collect();
-        let inner = Arc::new(NodeInner {
-            kind_series,
-            failovers_seen: Mutex::new(Default::default()),
-            me: RwLock::new(NodeId::new(config.name.as_str(), rand::random())),
-            ownership: Ownership::new(partitions),
-            local: Local::new(partitions),
-            view: RwLock::new(View::new(partitions)),
-            config,
+        let host = Arc::new(Host::new(
+            HostConfig {
+                name: name.clone(),
+                partitions: config.partitions,
+                placement: config.placement.clone(),
+                persistence: config.persistence,
+                idle_timeout: config.idle_timeout,
+                mailbox_capacity: config.mailbox_capacity,
+                dedupe_window: config.dedupe_window,
+                seed: seed.rotate_left(17),
+            },
             agents,
-            store,
-            telemetry,
-            faults,
+            store.clone(),
             writer,
-            peers,
-            nudge: Notify::new(),
-            shutdown,
-            tasks: TaskTracker::new(),
-            stopping: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
-            cluster_addr,
-            claim_attempts: Mutex::new(Default::default()),
-            claim_lock: tokio::sync::Mutex::new(()),
-            rebalancing: Arc::new(tokio::sync::Mutex::new(())),
-        });
-
-        super::membership::join(&inner).await?;
-
-        let handler = Arc::new(super::router::PeerHandler(Arc::downgrade(&inner)));
-        inner.tasks.spawn(transport::serve(
-            listener,
-            tconfig,
-            handler,
-            inner.shutdown.child_token(),
+            published.clone(),
+            clock.clone(),
+            telemetry.clone(),
+            tasks.clone(),
         ));
-        inner
-            .tasks
-            .spawn(super::membership::lease_loop(inner.clone()));
-        inner
-            .tasks
-            .spawn(super::directory::directory_loop(inner.clone()));
-        inner
-            .tasks
-            .spawn(super::housekeeping::housekeeping_loop(inner.clone()));
-        Ok(Node { inner })
+        let (handle, inbox) = driver::channel();
+        let router = Arc::new(Router {
+            name: name.clone(),
+            region: config.region.clone(),
+            cluster_addr: cluster_addr.clone(),
+            http_addr: config.http_advertise.clone(),
+            call_timeout: config.call_timeout,
+            lease_ttl: config.lease_ttl,
+            published: published.clone(),
+            host: host.clone(),
+            network,
+            driver: handle.clone(),
+        });
+        let peer_handler = Arc::new(PeerHandler::new(&router));
+        let (stopped_tx, stopped) = watch::channel(false);
+        let driver = Driver {
+            engine,
+            store,
+            host: host.clone(),
+            clock,
+            telemetry: telemetry.clone(),
+            faults: faults.clone(),
+            observer: env.observer.clone(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.child_token(),
+            stopped: stopped_tx,
+        };
+        let (joined_tx, joined) = oneshot::channel();
+        tasks.spawn(driver.run(handle.clone(), inbox, Some(joined_tx)));
+        match joined.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                return Err(StartError::Store(e));
+            }
+            Err(_) => {
+                shutdown.cancel();
+                return Err(StartError::Config("the node stopped while joining".into()));
+            }
+        }
+        if let Some(listener) = listener {
+            let handler: Arc<dyn RequestHandler> = peer_handler.clone();
+            tasks.spawn(transport::serve(
+                listener,
+                tconfig,
+                handler,
+                shutdown.child_token(),
+            ));
+        }
+        tasks.spawn(housekeeping::run(
+            host.clone(),
+            faults.clone(),
+            shutdown.child_token(),
+        ));
+        Ok(Node {
+            inner: Arc::new(NodeShared {
+                config,
+                cluster_addr,
+                router,
+                host,
+                published,
+                driver: handle,
+                telemetry,
+                faults,
+                peer_handler,
+                shutdown,
+                tasks,
+                stopping: AtomicBool::new(false),
+                stopped,
+            }),
+        })
     }
 
     /// This node's id (name and current incarnation).
     pub fn id(&self) -> NodeId {
-        self.inner.me()
+        NodeId::new(
+            self.inner.config.name.as_str(),
+            self.inner.published.table.incarnation(),
+        )
     }
 
     /// This node's name.
@@ -393,7 +322,8 @@ impl Node {
 
     /// Ready = lease valid, directory loaded, not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.inner.ownership.ready() && !self.inner.stopping.load(Ordering::Relaxed)
+        !self.inner.stopping.load(Ordering::Relaxed)
+            && self.inner.published.table.ready_at(self.inner.host.now())
     }
 
     /// Waits until the node is ready or `timeout` passes; returns readiness.
@@ -420,7 +350,7 @@ impl Node {
 
     /// The registered agent kinds.
     pub fn agents(&self) -> &Agents {
-        &self.inner.agents
+        self.inner.host.agents()
     }
 
     /// Sends `signal` to `key` wherever it lives and waits for the reply.
@@ -430,7 +360,12 @@ impl Node {
         signal: Signal,
         options: CallOptions,
     ) -> Result<Reply, CallError> {
-        super::router::call(&self.inner, key, signal, transport::Delivery::Call, options).await
+        let op = LocalOp::Call(Box::new(signal));
+        self.inner
+            .router
+            .route(key, op, options.timeout)
+            .await
+            .map(router::reply)
     }
 
     /// Enqueues `signal` for `key`; returns once the owner admitted it.
@@ -440,14 +375,21 @@ impl Node {
         signal: Signal,
         options: CallOptions,
     ) -> Result<(), CallError> {
-        super::router::call(&self.inner, key, signal, transport::Delivery::Cast, options)
+        let op = LocalOp::Cast(Box::new(signal));
+        self.inner
+            .router
+            .route(key, op, options.timeout)
             .await
             .map(|_| ())
     }
 
     /// The state of `key` (activating it if needed), as JSON.
     pub async fn get(&self, key: &AgentKey, options: CallOptions) -> Result<Reply, CallError> {
-        super::router::get(&self.inner, key, options).await
+        self.inner
+            .router
+            .route(key, LocalOp::Get, options.timeout)
+            .await
+            .map(router::reply)
     }
 
     /// Where `key` is active, if anywhere (does not activate).
@@ -456,84 +398,175 @@ impl Node {
         key: &AgentKey,
         options: CallOptions,
     ) -> Result<Option<String>, CallError> {
-        super::router::lookup(&self.inner, key, options).await
+        let (answer, node, _) = self
+            .inner
+            .router
+            .route(key, LocalOp::Lookup, options.timeout)
+            .await?;
+        Ok(matches!(answer, Answer::Active(true)).then_some(node))
     }
 
     /// Makes `key`'s state durable and deactivates it (a later signal reactivates it).
     pub async fn stop(&self, key: &AgentKey, options: CallOptions) -> Result<(), CallError> {
-        super::router::stop(&self.inner, key, options).await
+        self.inner
+            .router
+            .route(key, LocalOp::Stop, options.timeout)
+            .await
+            .map(|_| ())
     }
 
     /// Who owns `key` according to this node's directory view.
     pub fn owner_node(&self, key: &AgentKey) -> Result<OwnerInfo, CallError> {
-        self.check_kind(key)?;
-        let p = self.inner.partition_of(key);
-        Ok(self.inner.view.read().owner_info(p))
+        if !self.agents().contains(&key.kind) {
+            return Err(CallError::UnknownKind {
+                kind: key.kind.to_string(),
+            });
+        }
+        let p = self.inner.host.partition_of(key);
+        let view = self.inner.published.view();
+        let now = self.inner.host.now();
+        let (_, epoch) = view.owner(p);
+        let live_owner = view.live_owner(p, now);
+        let target = match live_owner {
+            Some(o) => view.node(&o.name),
+            None => view.desired(p).and_then(|d| view.node(d)),
+        };
+        Ok(OwnerInfo {
+            partition: p.0,
+            owner: target.map(|n| n.record.id.name.to_string()),
+            region: target.map(|n| n.record.region.clone()),
+            http_addr: target.map(|n| n.record.http_addr.clone()),
+            epoch: epoch.0,
+            owned: live_owner.is_some(),
+        })
     }
 
     /// This node's cached directory: per partition, the owner it believes live (name and
     /// incarnation) and the epoch. May lag the store by up to a refresh interval.
-    pub fn directory_view(&self) -> Vec<(Option<NodeId>, crate::core::ids::Epoch)> {
-        let view = self.inner.view.read();
-        view.owners
+    pub fn directory_view(&self) -> Vec<(Option<NodeId>, Epoch)> {
+        let view = self.inner.published.view();
+        let now = self.inner.host.now();
+        view.owners()
             .iter()
-            .map(|(owner, epoch)| (owner.clone().filter(|o| view.is_live(o)), *epoch))
+            .map(|(owner, epoch)| (owner.clone().filter(|o| view.is_live(o, now)), *epoch))
             .collect()
     }
 
     /// Every live node's own stats, gathered concurrently; unreachable nodes are listed.
     pub async fn stats(&self) -> ClusterStats {
-        super::router::cluster_stats(&self.inner).await
+        self.inner.router.cluster_stats().await
     }
 
     /// This node's own stats.
     pub fn local_stats(&self) -> NodeStats {
-        self.inner.local_stats()
-    }
-
-    fn check_kind(&self, key: &AgentKey) -> Result<(), CallError> {
-        if self.inner.agents.contains(&key.kind) {
-            Ok(())
-        } else {
-            Err(CallError::UnknownKind {
-                kind: key.kind.to_string(),
-            })
-        }
+        self.inner.router.local_stats()
     }
 
     /// Graceful shutdown: stop admitting signals, finish in-flight ones, make every state
     /// durable, release the partitions, leave the cluster and stop all tasks.
     pub async fn shutdown(&self) {
-        if self.inner.stopping.swap(true, Ordering::SeqCst) {
-            self.inner.tasks.wait().await;
-            return;
+        let inner = &self.inner;
+        if !inner.stopping.swap(true, Ordering::SeqCst) {
+            inner.driver.shutdown();
         }
-        super::handoff::drain_all(&self.inner).await;
-        let me = self.inner.me();
-        if let Err(e) = self.inner.store.leave(&me).await {
-            tracing::warn!(error = %e, "leaving the cluster failed; peers will wait for the lease to expire");
+        let mut stopped = inner.stopped.clone();
+        tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s) => {}
+            () = inner.shutdown.cancelled() => {}
         }
-        self.inner.ownership.clear_lease();
-        self.inner.shutdown.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        inner.shutdown.cancel();
+        inner.tasks.close();
+        inner.tasks.wait().await;
     }
 
     /// Stops the node abruptly, as SIGKILL would: no handoff, no writes, no leave. Its lease
     /// simply expires. For tests.
+    #[doc(hidden)]
     pub fn kill(&self) {
-        self.inner.killed.store(true, Ordering::SeqCst);
-        self.inner.faults.cut_store(true);
-        self.inner.faults.cut_peers(true);
-        self.inner.ownership.clear_lease();
-        self.inner.ownership.clear_all();
-        self.inner.local.drop_all();
-        self.inner.shutdown.cancel();
-        self.inner.tasks.close();
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.faults.cut_store(true);
+        inner.faults.cut_peers(true);
+        inner.published.table.clear_all();
+        inner.host.kill();
+        inner.shutdown.cancel();
+        inner.tasks.close();
     }
 
     /// The fault switches of this node (tests).
+    #[doc(hidden)]
     pub fn faults(&self) -> &Arc<Faults> {
         &self.inner.faults
     }
+
+    /// What the engine publishes: the serving table and the routing view (simulations check
+    /// invariants on it).
+    #[doc(hidden)]
+    pub fn published(&self) -> &Arc<Published> {
+        &self.inner.published
+    }
+
+    /// The handler of requests from peers; register it with a custom [`Network`].
+    #[doc(hidden)]
+    pub fn peer_handler(&self) -> Arc<dyn RequestHandler> {
+        self.inner.peer_handler.clone()
+    }
+}
+
+/// Creates the cluster in the store or checks this node's settings against it.
+async fn check_cluster(
+    config: &NodeConfig,
+    store: &SharedStore,
+    secret: &[u8],
+) -> Result<(), StartError> {
+    let salt: [u8; 16] = rand::random();
+    let proposed = ClusterMeta {
+        partitions: config.partitions,
+        secret_salt: salt.to_vec(),
+        secret_verifier: secret_verifier(secret, &salt),
+    };
+    let meta = store.init_cluster(&proposed).await?;
+    if meta.partitions != config.partitions {
+        return Err(StartError::Mismatch(format!(
+            "the cluster in this store has {} partitions but this node is configured with {}; \
+             partition count is fixed when a cluster is created",
+            meta.partitions, config.partitions
+        )));
+    }
+    if secret_verifier(secret, &meta.secret_salt) != meta.secret_verifier {
+        return Err(StartError::Mismatch(
+            "this node's cluster secret differs from the one the cluster was created with; \
+             refusing to join (peers could not reach it)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the cluster port (loopback only without a secret); returns it and the address to
+/// advertise.
+async fn bind(config: &NodeConfig) -> Result<(TcpListener, String), StartError> {
+    let mut listen = config.cluster_listen;
+    if config.secret.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(
+            requested = %listen,
+            "no cluster secret: binding the cluster port to 127.0.0.1 instead; set --secret to accept peers from other hosts"
+        );
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let err = |source| StartError::Bind {
+        addr: config.cluster_listen.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    if config.secret.is_none() {
+        tracing::warn!(addr = %bound, "no cluster secret: the cluster port is bound to loopback only");
+    }
+    let addr = config
+        .cluster_advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    Ok((listener, addr))
 }

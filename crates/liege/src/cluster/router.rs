@@ -1,71 +1,295 @@
-//! Routing by key from any node: find the owner in the cached view, execute locally or
-//! forward over the transport, and retry retryable outcomes with backoff inside the call's
-//! deadline. Also the handler for requests arriving from peers (which only ever execute
-//! locally: one hop at most).
+//! Routing by key from any node: find the owner in the published view, execute locally or
+//! forward over the network, and retry retryable outcomes with backoff inside the call's
+//! deadline. Requests from peers are executed locally only ([`Router::serve_local`]): one hop
+//! at most.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::node::{CallOptions, ClusterStats, NodeInner, NodeStats, Reply, UnreachableNode};
-use super::serve::LocalOp;
-use crate::agent::Signal;
-use crate::core::ids::AgentKey;
+use super::api::{ClusterStats, NodeStats, Reply, UnreachableNode};
+use super::driver::DriverHandle;
+use crate::core::engine::{Held, Published};
+use crate::core::ids::{AgentKey, NodeId};
 use crate::error::CallError;
-use crate::transport::{Delivery, Request, RequestHandler, Response, TransportError};
+use crate::host::{Answer, Host, LocalOp};
+use crate::transport::{Delivery, Network, Request, Response, TransportError};
 
 const BACKOFF_START: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
 
-/// What a routed request carries.
-#[derive(Clone)]
-enum Op {
-    Signal(Box<Signal>, Delivery),
-    Get,
-    Lookup,
-    Stop,
+/// Routes calls of one node.
+pub(crate) struct Router {
+    pub(crate) name: Arc<str>,
+    pub(crate) region: String,
+    pub(crate) cluster_addr: String,
+    pub(crate) http_addr: String,
+    pub(crate) call_timeout: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) published: Arc<Published>,
+    pub(crate) host: Arc<Host>,
+    pub(crate) network: Arc<dyn Network>,
+    pub(crate) driver: DriverHandle,
 }
 
-impl Op {
-    fn to_request(&self, key: &AgentKey) -> Request {
-        let key = key.clone();
-        match self {
-            Op::Signal(signal, delivery) => Request::Signal {
-                key,
-                signal_json: signal.to_json(),
-                delivery: *delivery,
-            },
-            Op::Get => Request::Get { key },
-            Op::Lookup => Request::Lookup { key },
-            Op::Stop => Request::Stop { key },
+/// Where one attempt goes.
+enum Target {
+    Local,
+    Peer {
+        name: Arc<str>,
+        region: String,
+        addr: String,
+    },
+}
+
+impl Router {
+    /// Sends `op` to `key`'s owner, wherever it is, retrying inside `timeout` (the node's call
+    /// timeout when `None`). Returns the answer and the name and region of the node that
+    /// produced it.
+    pub(crate) async fn route(
+        &self,
+        key: &AgentKey,
+        op: LocalOp,
+        timeout: Option<Duration>,
+    ) -> Result<(Answer, String, String), CallError> {
+        if !self.host.agents().contains(&key.kind) {
+            return Err(CallError::UnknownKind {
+                kind: key.kind.to_string(),
+            });
+        }
+        let deadline = Instant::now() + timeout.unwrap_or(self.call_timeout);
+        let p = self.host.partition_of(key);
+        let mut backoff = BACKOFF_START;
+        let mut attempts = 0u32;
+        let mut hint: Option<NodeId> = None;
+        loop {
+            attempts += 1;
+            let target = self.target(p, hint.take());
+            let result = match &target {
+                None => Err(CallError::Unowned { partition: p }),
+                Some(Target::Local) => self.serve_local(key, op.clone()).await,
+                Some(Target::Peer { addr, .. }) => {
+                    // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so
+                    // an attempt need not wait much longer than that before re-routing.
+                    let attempt =
+                        (self.lease_ttl + self.lease_ttl / 4).max(Duration::from_millis(200));
+                    let remaining = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(attempt);
+                    match self
+                        .network
+                        .request(addr, to_request(key, &op), remaining)
+                        .await
+                    {
+                        Ok(resp) => from_response(resp),
+                        Err(e) => Err(transport_error(e)),
+                    }
+                }
+            };
+            let err = match result {
+                Ok(answer) => {
+                    return Ok(match target {
+                        Some(Target::Peer { name, region, .. }) => {
+                            (answer, name.to_string(), region)
+                        }
+                        _ => (answer, self.name.to_string(), self.region.clone()),
+                    })
+                }
+                Err(e) => e,
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            if let CallError::NotOwner {
+                hint: Some(owner), ..
+            } = &err
+            {
+                hint = Some(owner.clone());
+            }
+            self.driver.stale();
+            if Instant::now() + backoff >= deadline {
+                return Err(CallError::DeadlineExceeded {
+                    attempts,
+                    last: err.to_string(),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Where to send an attempt for partition `p`: a hinted owner first, else the view's
+    /// actual owner if live, else the desired owner.
+    fn target(&self, p: crate::core::ids::PartitionId, hint: Option<NodeId>) -> Option<Target> {
+        let view = self.published.view();
+        let now = self.host.now();
+        let node = match hint
+            .as_ref()
+            .and_then(|h| view.node(&h.name).filter(|n| n.record.id == *h))
+        {
+            Some(n) => n,
+            None => view.route_target(p, &self.name, now)?,
+        };
+        if *node.record.id.name == *self.name {
+            Some(Target::Local)
+        } else {
+            Some(Target::Peer {
+                name: node.record.id.name.clone(),
+                region: node.record.region.clone(),
+                addr: node.record.cluster_addr.clone(),
+            })
+        }
+    }
+
+    /// Executes `op` on this node. A partition this node does not hold is claimed on demand
+    /// when this node is its desired owner and it has no live owner (the call then waits for
+    /// the claim, briefly); otherwise the answer names the owner this node believes in.
+    pub(crate) async fn serve_local(
+        &self,
+        key: &AgentKey,
+        op: LocalOp,
+    ) -> Result<Answer, CallError> {
+        let err = match self.host.execute(key, op.clone()).await {
+            Err(CallError::NotOwner {
+                hint: None,
+                partition,
+                ..
+            }) => partition,
+            Err(e @ CallError::NotOwner { .. }) => {
+                // A fenced write: the view is behind the store.
+                self.driver.stale();
+                return Err(e);
+            }
+            other => return other,
+        };
+        let p = err;
+        let view = self.published.view();
+        let now = self.host.now();
+        if let Some(owner) = view.live_owner(p, now) {
+            if *owner.name != *self.name {
+                return Err(CallError::NotOwner {
+                    partition: p,
+                    node: self.name.to_string(),
+                    hint: Some(owner.clone()),
+                });
+            }
+        }
+        if view.desired(p).is_none_or(|d| **d != *self.name) {
+            return Err(CallError::Unowned { partition: p });
+        }
+        // The desired owner of an orphan: ask the engine to claim it, and wait a little.
+        self.driver.want(p);
+        let until = Instant::now() + (self.lease_ttl / 2).max(Duration::from_millis(50));
+        loop {
+            let changed = self.published.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.published.table.held(p) != Held::No {
+                return self.host.execute(key, op).await;
+            }
+            if self
+                .published
+                .view()
+                .live_owner(p, self.host.now())
+                .is_some()
+            {
+                return Err(CallError::Unowned { partition: p });
+            }
+            tokio::select! {
+                biased;
+                () = changed => {}
+                () = tokio::time::sleep_until(until) => return Err(CallError::Unowned { partition: p }),
+            }
+        }
+    }
+
+    /// This node's own stats.
+    pub(crate) fn local_stats(&self) -> NodeStats {
+        let table = &self.published.table;
+        let now = self.host.now();
+        NodeStats {
+            name: self.name.to_string(),
+            region: self.region.clone(),
+            incarnation: table.incarnation(),
+            live: table.lease_valid_at(now),
+            ready: table.ready_at(now),
+            active_agents: self.host.active(),
+            partitions: table.count(),
+            http_addr: self.http_addr.clone(),
+            cluster_addr: self.cluster_addr.clone(),
+        }
+    }
+
+    /// Stats of every live node, gathered concurrently.
+    pub(crate) async fn cluster_stats(&self) -> ClusterStats {
+        let view = self.published.view();
+        let now = self.host.now();
+        let peers: Vec<(String, String, String)> = view
+            .live_nodes(now)
+            .into_iter()
+            .filter(|n| *n.record.id.name != *self.name)
+            .map(|n| {
+                (
+                    n.record.id.name.to_string(),
+                    n.record.region.clone(),
+                    n.record.cluster_addr.clone(),
+                )
+            })
+            .collect();
+        let mut partitions_by_owner = std::collections::BTreeMap::new();
+        let mut partitions_orphaned = 0;
+        for (owner, _) in view.owners() {
+            match owner.as_ref().filter(|o| view.is_live(o, now)) {
+                Some(o) => {
+                    *partitions_by_owner
+                        .entry(o.name.to_string())
+                        .or_insert(0usize) += 1
+                }
+                None => partitions_orphaned += 1,
+            }
+        }
+        let timeout = Duration::from_millis(1000).min(self.call_timeout);
+        let asks = peers.into_iter().map(|(name, region, addr)| async move {
+            let result = self.network.request(&addr, Request::Stats, timeout).await;
+            (name, region, result)
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut nodes = vec![self.local_stats()];
+        let mut unreachable = Vec::new();
+        for (name, region, result) in answers {
+            let error = match result {
+                Ok(Response::Stats(bytes)) => match serde_json::from_slice::<NodeStats>(&bytes) {
+                    Ok(s) => {
+                        nodes.push(s);
+                        continue;
+                    }
+                    Err(e) => format!("bad stats: {e}"),
+                },
+                Ok(Response::Err(e)) => e.to_string(),
+                Ok(other) => format!("unexpected answer {other:?}"),
+                Err(e) => e.to_string(),
+            };
+            unreachable.push(UnreachableNode {
+                name,
+                region,
+                error,
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        ClusterStats {
+            from: self.name.to_string(),
+            nodes,
+            unreachable,
+            partitions_by_owner,
+            partitions_orphaned,
         }
     }
 }
 
-/// Outcome of one routed attempt.
-enum Answer {
-    Value(Value),
-    Active(bool),
-    Done,
-}
-
-pub(crate) async fn call(
-    inner: &Arc<NodeInner>,
-    key: &AgentKey,
-    signal: Signal,
-    delivery: Delivery,
-    options: CallOptions,
-) -> Result<Reply, CallError> {
-    route(inner, key, Op::Signal(Box::new(signal), delivery), options)
-        .await
-        .map(reply)
-}
-
 /// A routed answer as the public [`Reply`] (no value for answers that carry none).
-fn reply((answer, node, region): (Answer, String, String)) -> Reply {
+pub(crate) fn reply((answer, node, region): (Answer, String, String)) -> Reply {
     Reply {
         value: match answer {
             Answer::Value(v) => v,
@@ -76,117 +300,22 @@ fn reply((answer, node, region): (Answer, String, String)) -> Reply {
     }
 }
 
-pub(crate) async fn get(
-    inner: &Arc<NodeInner>,
-    key: &AgentKey,
-    options: CallOptions,
-) -> Result<Reply, CallError> {
-    route(inner, key, Op::Get, options).await.map(reply)
-}
-
-pub(crate) async fn lookup(
-    inner: &Arc<NodeInner>,
-    key: &AgentKey,
-    options: CallOptions,
-) -> Result<Option<String>, CallError> {
-    let (answer, node, _) = route(inner, key, Op::Lookup, options).await?;
-    Ok(matches!(answer, Answer::Active(true)).then_some(node))
-}
-
-pub(crate) async fn stop(
-    inner: &Arc<NodeInner>,
-    key: &AgentKey,
-    options: CallOptions,
-) -> Result<(), CallError> {
-    route(inner, key, Op::Stop, options).await.map(|_| ())
-}
-
-async fn route(
-    inner: &Arc<NodeInner>,
-    key: &AgentKey,
-    op: Op,
-    options: CallOptions,
-) -> Result<(Answer, String, String), CallError> {
-    if !inner.agents.contains(&key.kind) {
-        return Err(CallError::UnknownKind {
-            kind: key.kind.to_string(),
-        });
-    }
-    let timeout = options.timeout.unwrap_or(inner.config.call_timeout);
-    let deadline = Instant::now() + timeout;
-    let p = inner.partition_of(key);
-    let mut backoff = BACKOFF_START;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let target = {
-            let view = inner.view.read();
-            match view.route_target(p, &inner.config.name) {
-                None => None,
-                // The local fast path clones nothing.
-                Some(n) if *n.record.id.name == *inner.config.name => Some(None),
-                Some(n) => Some(Some((
-                    n.record.id.name.clone(),
-                    n.record.region.clone(),
-                    n.record.cluster_addr.clone(),
-                ))),
-            }
-        };
-        let result = match &target {
-            None => Err(CallError::Unowned { partition: p }),
-            Some(None) => execute_local(inner, key, &op).await,
-            Some(Some((_, _, addr))) => {
-                // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so an
-                // attempt need not wait much longer than that before re-routing.
-                let attempt = (inner.config.lease_ttl + inner.config.lease_ttl / 4)
-                    .max(Duration::from_millis(200));
-                let remaining = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(attempt);
-                match inner
-                    .peers
-                    .request(addr, op.to_request(key), remaining)
-                    .await
-                {
-                    Ok(resp) => from_response(resp),
-                    Err(e) => Err(transport_error(e)),
-                }
-            }
-        };
-        let err = match result {
-            Ok(answer) => {
-                return Ok(match target {
-                    Some(Some((name, region, _))) => (answer, name.to_string(), region),
-                    _ => (
-                        answer,
-                        inner.config.name.clone(),
-                        inner.config.region.clone(),
-                    ),
-                });
-            }
-            Err(e) => e,
-        };
-        if !err.is_retryable() {
-            return Err(err);
-        }
-        if let CallError::NotOwner {
-            hint: Some(owner), ..
-        } = &err
-        {
-            let mut view = inner.view.write();
-            let epoch = view.owners[p.0 as usize].1;
-            view.set_owner(p, Some(owner.clone()), epoch);
-        }
-        inner.nudge.notify_one();
-        let now = Instant::now();
-        if now + backoff >= deadline {
-            return Err(CallError::DeadlineExceeded {
-                attempts,
-                last: err.to_string(),
-            });
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+fn to_request(key: &AgentKey, op: &LocalOp) -> Request {
+    let key = key.clone();
+    match op {
+        LocalOp::Call(signal) => Request::Signal {
+            key,
+            signal_json: signal.to_json(),
+            delivery: Delivery::Call,
+        },
+        LocalOp::Cast(signal) => Request::Signal {
+            key,
+            signal_json: signal.to_json(),
+            delivery: Delivery::Cast,
+        },
+        LocalOp::Get => Request::Get { key },
+        LocalOp::Lookup => Request::Lookup { key },
+        LocalOp::Stop => Request::Stop { key },
     }
 }
 
@@ -209,187 +338,5 @@ fn from_response(resp: Response) -> Result<Answer, CallError> {
         other => Err(CallError::Internal(format!(
             "unexpected peer answer {other:?}"
         ))),
-    }
-}
-
-async fn execute_local(
-    inner: &Arc<NodeInner>,
-    key: &AgentKey,
-    op: &Op,
-) -> Result<Answer, CallError> {
-    match op {
-        Op::Lookup => {
-            let p = inner.partition_of(key);
-            inner.serving_epoch(p).await?;
-            Ok(Answer::Active(inner.local.get(key).is_some()))
-        }
-        Op::Get => {
-            let admitted = inner.admit(key).await?;
-            inner.run(admitted, LocalOp::Get).await.map(Answer::Value)
-        }
-        Op::Stop => {
-            let p = inner.partition_of(key);
-            inner.serving_epoch(p).await?;
-            let Some(_) = inner.local.get(key) else {
-                return Ok(Answer::Done);
-            };
-            let admitted = inner.admit(key).await?;
-            inner
-                .run(admitted, LocalOp::Stop)
-                .await
-                .map(|_| Answer::Done)
-        }
-        Op::Signal(signal, Delivery::Call) => {
-            let admitted = inner.admit(key).await?;
-            inner
-                .run(admitted, LocalOp::Signal(signal.clone()))
-                .await
-                .map(Answer::Value)
-        }
-        Op::Signal(signal, Delivery::Cast) => {
-            let admitted = inner.admit(key).await?;
-            let inner2 = inner.clone();
-            let signal = signal.clone();
-            let key = key.clone();
-            inner.tasks.spawn(async move {
-                if let Err(e) = inner2.run(admitted, LocalOp::Signal(signal)).await {
-                    tracing::debug!(%key, error = %e, "cast signal failed");
-                }
-            });
-            Ok(Answer::Done)
-        }
-    }
-}
-
-/// Stats of every live node, gathered concurrently.
-pub(crate) async fn cluster_stats(inner: &Arc<NodeInner>) -> ClusterStats {
-    let (peers, partitions_by_owner, partitions_orphaned) = {
-        let view = inner.view.read();
-        let peers: Vec<(String, String, String)> = view
-            .live_nodes()
-            .into_iter()
-            .filter(|n| *n.record.id.name != *inner.config.name)
-            .map(|n| {
-                (
-                    n.record.id.name.to_string(),
-                    n.record.region.clone(),
-                    n.record.cluster_addr.clone(),
-                )
-            })
-            .collect();
-        let mut by_owner = std::collections::BTreeMap::new();
-        let mut orphaned = 0;
-        for (owner, _) in &view.owners {
-            match owner.as_ref().filter(|o| view.is_live(o)) {
-                Some(o) => *by_owner.entry(o.name.to_string()).or_insert(0usize) += 1,
-                None => orphaned += 1,
-            }
-        }
-        (peers, by_owner, orphaned)
-    };
-    let timeout = Duration::from_millis(1000).min(inner.config.call_timeout);
-    let asks = peers.into_iter().map(|(name, region, addr)| {
-        let peers = inner.peers.clone();
-        async move {
-            let result = peers.request(&addr, Request::Stats, timeout).await;
-            (name, region, result)
-        }
-    });
-    let answers = futures_util::future::join_all(asks).await;
-    let mut nodes = vec![inner.local_stats()];
-    let mut unreachable = Vec::new();
-    for (name, region, result) in answers {
-        match result {
-            Ok(Response::Stats(bytes)) => match serde_json::from_slice::<NodeStats>(&bytes) {
-                Ok(s) => nodes.push(s),
-                Err(e) => unreachable.push(UnreachableNode {
-                    name,
-                    region,
-                    error: format!("bad stats: {e}"),
-                }),
-            },
-            Ok(Response::Err(e)) => unreachable.push(UnreachableNode {
-                name,
-                region,
-                error: e.to_string(),
-            }),
-            Ok(other) => unreachable.push(UnreachableNode {
-                name,
-                region,
-                error: format!("unexpected answer {other:?}"),
-            }),
-            Err(e) => unreachable.push(UnreachableNode {
-                name,
-                region,
-                error: e.to_string(),
-            }),
-        }
-    }
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    ClusterStats {
-        from: inner.config.name.clone(),
-        nodes,
-        unreachable,
-        partitions_by_owner,
-        partitions_orphaned,
-    }
-}
-
-/// Answers requests from peers by executing them locally.
-pub(crate) struct PeerHandler(pub(crate) Weak<NodeInner>);
-
-#[async_trait]
-impl RequestHandler for PeerHandler {
-    async fn handle(&self, _peer: &str, request: Request, deadline: Duration) -> Response {
-        let Some(inner) = self.0.upgrade() else {
-            return Response::Err(CallError::ShuttingDown);
-        };
-        if inner.killed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Response::Err(CallError::Unavailable("node is down".into()));
-        }
-        let work = async {
-            let (key, op) = match request {
-                Request::Ping => return Response::Pong,
-                Request::Stats => {
-                    return Response::Stats(
-                        serde_json::to_vec(&inner.local_stats()).expect("stats serialize"),
-                    )
-                }
-                Request::Signal {
-                    key,
-                    signal_json,
-                    delivery,
-                } => match Signal::from_json(&signal_json) {
-                    Ok(signal) => (key, Op::Signal(Box::new(signal), delivery)),
-                    Err(e) => return Response::Err(CallError::BadRequest(e.to_string())),
-                },
-                Request::Get { key } => (key, Op::Get),
-                Request::Lookup { key } => (key, Op::Lookup),
-                Request::Stop { key } => (key, Op::Stop),
-            };
-            // Keys decoded from the wire skipped `AgentKey::new`'s checks: check them here.
-            if let Err(e) = AgentKey::new(key.kind.clone(), key.id.clone()) {
-                return Response::Err(CallError::BadRequest(e.to_string()));
-            }
-            if !inner.agents.contains(&key.kind) {
-                return Response::Err(CallError::UnknownKind {
-                    kind: key.kind.to_string(),
-                });
-            }
-            match execute_local(&inner, &key, &op).await {
-                Ok(Answer::Value(v)) => {
-                    Response::Json(serde_json::to_vec(&v).expect("JSON value serializes"))
-                }
-                Ok(Answer::Active(a)) => Response::Active(a),
-                Ok(Answer::Done) => Response::Done,
-                Err(e) => Response::Err(e),
-            }
-        };
-        match tokio::time::timeout(deadline, work).await {
-            Ok(r) => r,
-            Err(_) => Response::Err(CallError::Unavailable(
-                "deadline passed on the owner".into(),
-            )),
-        }
     }
 }

@@ -1,5 +1,5 @@
-//! Pure logic without IO: identifiers, placement, the lease state machine.
+//! Pure logic without IO: identifiers, placement, and the ownership engine.
 
+pub mod engine;
 pub mod ids;
-pub mod lease;
 pub mod placement;

@@ -27,6 +27,10 @@ use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 /// (which only means "poll now").
 const WATCH_CAPACITY: usize = 256;
 
+/// Sabotage `stale-claim-snapshot`: how long a claim waits between reading leases and
+/// deciding (longer than the margin of a 1 s lease).
+const STALE_CLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// Opens a fresh in-process store.
 pub async fn open(options: StoreOptions) -> StoreResult<SharedStore> {
     Ok(Arc::new(MemoryStore::new(options)))
@@ -39,6 +43,8 @@ pub struct MemoryStore {
     created: Instant,
     /// Whether committed writes are recorded in the audit log.
     audit: bool,
+    /// Guards switched off on purpose.
+    sabotage: crate::sabotage::Sabotage,
     /// Every table.
     tables: Mutex<Tables>,
     /// Pushes membership and directory changes to watchers.
@@ -74,6 +80,7 @@ impl MemoryStore {
         Self {
             created: Instant::now(),
             audit: options.audit,
+            sabotage: options.sabotage,
             tables: Mutex::new(Tables::default()),
             changes,
         }
@@ -95,10 +102,15 @@ impl MemoryStore {
             Some(row) => (row.owner.as_ref(), row.epoch),
             None => (None, Epoch(0)),
         };
-        rules::check_fence(w.partition, &w.writer, w.epoch, owner, epoch)?;
         let actual = t.checkpoints.get(&w.key).map_or(Rev(0), |c| c.rev);
-        rules::check_rev(w.expected_rev, actual)?;
-        let rev = rules::rev_after(w.expected_rev, w.data.is_none());
+        let rev = if self.sabotage.skip_fencing() {
+            // The stale writer overwrites whatever is there.
+            rules::rev_after(actual, w.data.is_none())
+        } else {
+            rules::check_fence(w.partition, &w.writer, w.epoch, owner, epoch)?;
+            rules::check_rev(w.expected_rev, actual)?;
+            rules::rev_after(w.expected_rev, w.data.is_none())
+        };
         match &w.data {
             Some(data) => {
                 let checkpoint = Checkpoint {
@@ -231,6 +243,21 @@ impl Store for MemoryStore {
         node: &NodeId,
         partitions: &[PartitionId],
     ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
+        // Sabotage: decide on leases read before a pause longer than the lease margin, against
+        // the clock after it — the defect of the old PostgreSQL claim.
+        let stale: Option<HashMap<Arc<str>, LeaseState>> = if self.sabotage.stale_claim_snapshot() {
+            let snapshot = {
+                let t = self.tables.lock();
+                t.nodes
+                    .keys()
+                    .filter_map(|n| t.lease_state(n).map(|l| (n.clone(), l)))
+                    .collect()
+            };
+            tokio::time::sleep(STALE_CLAIM_PAUSE).await;
+            Some(snapshot)
+        } else {
+            None
+        };
         let claimed = {
             let mut t = self.tables.lock();
             let now = self.clock();
@@ -242,10 +269,17 @@ impl Store for MemoryStore {
                 let Some(row) = t.partitions.get(p.0 as usize) else {
                     continue;
                 };
-                let owner_lease = row.owner.as_ref().and_then(|o| t.lease_state(&o.name));
-                if rules::claim_decision(node, row.owner.as_ref(), owner_lease, now)
-                    == ClaimDecision::Take
-                {
+                let owner_lease = row.owner.as_ref().and_then(|o| match &stale {
+                    Some(snapshot) => snapshot.get(&o.name).copied(),
+                    None => t.lease_state(&o.name),
+                });
+                let decision =
+                    if self.sabotage.claim_unexpired() && row.owner.as_ref() != Some(node) {
+                        ClaimDecision::Take
+                    } else {
+                        rules::claim_decision(node, row.owner.as_ref(), owner_lease, now)
+                    };
+                if decision == ClaimDecision::Take {
                     let row = &mut t.partitions[p.0 as usize];
                     row.owner = Some(node.clone());
                     row.epoch = Epoch(row.epoch.0 + 1);

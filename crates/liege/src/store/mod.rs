@@ -364,6 +364,9 @@ impl std::str::FromStr for StoreUrl {
 pub struct StoreOptions {
     /// Record every committed write in an audit table (tests and drills; costs a row per write).
     pub audit: bool,
+    /// Guards switched off on purpose (builds with `unsafe-sabotage` only): `skip-fencing` on
+    /// memory and SQLite, `claim-unexpired` and `stale-claim-snapshot` on memory.
+    pub sabotage: crate::sabotage::Sabotage,
 }
 
 /// Opens the store named by `url`.

@@ -99,7 +99,10 @@ impl TestClusterBuilder {
     /// Opens the store (auditing on) and starts every node; waits until all are ready and
     /// every partition has an owner.
     pub async fn start(self) -> TestCluster {
-        let options = StoreOptions { audit: true };
+        let options = StoreOptions {
+            audit: true,
+            ..Default::default()
+        };
         let store = match &self.store {
             TestStore::Memory => crate::store::open(&StoreUrl::Memory, options)
                 .await

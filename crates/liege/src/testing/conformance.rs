@@ -92,6 +92,7 @@ define_cases!(
 pub fn options_for(name: &str) -> StoreOptions {
     StoreOptions {
         audit: name != "audit_is_empty_when_auditing_is_off",
+        ..Default::default()
     }
 }
 

@@ -36,6 +36,31 @@ pub use config::{
 pub use message::{Delivery, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
 pub use server::serve;
 
+/// How a node reaches its peers: [`Peers`] over TCP in production, an in-memory network in
+/// simulations.
+#[async_trait::async_trait]
+pub trait Network: Send + Sync + 'static {
+    /// Sends `request` to the node at `addr` and waits at most `timeout` for its response.
+    async fn request(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError>;
+}
+
+#[async_trait::async_trait]
+impl Network for Peers {
+    async fn request(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        Peers::request(self, addr, request, timeout).await
+    }
+}
+
 /// What a node does with the requests its peers send it.
 #[async_trait::async_trait]
 pub trait RequestHandler: Send + Sync + 'static {

@@ -60,7 +60,10 @@ macro_rules! on_every_store {
 async fn postgres_store() -> Option<(Arc<TempPostgres>, TestStore)> {
     let pg = postgres_server()?;
     let store = pg
-        .fresh_store(StoreOptions { audit: true })
+        .fresh_store(StoreOptions {
+            audit: true,
+            ..Default::default()
+        })
         .await
         .expect("fresh postgres store");
     Some((pg, TestStore::Given(store)))

@@ -21,7 +21,10 @@ async fn a_postgres_outage_fences_every_node_and_they_recover_by_themselves() {
     let url = pg.create_database().await.expect("database");
     // Production timeouts (shorter than the lease), so a dead server is noticed in time.
     let options = PostgresOptions {
-        store: StoreOptions { audit: true },
+        store: StoreOptions {
+            audit: true,
+            ..Default::default()
+        },
         ..PostgresOptions::default()
     };
     let store = PostgresStore::connect(&url, options).await.expect("store");

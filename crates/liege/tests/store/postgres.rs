@@ -42,7 +42,10 @@ async fn fresh_store(pg: &TempPostgres, audit: bool) -> (String, PostgresStore) 
 /// Another store instance on an existing database.
 async fn store_at(url: &str, audit: bool) -> PostgresStore {
     let options = PostgresOptions {
-        store: StoreOptions { audit },
+        store: StoreOptions {
+            audit,
+            ..Default::default()
+        },
         ..PostgresOptions::for_tests()
     };
     PostgresStore::connect(url, options)

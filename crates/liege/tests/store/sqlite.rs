@@ -37,7 +37,10 @@ mod conformance_suite {
 }
 
 async fn open(path: &Path) -> SharedStore {
-    let options = StoreOptions { audit: true };
+    let options = StoreOptions {
+        audit: true,
+        ..Default::default()
+    };
     sqlite::open(path, options)
         .await
         .expect("sqlite store opens")
@@ -259,9 +262,15 @@ async fn a_batch_of_256_writes_commits_as_one() {
     let url: StoreUrl = format!("sqlite:{}", dir.path().join("liege.db").display())
         .parse()
         .expect("store url");
-    let store = liege::store::open(&url, StoreOptions { audit: true })
-        .await
-        .expect("open by url");
+    let store = liege::store::open(
+        &url,
+        StoreOptions {
+            audit: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("open by url");
     assert_eq!(store.backend(), "sqlite");
     assert!(store.watch().is_none(), "sqlite has no push; callers poll");
     conformance::init(&*store).await;
@@ -279,7 +288,11 @@ async fn a_batch_of_256_writes_commits_as_one() {
 
 #[tokio::test]
 async fn a_store_node_id_with_a_large_incarnation_round_trips() {
-    let store = fresh(StoreOptions { audit: true }).await;
+    let store = fresh(StoreOptions {
+        audit: true,
+        ..Default::default()
+    })
+    .await;
     conformance::init(&*store).await;
     let (a, _) = join(&*store, "a", u64::MAX, LONG_TTL_MS).await;
     let claimed = store.claim(&a, &[PartitionId(0)]).await.expect("claim");

@@ -107,6 +107,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Whether committed writes are recorded in the audit table.
     audit: bool,
+    /// Sabotage: writes skip the fence and revision checks.
+    skip_fencing: bool,
     /// Membership (node leases), on the members file.
     members: Worker,
     /// Cluster meta and directory operations, on the main file.
@@ -145,6 +147,7 @@ impl SqliteStore {
         Ok(Self {
             path,
             audit: options.audit,
+            skip_fencing: options.sabotage.skip_fencing(),
             members,
             control,
             data,
@@ -239,9 +242,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let batch = batch.to_vec();
-        let audit = self.audit;
+        let (audit, skip) = (self.audit, self.skip_fencing);
         self.data
-            .run_write(move |c| data::write(c, &batch, audit))
+            .run_write(move |c| data::write(c, &batch, audit, skip))
             .await
     }
 

@@ -1,4 +1,4 @@
-//! Local execution: the activations this node hosts, one turn at a time per key.
+//! The activations this node hosts, one turn at a time per key.
 //!
 //! An [`Activation`] is created lazily by the first signal for a key on the owner. Its turn
 //! lock makes handling exclusive per key; its `queued` counter bounds the mailbox (waiters on
@@ -19,7 +19,7 @@ use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::agent::checkpoint::DedupeWindow;
 use crate::agent::{AnyState, DynAgent};
-use crate::core::ids::{AgentKey, Epoch, PartitionId, Rev};
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
 const SHARDS: usize = 64;
 
@@ -42,6 +42,8 @@ pub(crate) struct Activation {
     /// The epoch the partition was held at when this activation was created; its writes are
     /// fenced with it.
     pub(crate) epoch: Epoch,
+    /// The incarnation that held the partition at that epoch: the writer of its checkpoints.
+    pub(crate) writer: NodeId,
     pub(crate) agent: Arc<dyn DynAgent>,
     pub(crate) turn: tokio::sync::Mutex<Turn>,
     /// Signals admitted and waiting for (or holding) the turn.
@@ -61,16 +63,17 @@ impl Activation {
 }
 
 /// All activations of this node, sharded by key hash.
-pub(crate) struct Local {
+pub(crate) struct Activations {
     hasher: Xxh3Builder,
     shards: Box<[Shard]>,
     per_partition: Box<[AtomicU32]>,
     active: AtomicUsize,
 }
 
-impl Local {
-    pub(crate) fn new(partitions: u32) -> Self {
-        let hasher = Xxh3Builder::new().with_seed(rand::random());
+impl Activations {
+    /// An empty table; `seed` keys the shard hash (fixed in simulations, random otherwise).
+    pub(crate) fn new(partitions: u32, seed: u64) -> Self {
+        let hasher = Xxh3Builder::new().with_seed(seed);
         Self {
             hasher,
             shards: (0..SHARDS)
@@ -92,12 +95,13 @@ impl Local {
         key: &AgentKey,
         partition: PartitionId,
         epoch: Epoch,
+        writer: &NodeId,
         agent: &Arc<dyn DynAgent>,
         now_ms: u64,
     ) -> (Arc<Activation>, bool) {
         let mut shard = self.shard(key).lock();
         if let Some(existing) = shard.get(key) {
-            if existing.epoch == epoch && !existing.is_dead() {
+            if existing.epoch == epoch && existing.writer == *writer && !existing.is_dead() {
                 return (existing.clone(), false);
             }
             let old = shard.remove(key).expect("present: just looked it up");
@@ -107,6 +111,7 @@ impl Local {
             key: key.clone(),
             partition,
             epoch,
+            writer: writer.clone(),
             agent: agent.clone(),
             turn: tokio::sync::Mutex::new(Turn {
                 state: None,

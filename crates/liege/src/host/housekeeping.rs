@@ -4,54 +4,58 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::config::Persistence;
-use super::node::NodeInner;
+use tokio_util::sync::CancellationToken;
 
-/// Runs until shutdown.
-pub(crate) async fn housekeeping_loop(inner: Arc<NodeInner>) {
-    let idle = inner.config.idle_timeout;
+use super::Host;
+use crate::cluster::Persistence;
+use crate::faults::Faults;
+
+/// Runs until `shutdown` is cancelled.
+pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: CancellationToken) {
+    let idle = host.config.idle_timeout;
     let sweep = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(15));
-    let tick = match inner.config.persistence {
+    let tick = match host.config.persistence {
         Persistence::Interval(every) => every.min(sweep),
         _ => sweep,
     };
     let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
-            _ = inner.shutdown.cancelled() => return,
         }
-        inner.faults.gate().await;
-        if !inner.ownership.lease_valid() {
+        faults.gate().await;
+        if !host.published.table.lease_valid_at(host.now()) {
             continue;
         }
-        if let Persistence::Interval(_) = inner.config.persistence {
-            flush_dirty(&inner).await;
+        if let Persistence::Interval(_) = host.config.persistence {
+            flush_dirty(&host).await;
         }
         if last_sweep.elapsed() >= sweep {
             last_sweep = tokio::time::Instant::now();
-            passivate_idle(&inner, idle).await;
+            passivate_idle(&host, idle).await;
         }
     }
 }
 
 /// Writes every dirty activation (concurrently, so the writer batches them).
-async fn flush_dirty(inner: &Arc<NodeInner>) {
-    let dirty = inner
-        .local
+async fn flush_dirty(host: &Arc<Host>) {
+    let dirty = host
+        .activations
         .collect(|a| a.dirty.load(Ordering::Acquire) && !a.is_dead());
     let mut set = tokio::task::JoinSet::new();
     for act in dirty {
-        let inner = inner.clone();
+        let host = host.clone();
         set.spawn(async move {
             let mut turn = act.turn.lock().await;
             if act.is_dead() {
                 return;
             }
-            if let Err(e) = inner.flush_locked(&act, &mut turn).await {
+            if let Err(e) = host.flush_locked(&act, &mut turn).await {
                 tracing::warn!(key = %act.key, error = %e, "interval write failed; dropping activation");
                 drop(turn);
-                inner.kill_activation(&act);
+                host.kill_activation(&act);
             }
         });
     }
@@ -59,10 +63,10 @@ async fn flush_dirty(inner: &Arc<NodeInner>) {
 }
 
 /// Passivates activations idle for longer than `idle`: write if dirty, then drop.
-async fn passivate_idle(inner: &Arc<NodeInner>, idle: Duration) {
-    let now = inner.now_ms();
+async fn passivate_idle(host: &Arc<Host>, idle: Duration) {
+    let now = host.now();
     let idle_ms = idle.as_millis() as u64;
-    let candidates = inner.local.collect(|a| {
+    let candidates = host.activations.collect(|a| {
         now.saturating_sub(a.last_used.load(Ordering::Relaxed)) >= idle_ms
             && a.queued.load(Ordering::Acquire) == 0
     });
@@ -76,11 +80,11 @@ async fn passivate_idle(inner: &Arc<NodeInner>, idle: Duration) {
         {
             continue;
         }
-        let result = inner.flush_locked(&act, &mut turn).await;
+        let result = host.flush_locked(&act, &mut turn).await;
         drop(turn);
         if let Err(e) = result {
             tracing::warn!(key = %act.key, error = %e, "write on passivation failed");
         }
-        inner.kill_activation(&act);
+        host.kill_activation(&act);
     }
 }

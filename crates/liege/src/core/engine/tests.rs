@@ -1,0 +1,519 @@
+//! The engine on explicit time: every decision checked without a runtime, a store or a clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::{Directory, Lease, Membership, NodeLease, PartitionRow};
+
+const TTL: u64 = 1000;
+
+fn config(name: &str, partitions: u32) -> EngineConfig {
+    EngineConfig {
+        name: name.into(),
+        region: "r".into(),
+        cluster_addr: format!("{name}:7070"),
+        http_addr: String::new(),
+        partitions,
+        lease_ttl: Duration::from_millis(TTL),
+        placement: PlacementPolicy::none(),
+        rebalance: RebalanceConfig::default(),
+        seed: 42,
+        sabotage: Sabotage::none(),
+    }
+}
+
+/// An engine plus a clock, collecting commands.
+struct Bench {
+    e: Engine,
+    now: LocalMs,
+}
+
+impl Bench {
+    fn new(name: &str, partitions: u32) -> Self {
+        Self {
+            e: Engine::new(config(name, partitions), 0),
+            now: 0,
+        }
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Command> {
+        let mut out = Vec::new();
+        self.e.step(input, self.now, &mut out);
+        out
+    }
+
+    fn at(&mut self, now: LocalMs, input: Input) -> Vec<Command> {
+        self.now = now;
+        self.step(input)
+    }
+
+    /// Starts and answers the join successfully.
+    fn joined(&mut self) -> NodeId {
+        let out = self.step(Input::Tick);
+        let Some(Command::Join {
+            record, sent_at, ..
+        }) = out.first().cloned()
+        else {
+            panic!("expected a join, got {out:?}");
+        };
+        let out = self.step(Input::Joined {
+            node: record.id.clone(),
+            sent_at,
+            result: Ok(Lease {
+                now: 0,
+                expires_at: TTL as i64,
+            }),
+        });
+        assert!(has_emit(&out, "node_joined"), "{out:?}");
+        record.id
+    }
+
+    /// Moves the clock to `now` with a renewal just answered, so the lease is valid.
+    fn live_at(&mut self, now: LocalMs) {
+        self.now = now;
+        let me = self.e.me().clone();
+        self.step(Input::Renewed {
+            node: me,
+            sent_at: now,
+            result: Ok(Lease {
+                now: 0,
+                expires_at: 0,
+            }),
+        });
+    }
+
+    fn table(&self) -> &ServingTable {
+        &self.e.published().table
+    }
+
+    fn read(&mut self, sent_at: LocalMs, snapshot: Snapshot) -> Vec<Command> {
+        self.step(Input::Read {
+            sent_at,
+            result: Ok(snapshot),
+        })
+    }
+}
+
+fn has_emit(out: &[Command], name: &str) -> bool {
+    out.iter()
+        .any(|c| matches!(c, Command::Emit(e) if e.name() == name))
+}
+
+fn claim_of(out: &[Command]) -> Option<Vec<PartitionId>> {
+    out.iter().find_map(|c| match c {
+        Command::Claim { partitions, .. } => Some(partitions.clone()),
+        _ => None,
+    })
+}
+
+fn node(id: &NodeId, expires: i64) -> NodeLease {
+    NodeLease {
+        record: NodeRecord {
+            id: id.clone(),
+            region: "r".into(),
+            cluster_addr: format!("{}:7070", id.name),
+            http_addr: String::new(),
+        },
+        lease_expires_at: expires,
+        left: false,
+    }
+}
+
+fn snapshot(now: i64, nodes: &[(&NodeId, i64)], owners: &[(Option<&NodeId>, u64)]) -> Snapshot {
+    Snapshot {
+        membership: Membership {
+            now,
+            nodes: nodes.iter().map(|(id, exp)| node(id, *exp)).collect(),
+        },
+        directory: Directory {
+            now,
+            partitions: owners
+                .iter()
+                .enumerate()
+                .map(|(i, (o, e))| PartitionRow {
+                    id: PartitionId(i as u32),
+                    owner: o.cloned(),
+                    epoch: Epoch(*e),
+                })
+                .collect(),
+        },
+        settings: Settings::default(),
+    }
+}
+
+#[test]
+fn a_node_serves_only_until_sent_plus_ttl_minus_margin_then_fences_and_rejoins() {
+    let mut b = Bench::new("a", 4);
+    let me = b.joined();
+    assert!(b.table().lease_valid_at(899));
+    assert!(!b.table().lease_valid_at(900));
+    // A renewal is due every TTL/4.
+    let out = b.at(250, Input::Tick);
+    assert!(
+        matches!(out[..], [Command::Renew { sent_at: 250, .. }]),
+        "{out:?}"
+    );
+    // It never comes back: at the deadline the node fences itself.
+    let out = b.at(900, Input::Tick);
+    assert!(out.iter().any(|c| matches!(c, Command::DropAll)));
+    assert!(has_emit(&out, "self_fenced"));
+    let Some(Command::Join { record, .. }) = out.iter().find(|c| matches!(c, Command::Join { .. }))
+    else {
+        panic!("rejoin expected: {out:?}");
+    };
+    assert_ne!(record.id, me, "rejoins under a new incarnation");
+    assert_eq!(
+        b.table().check(PartitionId(0), 900),
+        Err(NotServing::NoLease)
+    );
+}
+
+#[test]
+fn a_renewal_extends_the_deadline_and_an_older_answer_never_shortens_it() {
+    let mut b = Bench::new("a", 1);
+    let me = b.joined();
+    b.at(250, Input::Tick);
+    b.at(500, Input::Tick);
+    let ok = || {
+        Ok(Lease {
+            now: 0,
+            expires_at: 0,
+        })
+    };
+    b.at(
+        510,
+        Input::Renewed {
+            node: me.clone(),
+            sent_at: 500,
+            result: ok(),
+        },
+    );
+    assert_eq!(b.table().lease_deadline(), Some(1400));
+    b.at(
+        520,
+        Input::Renewed {
+            node: me.clone(),
+            sent_at: 250,
+            result: ok(),
+        },
+    );
+    assert_eq!(b.table().lease_deadline(), Some(1400));
+    // An answer for another incarnation changes nothing.
+    b.at(
+        530,
+        Input::Renewed {
+            node: NodeId::new("a", me.incarnation ^ 1),
+            sent_at: 520,
+            result: ok(),
+        },
+    );
+    assert_eq!(b.table().lease_deadline(), Some(1400));
+}
+
+#[test]
+fn a_lost_lease_fences_at_once() {
+    let mut b = Bench::new("a", 1);
+    let me = b.joined();
+    b.at(250, Input::Tick);
+    let out = b.at(
+        260,
+        Input::Renewed {
+            node: me.clone(),
+            sent_at: 250,
+            result: Err(StoreError::LeaseLost { node: me }),
+        },
+    );
+    assert!(has_emit(&out, "self_fenced"));
+    assert!(!b.table().lease_valid_at(260));
+}
+
+#[test]
+fn orphans_of_an_expired_node_are_claimed_in_one_batch_and_announced_once() {
+    let mut b = Bench::new("a", 8);
+    let me = b.joined();
+    let dead = NodeId::new("b", 9);
+    // Old enough that the settle rule does not apply.
+    b.live_at(2 * TTL);
+    let owners: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (Some(&dead), 3)).collect();
+    let out = b.read(2000, snapshot(5000, &[(&me, 6000), (&dead, 4000)], &owners));
+    let claimed = claim_of(&out).expect("a claim");
+    assert_eq!(
+        claimed.len(),
+        8,
+        "every orphan desired by the only live node"
+    );
+    assert!(has_emit(&out, "failover_started"));
+    let out = b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: claimed.clone(),
+        result: Ok(claimed.iter().map(|p| (*p, Epoch(4))).collect()),
+    });
+    assert_eq!(b.table().count(), 8);
+    assert_eq!(b.table().check(PartitionId(3), b.now), Ok(Epoch(4)));
+    let succeeded: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Emit(Event::FailoverSucceeded {
+                partitions,
+                since_expiry_ms,
+                ..
+            }) => Some((*partitions, *since_expiry_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(succeeded, vec![(8, 1000)]);
+    // The next read claims nothing and announces nothing again.
+    let owners: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (Some(&me), 4)).collect();
+    let out = b.read(2100, snapshot(5100, &[(&me, 6000)], &owners));
+    assert!(claim_of(&out).is_none() && !has_emit(&out, "failover_started"));
+}
+
+#[test]
+fn a_partition_owned_at_a_newer_epoch_is_dropped_and_a_stale_read_undoes_nothing() {
+    let mut b = Bench::new("a", 1);
+    let me = b.joined();
+    b.live_at(2 * TTL);
+    let out = b.read(2000, snapshot(0, &[(&me, 9000)], &[(None, 0)]));
+    let claimed = claim_of(&out).expect("claims the unowned partition");
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: claimed,
+        result: Ok(vec![(PartitionId(0), Epoch(1))]),
+    });
+    // A read sent before the claim committed shows the old row: nothing changes.
+    let out = b.read(1990, snapshot(0, &[(&me, 9000)], &[(None, 0)]));
+    assert!(!has_emit(&out, "partition_lost"));
+    assert_eq!(b.table().held(PartitionId(0)), Held::Serving(Epoch(1)));
+    // Someone took it over at epoch 2 (our lease must have lapsed in the store).
+    let other = NodeId::new("z", 1);
+    let out = b.read(
+        2100,
+        snapshot(0, &[(&me, 9000), (&other, 9000)], &[(Some(&other), 2)]),
+    );
+    assert!(has_emit(&out, "partition_lost"));
+    assert!(out
+        .iter()
+        .any(|c| matches!(c, Command::Drop(l) if l == &[(PartitionId(0), Epoch(1))])));
+    assert_eq!(b.table().held(PartitionId(0)), Held::No);
+}
+
+#[test]
+fn a_claim_whose_answer_was_lost_is_adopted_from_the_next_read() {
+    let mut b = Bench::new("a", 1);
+    let me = b.joined();
+    b.live_at(2 * TTL);
+    let out = b.read(2000, snapshot(0, &[(&me, 9000)], &[(None, 0)]));
+    let claimed = claim_of(&out).expect("claim");
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: claimed,
+        result: Err(StoreError::Unavailable("timeout".into())),
+    });
+    assert_eq!(b.table().held(PartitionId(0)), Held::No);
+    b.read(2100, snapshot(0, &[(&me, 9000)], &[(Some(&me), 1)]));
+    assert_eq!(b.table().held(PartitionId(0)), Held::Serving(Epoch(1)));
+}
+
+#[test]
+fn a_young_node_takes_back_its_own_partitions_first_and_the_others_after_a_ttl() {
+    let mut b = Bench::new("a", 2);
+    let me = b.joined();
+    let old_me = NodeId::new("a", 1);
+    let other = NodeId::new("b", 2);
+    // Both previous owners expired (a store outage); only this node is back.
+    let snap = || {
+        snapshot(
+            5000,
+            &[(&me, 6000), (&NodeId::new("b", 2), 4000)],
+            &[(Some(&old_me), 3), (Some(&other), 3)],
+        )
+    };
+    let out = b.at(
+        10,
+        Input::Read {
+            sent_at: 10,
+            result: Ok(snap()),
+        },
+    );
+    assert_eq!(claim_of(&out), Some(vec![PartitionId(0)]), "only its own");
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: vec![PartitionId(0)],
+        result: Ok(vec![(PartitionId(0), Epoch(4))]),
+    });
+    let out = b.at(
+        TTL + 20,
+        Input::Read {
+            sent_at: TTL + 20,
+            result: Ok(snap()),
+        },
+    );
+    assert_eq!(
+        claim_of(&out),
+        Some(vec![PartitionId(1)]),
+        "settled: the rest"
+    );
+}
+
+fn serving_everything(b: &mut Bench, me: &NodeId, n: u32) {
+    b.live_at(2 * TTL);
+    let owners: Vec<(Option<&NodeId>, u64)> = (0..n).map(|_| (Some(me), 1)).collect();
+    b.read(2000, snapshot(0, &[(me, 99_000)], &owners));
+    assert_eq!(b.table().count(), n as usize);
+}
+
+#[test]
+fn partitions_move_to_a_settled_desired_owner_in_paced_batches() {
+    let mut b = Bench::new("a", 64);
+    b.e.cfg.rebalance.max_per_tick = 5; // test-only access
+    let me = b.joined();
+    serving_everything(&mut b, &me, 64);
+    let newcomer = NodeId::new("b", 1);
+    let owners: Vec<(Option<&NodeId>, u64)> = (0..64).map(|_| (Some(&me), 1)).collect();
+    let snap = |t| snapshot(t, &[(&me, 99_000), (&newcomer, 99_000)], &owners);
+    // Seen for the first time: not settled yet, nothing moves.
+    let out = b.read(2000, snap(0));
+    assert!(!out.iter().any(|c| matches!(c, Command::Handoff(_))));
+    b.live_at(2000 + TTL);
+    let out = b.read(b.now, snap(1000));
+    let moves = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a handoff batch");
+    assert_eq!(moves.len(), 5, "paced by max_per_tick");
+    assert!(moves.iter().all(|m| &*m.to == "b"));
+    let started = out
+        .iter()
+        .filter(|c| matches!(c, Command::Emit(Event::MigrationStarted { .. })))
+        .count();
+    assert_eq!(started, 5);
+    let p = moves[0].partition;
+    assert_eq!(b.table().check(p, b.now), Err(NotServing::Draining));
+    // One batch at a time: another read starts nothing.
+    let out = b.read(b.now, snap(1000));
+    assert!(!out.iter().any(|c| matches!(c, Command::Handoff(_))));
+    // The first move fails to flush and stays; the others are released.
+    let mut results: Vec<(Move, Result<(), String>)> =
+        moves.iter().cloned().map(|m| (m, Ok(()))).collect();
+    results[0].1 = Err("store down".into());
+    let out = b.step(Input::Flushed { moves: results });
+    assert!(has_emit(&out, "migration_failed"));
+    assert_eq!(b.table().held(p), Held::Serving(Epoch(1)));
+    let release = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Release { moves, .. } => Some(moves.clone()),
+            _ => None,
+        })
+        .expect("release");
+    assert_eq!(release.len(), 4);
+    let out = b.step(Input::Released {
+        node: me.clone(),
+        moves: release.clone(),
+        result: Ok(release.iter().map(|m| m.partition).collect()),
+    });
+    let succeeded = out
+        .iter()
+        .filter(|c| matches!(c, Command::Emit(Event::MigrationSucceeded { .. })))
+        .count();
+    assert_eq!(succeeded, 4);
+    assert_eq!(b.table().held(release[0].partition), Held::No);
+    // A stale read that still shows it as ours does not bring it back.
+    b.live_at(b.now + 300);
+    b.read(b.now, snap(1300));
+    assert_eq!(b.table().held(release[0].partition), Held::No);
+}
+
+#[test]
+fn shutdown_hands_off_everything_then_leaves_and_stops() {
+    let mut b = Bench::new("a", 4);
+    let me = b.joined();
+    serving_everything(&mut b, &me, 4);
+    let out = b.step(Input::Shutdown);
+    let moves = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("hands off every partition");
+    assert_eq!(moves.len(), 4);
+    assert_eq!(
+        b.table().check(PartitionId(0), b.now),
+        Err(NotServing::Stopping)
+    );
+    let out = b.step(Input::Flushed {
+        moves: moves.iter().cloned().map(|m| (m, Ok(()))).collect(),
+    });
+    assert!(out.iter().any(|c| matches!(c, Command::Release { .. })));
+    let out = b.step(Input::Released {
+        node: me.clone(),
+        moves: moves.clone(),
+        result: Ok(moves.iter().map(|m| m.partition).collect()),
+    });
+    assert!(out
+        .iter()
+        .any(|c| matches!(c, Command::Leave(n) if *n == me)));
+    let out = b.step(Input::Left { result: Ok(()) });
+    assert!(out.iter().any(|c| matches!(c, Command::Stopped)));
+    assert!(b.e.is_stopped());
+}
+
+#[test]
+fn a_call_for_an_orphan_claims_it_on_demand_but_not_twice_within_20_ms() {
+    let mut b = Bench::new("a", 1);
+    let me = b.joined();
+    b.live_at(2 * TTL);
+    let dead = NodeId::new("b", 1);
+    // The read sees b live: no claim yet.
+    let out = b.read(
+        2000,
+        snapshot(2000, &[(&me, 99_000), (&dead, 2500)], &[(Some(&dead), 1)]),
+    );
+    assert!(claim_of(&out).is_none());
+    // Later b has expired by the estimate and a call arrives.
+    b.live_at(2600);
+    let out = b.step(Input::Wanted(PartitionId(0)));
+    assert_eq!(claim_of(&out), Some(vec![PartitionId(0)]));
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: vec![PartitionId(0)],
+        result: Ok(vec![]),
+    });
+    b.live_at(2610);
+    let out = b.step(Input::Wanted(PartitionId(0)));
+    assert!(claim_of(&out).is_none(), "throttled");
+}
+
+#[test]
+fn the_published_view_routes_to_the_live_owner_else_the_desired_one() {
+    let mut b = Bench::new("a", 2);
+    let me = b.joined();
+    let other = NodeId::new("b", 1);
+    b.live_at(2 * TTL);
+    b.read(
+        2000,
+        snapshot(
+            0,
+            &[(&me, 99_000), (&other, 99_000)],
+            &[(Some(&other), 1), (None, 0)],
+        ),
+    );
+    let view = b.e.published().view();
+    assert_eq!(
+        view.route_target(PartitionId(0), "a", b.now)
+            .map(|n| &n.record.id),
+        Some(&other)
+    );
+    let desired = view.desired(PartitionId(1)).cloned();
+    assert_eq!(
+        view.route_target(PartitionId(1), "a", b.now)
+            .map(|n| n.record.id.name.clone()),
+        desired
+    );
+    let _ = Arc::strong_count(&view);
+}

@@ -1,0 +1,523 @@
+//! The agent host: the activations this node serves, one turn at a time per key, and the
+//! group-commit writer that makes their state durable.
+//!
+//! A request for a key the node owns is *admitted* into the key's bounded mailbox (creating
+//! the activation lazily), waits for the key's turn lock, passes the engine's serving check
+//! ([`ServingTable::check`]) with the activation's epoch, loads the checkpoint on the first
+//! turn, runs the handler, and persists according to the node's mode — in `durable` mode
+//! through [`writer`], fenced by the activation's `(partition, epoch, writer)`.
+//!
+//! The host never decides ownership: it reads the serving table the engine writes, and it
+//! executes the engine's [`Command::Handoff`](crate::core::engine::Command::Handoff),
+//! `Drop` and `DropAll` through [`Host::handoff`], [`Host::drop_partitions`] and
+//! [`Host::drop_all`].
+
+mod activations;
+pub(crate) mod housekeeping;
+pub(crate) mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::checkpoint::{self, DedupeWindow};
+use crate::agent::{Agents, Context, Signal};
+use crate::cluster::Persistence;
+use crate::core::engine::{Held, Move, NotServing, Published};
+use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use crate::core::placement::PlacementPolicy;
+use crate::env::Clock;
+use crate::error::CallError;
+use crate::store::{CheckpointWrite, SharedStore, WriteError};
+use crate::telemetry::{KindSeries, Telemetry};
+use activations::{Activation, Activations, Turn};
+use writer::WriterHandle;
+
+/// What a request does once it holds the key's turn.
+#[derive(Clone, Debug)]
+pub(crate) enum LocalOp {
+    /// Deliver a signal and wait for the reply.
+    Call(Box<Signal>),
+    /// Admit a signal and return; it runs in the background.
+    Cast(Box<Signal>),
+    /// Return the state (activating the key if needed).
+    Get,
+    /// Is the key active here? (Does not activate.)
+    Lookup,
+    /// Make the state durable and deactivate.
+    Stop,
+}
+
+/// The outcome of one local request.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Answer {
+    /// A reply or a state.
+    Value(Value),
+    /// Lookup: active here or not.
+    Active(bool),
+    /// Done, nothing to return.
+    Done,
+}
+
+/// What the host needs from the node's configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct HostConfig {
+    /// The node's name (incarnations come from the serving table).
+    pub(crate) name: Arc<str>,
+    /// Partition count.
+    pub(crate) partitions: u32,
+    /// Placement policy: key → partition.
+    pub(crate) placement: PlacementPolicy,
+    /// When state is made durable.
+    pub(crate) persistence: Persistence,
+    /// Idle time before passivation.
+    pub(crate) idle_timeout: Duration,
+    /// Mailbox bound per key.
+    pub(crate) mailbox_capacity: usize,
+    /// Signal ids remembered per key.
+    pub(crate) dedupe_window: usize,
+    /// Seed of the activation table's hash (fixed in simulations).
+    pub(crate) seed: u64,
+}
+
+/// An admitted request: holds a mailbox slot until dropped.
+pub(crate) struct Admitted {
+    act: Arc<Activation>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.act.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Marks an activation dead unless disarmed: a handler that panics (or a turn cancelled
+/// midway) must not leave a half-changed state behind.
+struct KillOnDrop<'a> {
+    host: &'a Host,
+    act: &'a Arc<Activation>,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.host.kill_activation(self.act);
+        }
+    }
+}
+
+/// The agent host of one node.
+pub(crate) struct Host {
+    config: HostConfig,
+    agents: Agents,
+    store: SharedStore,
+    writer: WriterHandle,
+    activations: Activations,
+    published: Arc<Published>,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+    kind_series: HashMap<String, KindSeries>,
+    tasks: TaskTracker,
+    /// Set when the node is killed (tests): everything answers `Unavailable`.
+    killed: AtomicBool,
+}
+
+impl Host {
+    /// A host over `store`, reading ownership from `published`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: HostConfig,
+        agents: Agents,
+        store: SharedStore,
+        writer: WriterHandle,
+        published: Arc<Published>,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<Telemetry>,
+        tasks: TaskTracker,
+    ) -> Self {
+        let kind_series = agents
+            .kinds()
+            .into_iter()
+            .map(|k| {
+                let series = telemetry.kind_series(&k);
+                (k, series)
+            })
+            .collect();
+        Self {
+            activations: Activations::new(config.partitions, config.seed),
+            config,
+            agents,
+            store,
+            writer,
+            published,
+            clock,
+            telemetry,
+            kind_series,
+            tasks,
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// The registered kinds.
+    pub(crate) fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// The partition of `key`.
+    pub(crate) fn partition_of(&self, key: &AgentKey) -> PartitionId {
+        self.config
+            .placement
+            .partition_of(key, self.config.partitions)
+    }
+
+    /// Activations hosted.
+    pub(crate) fn active(&self) -> usize {
+        self.activations.active()
+    }
+
+    /// The local clock.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Marks the host dead (a killed node in tests) and drops every activation.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.drop_all();
+    }
+
+    /// Executes `op` for `key` on this node, which must own the key's partition. A partition
+    /// this node does not hold answers `NotOwner` with no hint (callers fill it in).
+    pub(crate) async fn execute(
+        self: &Arc<Self>,
+        key: &AgentKey,
+        op: LocalOp,
+    ) -> Result<Answer, CallError> {
+        if self.killed.load(Ordering::Relaxed) {
+            return Err(CallError::Unavailable("node is down".into()));
+        }
+        match op {
+            LocalOp::Lookup => {
+                self.serving_epoch(self.partition_of(key))?;
+                Ok(Answer::Active(self.activations.get(key).is_some()))
+            }
+            LocalOp::Stop => {
+                self.serving_epoch(self.partition_of(key))?;
+                if self.activations.get(key).is_none() {
+                    return Ok(Answer::Done);
+                }
+                let admitted = self.admit(key)?;
+                self.run(admitted, LocalOp::Stop)
+                    .await
+                    .map(|_| Answer::Done)
+            }
+            LocalOp::Cast(signal) => {
+                let admitted = self.admit(key)?;
+                let host = self.clone();
+                let key = key.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = host.run(admitted, LocalOp::Call(signal)).await {
+                        tracing::debug!(%key, error = %e, "cast signal failed");
+                    }
+                });
+                Ok(Answer::Done)
+            }
+            op @ (LocalOp::Call(_) | LocalOp::Get) => {
+                let admitted = self.admit(key)?;
+                self.run(admitted, op).await.map(Answer::Value)
+            }
+        }
+    }
+
+    /// The epoch this node serves `p` at now, or why not.
+    fn serving_epoch(&self, p: PartitionId) -> Result<Epoch, CallError> {
+        self.published
+            .table
+            .check(p, self.clock.now())
+            .map_err(|why| self.refusal(p, why))
+    }
+
+    fn refusal(&self, p: PartitionId, why: NotServing) -> CallError {
+        match why {
+            NotServing::NoLease => {
+                CallError::Unavailable(format!("{} holds no valid lease", self.config.name))
+            }
+            NotServing::Stopping => CallError::ShuttingDown,
+            NotServing::Draining => CallError::Moved { partition: p },
+            NotServing::NotHeld => CallError::NotOwner {
+                partition: p,
+                node: self.config.name.to_string(),
+                hint: None,
+            },
+        }
+    }
+
+    /// Admits a request for `key` into its activation's mailbox (creating the activation).
+    fn admit(&self, key: &AgentKey) -> Result<Admitted, CallError> {
+        let agent = self
+            .agents
+            .get(&key.kind)
+            .ok_or_else(|| CallError::UnknownKind {
+                kind: key.kind.to_string(),
+            })?
+            .clone();
+        let p = self.partition_of(key);
+        let epoch = self.serving_epoch(p)?;
+        let writer = NodeId::new(self.config.name.clone(), self.published.table.incarnation());
+        let (act, created) =
+            self.activations
+                .get_or_create(key, p, epoch, &writer, &agent, self.clock.now());
+        if created {
+            self.telemetry.agents_activated.inc();
+            self.telemetry
+                .agents_active
+                .set(self.activations.active() as i64);
+        }
+        let before = act.queued.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted { act };
+        if before as usize >= self.config.mailbox_capacity {
+            return Err(CallError::Overloaded {
+                key: key.to_string(),
+                capacity: self.config.mailbox_capacity,
+            });
+        }
+        Ok(admitted)
+    }
+
+    /// Runs one admitted request to completion.
+    async fn run(&self, admitted: Admitted, op: LocalOp) -> Result<Value, CallError> {
+        let act = admitted.act.clone();
+        let mut turn = act.turn.lock().await;
+        drop(admitted);
+        if act.is_dead() {
+            return Err(self.refusal(act.partition, NotServing::NotHeld));
+        }
+        // The serving check: the partition may have changed hands while we waited.
+        let now = self.clock.now();
+        match self.published.table.check(act.partition, now) {
+            Ok(e) if e == act.epoch => {}
+            // Stop during a drain of this very epoch is fine: it makes the state durable.
+            Err(NotServing::Draining)
+                if matches!(op, LocalOp::Stop)
+                    && self.published.table.held(act.partition) == Held::Draining(act.epoch) => {}
+            Ok(_) => return Err(self.refusal(act.partition, NotServing::NotHeld)),
+            Err(why) => return Err(self.refusal(act.partition, why)),
+        }
+        act.last_used.store(now, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let mut guard = KillOnDrop {
+            host: self,
+            act: &act,
+            armed: true,
+        };
+        if turn.state.is_none() {
+            self.load(&act, &mut turn).await?;
+        }
+        let result = match op {
+            LocalOp::Get => Ok(act
+                .agent
+                .to_json(turn.state.as_ref().expect("loaded above"))),
+            LocalOp::Stop => {
+                self.flush_locked(&act, &mut turn).await?;
+                guard.armed = false;
+                self.kill_activation(&act);
+                return Ok(Value::Null);
+            }
+            LocalOp::Call(signal) | LocalOp::Cast(signal) => {
+                self.handle_signal(&act, &mut turn, *signal, started).await
+            }
+            LocalOp::Lookup => Ok(Value::Null),
+        };
+        match &result {
+            Err(e) if e.is_retryable() || matches!(e, CallError::Internal(_)) => {}
+            _ => guard.armed = false,
+        }
+        result
+    }
+
+    async fn load(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+        let cp = self
+            .store
+            .read(&act.key)
+            .await
+            .map_err(|e| CallError::Unavailable(format!("loading {}: {e}", act.key)))?;
+        match cp {
+            None => {
+                turn.state = Some(
+                    act.agent
+                        .decode(None)
+                        .map_err(|e| CallError::Internal(e.to_string()))?,
+                );
+                turn.rev = Rev(0);
+            }
+            Some(cp) => {
+                let (state, dedupe) = checkpoint::decode(&cp.data).map_err(CallError::Internal)?;
+                turn.state = Some(
+                    act.agent
+                        .decode(Some(state))
+                        .map_err(|e| CallError::Internal(e.to_string()))?,
+                );
+                turn.dedupe = dedupe;
+                turn.rev = cp.rev;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_signal(
+        &self,
+        act: &Arc<Activation>,
+        turn: &mut Turn,
+        signal: Signal,
+        started: tokio::time::Instant,
+    ) -> Result<Value, CallError> {
+        let id_hash = DedupeWindow::hash_id(&signal.id);
+        if let Some(reply) = turn.dedupe.get(id_hash) {
+            let value = serde_json::from_slice(reply)
+                .map_err(|e| CallError::Internal(format!("corrupt dedupe entry: {e}")))?;
+            self.observe(act, "duplicate", started);
+            return Ok(value);
+        }
+        let mut ctx = Context::new(&act.key);
+        let state = turn.state.as_mut().expect("loaded before handling");
+        let reply = match act.agent.handle(state, &signal, &mut ctx).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.observe(act, "agent_error", started);
+                return Err(CallError::Agent(e));
+            }
+        };
+        if ctx.is_read_only() {
+            self.observe(act, "ok", started);
+            return Ok(reply);
+        }
+        let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
+        turn.dedupe
+            .record(id_hash, bytes.into_boxed_slice(), self.config.dedupe_window);
+        match self.config.persistence {
+            Persistence::Durable => self.persist(act, turn).await?,
+            Persistence::Interval(_) | Persistence::OnPassivate => {
+                act.dirty.store(true, Ordering::Release);
+            }
+        }
+        self.observe(act, "ok", started);
+        Ok(reply)
+    }
+
+    fn observe(&self, act: &Activation, outcome: &'static str, started: tokio::time::Instant) {
+        if let Some(series) = self.kind_series.get(&*act.key.kind) {
+            series.observe(outcome, started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Writes the activation's state through the group-commit writer, fenced by its epoch.
+    /// On any failure the caller MUST drop the activation (its memory is ahead of the store).
+    async fn persist(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+        let state = turn.state.as_ref().expect("persist only after load");
+        let data = checkpoint::encode(&act.agent.encode(state), &turn.dedupe);
+        let write = CheckpointWrite {
+            key: act.key.clone(),
+            partition: act.partition,
+            epoch: act.epoch,
+            writer: act.writer.clone(),
+            expected_rev: turn.rev,
+            data: Some(data),
+        };
+        match self.writer.write(write).await {
+            Ok(Ok(rev)) => {
+                turn.rev = rev;
+                act.dirty.store(false, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(WriteError::Fenced {
+                partition,
+                owner,
+                epoch,
+            })) => {
+                tracing::info!(key = %act.key, %partition, %epoch, "write fenced: partition owned elsewhere");
+                Err(CallError::NotOwner {
+                    partition,
+                    node: self.config.name.to_string(),
+                    hint: owner,
+                })
+            }
+            Ok(Err(e @ WriteError::Conflict { .. })) => {
+                tracing::error!(key = %act.key, error = %e, "checkpoint revision conflict: reloading");
+                Err(CallError::Unavailable(format!("checkpoint conflict: {e}")))
+            }
+            Err(e) => Err(CallError::Unavailable(format!("checkpoint write: {e}"))),
+        }
+    }
+
+    /// Persists the activation if it has unwritten changes.
+    async fn flush_locked(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+        if act.dirty.load(Ordering::Acquire) && turn.state.is_some() {
+            self.persist(act, turn).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes an activation without writing.
+    fn kill_activation(&self, act: &Arc<Activation>) {
+        if self.activations.remove(act) {
+            self.telemetry.agents_passivated.inc();
+            self.telemetry
+                .agents_active
+                .set(self.activations.active() as i64);
+        }
+    }
+
+    /// The host's part of a planned move: for each partition (already draining), take every
+    /// activation's turn so the in-flight signal finishes, write unwritten state, drop it.
+    pub(crate) async fn handoff(&self, moves: Vec<Move>) -> Vec<(Move, Result<(), String>)> {
+        let mut out = Vec::with_capacity(moves.len());
+        for m in moves {
+            let result = self.flush_partition(m.partition, m.epoch).await;
+            out.push((m, result));
+        }
+        out
+    }
+
+    async fn flush_partition(&self, p: PartitionId, e: Epoch) -> Result<(), String> {
+        for act in self.activations.in_partition(p) {
+            if act.epoch != e {
+                self.kill_activation(&act);
+                continue;
+            }
+            let mut turn = act.turn.lock().await;
+            if act.is_dead() {
+                continue;
+            }
+            let result = self.flush_locked(&act, &mut turn).await;
+            drop(turn);
+            self.kill_activation(&act);
+            if let Err(err) = result {
+                return Err(format!("could not write {}: {err}", act.key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops, without writing, the activations of partitions this node lost.
+    pub(crate) fn drop_partitions(&self, lost: &[(PartitionId, Epoch)]) {
+        for &(p, e) in lost {
+            for act in self.activations.in_partition(p) {
+                if act.epoch <= e {
+                    self.kill_activation(&act);
+                }
+            }
+        }
+    }
+
+    /// Drops every activation without writing (self-fence, kill).
+    pub(crate) fn drop_all(&self) -> usize {
+        let n = self.activations.drop_all();
+        self.telemetry.agents_active.set(0);
+        n
+    }
+}
