@@ -124,9 +124,10 @@ impl LeaseState {
         Some(self.deadline.map_or(0, |d| d.saturating_sub(now)).max(10))
     }
 
-    /// When the next renewal is due.
-    pub(crate) fn next_renew(&self) -> LocalMs {
-        self.next_renew
+    /// When the next renewal is due; `None` while two are in flight (the next is sent when
+    /// one answers).
+    pub(crate) fn next_renew(&self) -> Option<LocalMs> {
+        (self.renewals_in_flight < 2).then_some(self.next_renew)
     }
 
     /// A renewal answered; on success returns the new deadline if it moved forward (an older,

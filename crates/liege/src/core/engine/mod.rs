@@ -261,14 +261,13 @@ impl Engine {
         match self.phase {
             Phase::Joining => self.lease.next_join(),
             Phase::Member | Phase::Leaving => {
-                let mut at = self.lease.next_renew();
-                if let (Some(d), true) = (self.lease.deadline, self.deadline_enforced()) {
-                    at = at.min(d);
-                }
-                if self.phase == Phase::Member && !self.read_in_flight {
-                    at = at.min(self.next_read);
-                }
-                Some(at)
+                let deadline = self.lease.deadline.filter(|_| self.deadline_enforced());
+                let read =
+                    (self.phase == Phase::Member && !self.read_in_flight).then_some(self.next_read);
+                [self.lease.next_renew(), deadline, read]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             Phase::Stopped => None,
         }
@@ -673,6 +672,15 @@ impl Engine {
                 return;
             }
         };
+        // A late answer may report a claim this node has since adopted from a read, served,
+        // and released (or seen superseded): only a claim newer than all of that counts.
+        let claimed: Vec<(PartitionId, Epoch)> = claimed
+            .into_iter()
+            .filter(|&(p, e)| {
+                let (_, known) = self.view.owner(p);
+                known <= e && self.handoffs.released().get(&p) != Some(&e)
+            })
+            .collect();
         claims::claimed_events(&flight, &claimed, &self.view, now, out);
         let view = Arc::make_mut(&mut self.view);
         for &(p, e) in &claimed {

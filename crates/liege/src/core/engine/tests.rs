@@ -517,3 +517,54 @@ fn the_published_view_routes_to_the_live_owner_else_the_desired_one() {
     );
     let _ = Arc::strong_count(&view);
 }
+
+#[test]
+fn a_late_claim_answer_does_not_bring_back_a_partition_released_since() {
+    // Found by the simulator (seed 7596): the claim committed, a read adopted it, the node
+    // served it and handed it off — and then the claim's answer arrived.
+    let mut b = Bench::new("a", 8);
+    let me = b.joined();
+    let other = NodeId::new("b", 1);
+    b.live_at(2 * TTL);
+    let unowned: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (None, 2)).collect();
+    let out = b.read(2000, snapshot(0, &[(&me, 99_000)], &unowned));
+    let asked = claim_of(&out).expect("claims every unowned partition");
+    // The claim committed; its answer is slow. Reads adopt the partitions, and `b` settles.
+    let ours: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (Some(&me), 3)).collect();
+    let both = |t| snapshot(t, &[(&me, 99_000), (&other, 99_000)], &ours);
+    b.read(2010, both(10));
+    b.live_at(2010 + TTL);
+    let out = b.read(b.now, both(1010));
+    let moves = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("some partitions move to b");
+    b.step(Input::Flushed {
+        moves: moves.iter().cloned().map(|m| (m, Ok(()))).collect(),
+    });
+    b.step(Input::Released {
+        node: me.clone(),
+        moves: moves.clone(),
+        result: Ok(moves.iter().map(|m| m.partition).collect()),
+    });
+    let gone = moves[0].partition;
+    assert_eq!(b.table().held(gone), Held::No);
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: asked.clone(),
+        result: Ok(asked.iter().map(|p| (*p, Epoch(3))).collect()),
+    });
+    assert_eq!(
+        b.table().held(gone),
+        Held::No,
+        "the stale answer is ignored"
+    );
+    let kept = asked
+        .iter()
+        .find(|p| !moves.iter().any(|m| m.partition == **p))
+        .expect("b does not get every partition");
+    assert_eq!(b.table().held(*kept), Held::Serving(Epoch(3)));
+}

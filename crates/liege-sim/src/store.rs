@@ -1,0 +1,179 @@
+//! [`SimStore`]: one node's view of the shared memory store, with seeded latency, outages and
+//! lost replies.
+//!
+//! The memory store keeps its real fencing rules and clock (virtual time). Between it and each
+//! node sits a `SimStore`: every operation waits a random latency before and after it runs;
+//! during an outage it fails as unavailable without running; a lost reply runs it and then
+//! reports it unavailable (the caller must treat the outcome as unknown).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use liege::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use liege::store::{
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
+    NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What a node's link to the store does right now.
+#[derive(Debug, Clone)]
+pub struct StoreConditions {
+    /// Latency range of each half of an operation, in microseconds.
+    pub latency_us: (u64, u64),
+    /// Operations fail without running.
+    pub down: bool,
+    /// Probability that an operation runs but its answer is lost.
+    pub lose_reply: f64,
+    /// Tail latency: with this probability one half of an operation takes up to
+    /// `spike_us` longer.
+    pub spike: (f64, u64),
+}
+
+impl Default for StoreConditions {
+    fn default() -> Self {
+        Self {
+            latency_us: (100, 1_500),
+            down: false,
+            lose_reply: 0.0,
+            spike: (0.0, 0),
+        }
+    }
+}
+
+/// Shared handle to change one node's store conditions.
+#[derive(Clone)]
+pub struct StoreLink {
+    state: Arc<Mutex<(StoreConditions, StdRng)>>,
+}
+
+impl StoreLink {
+    /// Normal conditions; randomness from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: Arc::new(Mutex::new((
+                StoreConditions::default(),
+                StdRng::seed_from_u64(seed),
+            ))),
+        }
+    }
+
+    /// Replaces the conditions.
+    pub fn set(&self, conditions: StoreConditions) {
+        self.state.lock().0 = conditions;
+    }
+
+    /// The current conditions.
+    pub fn get(&self) -> StoreConditions {
+        self.state.lock().0.clone()
+    }
+
+    fn latency(&self) -> Duration {
+        let mut s = self.state.lock();
+        let (lo, hi) = s.0.latency_us;
+        let mut us = s.1.random_range(lo..=hi.max(lo));
+        let (p, spike) = s.0.spike;
+        if p > 0.0 && s.1.random_bool(p) {
+            us += s.1.random_range(0..=spike);
+        }
+        Duration::from_micros(us)
+    }
+
+    fn down(&self) -> bool {
+        self.state.lock().0.down
+    }
+
+    fn lose(&self) -> bool {
+        let mut s = self.state.lock();
+        let p = s.0.lose_reply;
+        p > 0.0 && s.1.random_bool(p)
+    }
+}
+
+/// The shared store as one node sees it.
+pub struct SimStore {
+    inner: SharedStore,
+    link: StoreLink,
+}
+
+impl SimStore {
+    /// `inner` behind `link`.
+    pub fn new(inner: SharedStore, link: StoreLink) -> Self {
+        Self { inner, link }
+    }
+
+    async fn around<T>(
+        &self,
+        op: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        tokio::time::sleep(self.link.latency()).await;
+        if self.link.down() {
+            return Err(StoreError::Unavailable(
+                "store unreachable (simulated)".into(),
+            ));
+        }
+        let result = op.await;
+        tokio::time::sleep(self.link.latency()).await;
+        if self.link.down() || self.link.lose() {
+            return Err(StoreError::Unavailable("reply lost (simulated)".into()));
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for SimStore {
+    fn backend(&self) -> &'static str {
+        "sim"
+    }
+    async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
+        self.around(self.inner.init_cluster(proposed)).await
+    }
+    async fn now(&self) -> StoreResult<StoreTime> {
+        self.around(self.inner.now()).await
+    }
+    async fn join(&self, node: &NodeRecord, ttl_ms: u64) -> StoreResult<Lease> {
+        self.around(self.inner.join(node, ttl_ms)).await
+    }
+    async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
+        self.around(self.inner.renew(node, ttl_ms)).await
+    }
+    async fn leave(&self, node: &NodeId) -> StoreResult<()> {
+        self.around(self.inner.leave(node)).await
+    }
+    async fn nodes(&self) -> StoreResult<Membership> {
+        self.around(self.inner.nodes()).await
+    }
+    async fn directory(&self) -> StoreResult<Directory> {
+        self.around(self.inner.directory()).await
+    }
+    async fn claim(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
+        self.around(self.inner.claim(node, partitions)).await
+    }
+    async fn release(
+        &self,
+        node: &NodeId,
+        partitions: &[(PartitionId, Epoch)],
+    ) -> StoreResult<Vec<PartitionId>> {
+        self.around(self.inner.release(node, partitions)).await
+    }
+    async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+        self.around(self.inner.read(key)).await
+    }
+    async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
+        self.around(self.inner.write(batch)).await
+    }
+    async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
+        self.inner.audit().await
+    }
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
+        self.inner.watch()
+    }
+}
