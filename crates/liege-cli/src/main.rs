@@ -2,6 +2,7 @@
 
 mod drill;
 mod node;
+mod placement;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// Run the multi-region chaos drill: real nodes, a fault, a pass/fail verdict.
     Drill(Box<drill::DrillArgs>),
+    /// Show the cluster's placement policy, or change it while no node runs.
+    Placement(placement::PlacementArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Node(args) => node::run(*args).await,
             Command::Drill(args) => drill::run(*args).await,
+            Command::Placement(args) => placement::run(args).await,
         }
     });
     match result {

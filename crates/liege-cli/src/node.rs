@@ -80,10 +80,10 @@ pub(crate) fn init_logging(json: bool) {
     }
 }
 
-fn store_url(args: &NodeArgs) -> anyhow::Result<StoreUrl> {
-    let raw = args
-        .store
-        .clone()
+/// The store named by `--store`, else `DATABASE_URL`, else the default SQLite file.
+pub(crate) fn store_url(flag: Option<&str>) -> anyhow::Result<StoreUrl> {
+    let raw = flag
+        .map(str::to_string)
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .unwrap_or_else(|| "sqlite:./liege-data/liege.db".to_string());
     raw.parse::<StoreUrl>().map_err(|e| anyhow::anyhow!(e))
@@ -118,7 +118,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     if !sabotage.is_none() {
         tracing::error!(%sabotage, "SABOTAGE is on: this node breaks the guarantees on purpose");
     }
-    let url = store_url(&args)?;
+    let url = store_url(args.store.as_deref())?;
     let options = StoreOptions {
         audit: args.audit,
         sabotage,

@@ -39,7 +39,7 @@ impl Default for StoreConditions {
             latency_us: (100, 1_500),
             down: false,
             lose_reply: 0.0,
-            spike: (0.0, 0),
+            spike: (0.01, 300_000),
         }
     }
 }
@@ -131,6 +131,12 @@ impl Store for SimStore {
     }
     async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
         self.around(self.inner.init_cluster(proposed)).await
+    }
+    async fn cluster(&self) -> StoreResult<Option<ClusterMeta>> {
+        self.around(self.inner.cluster()).await
+    }
+    async fn set_placement(&self, placement: &str) -> StoreResult<()> {
+        self.around(self.inner.set_placement(placement)).await
     }
     async fn now(&self) -> StoreResult<StoreTime> {
         self.around(self.inner.now()).await

@@ -1,3 +1,4 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
 //! Durable batched checkpoint writes to a throwaway PostgreSQL server (`fsync` on).
 //!
 //! `cargo bench -p liege --bench postgres`. Each iteration commits batches of 256 fenced
@@ -25,6 +26,7 @@ async fn setup(pg: &TempPostgres) -> (Arc<PostgresStore>, NodeId) {
         partitions: PARTITIONS,
         secret_salt: vec![0],
         secret_verifier: vec![0],
+        placement: None,
     };
     store.init_cluster(&meta).await.expect("init");
     let node = NodeRecord {

@@ -117,6 +117,16 @@ impl Store for FaultyStore {
         let r = self.inner.init_cluster(proposed).await;
         self.leave_with(r).await
     }
+    async fn cluster(&self) -> StoreResult<Option<ClusterMeta>> {
+        self.enter().await?;
+        let r = self.inner.cluster().await;
+        self.leave_with(r).await
+    }
+    async fn set_placement(&self, placement: &str) -> StoreResult<()> {
+        self.enter().await?;
+        let r = self.inner.set_placement(placement).await;
+        self.leave_with(r).await
+    }
     async fn now(&self) -> StoreResult<StoreTime> {
         self.enter().await?;
         let r = self.inner.now().await;

@@ -48,3 +48,65 @@ fn an_idempotency_key_is_applied_once_across_a_restart() {
     );
     assert_eq!(node.inc("idem", Some("order-18")), 2);
 }
+
+/// Runs `liege` with `args`; returns the exit code and stdout + stderr.
+fn liege(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
+        .args(args)
+        .output()
+        .expect("liege runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_placement_policy_changes_only_with_every_node_stopped_and_binds_every_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("liege.db");
+    let store = format!("sqlite:{}", db.display());
+    let mut node = NodeProcess::start("solo", "iad", &db, &[]);
+    let (code, text) = liege(&["placement", "--store", &store]);
+    assert_eq!(
+        (code, text.contains("placement: none")),
+        (0, true),
+        "{text}"
+    );
+    let policy = "regions=iad>ord,ord>iad";
+    let (code, text) = liege(&["placement", "--store", &store, "--set", policy]);
+    assert_eq!(code, 2, "refused while a node is live: {text}");
+    assert!(
+        text.contains("live lease") && text.contains("solo"),
+        "{text}"
+    );
+    assert!(node.terminate().success());
+    let (code, text) = liege(&[
+        "placement",
+        "--store",
+        &store,
+        "--set",
+        "regions=iad>nowhere",
+    ]);
+    assert_eq!(code, 2, "an invalid policy changes nothing: {text}");
+    let (code, text) = liege(&["placement", "--store", &store, "--set", policy]);
+    assert_eq!(code, 0, "{text}");
+    // A node with the old (default) policy now refuses to start, naming the rule.
+    let (code, text) = liege(&[
+        "node",
+        "--name",
+        "solo",
+        "--store",
+        &store,
+        "--http",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("placement policy"), "{text}");
+    let node = NodeProcess::start("solo", "iad", &db, &["--placement", policy]);
+    assert_eq!(node.inc("k", None), 1);
+}

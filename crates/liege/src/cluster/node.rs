@@ -236,7 +236,7 @@ impl Node {
         let (stopped_tx, stopped) = watch::channel(false);
         let driver = Driver {
             engine,
-            store,
+            store: store.clone(),
             host: host.clone(),
             clock,
             telemetry: telemetry.clone(),
@@ -249,7 +249,18 @@ impl Node {
         let (joined_tx, joined) = oneshot::channel();
         tasks.spawn(driver.run(handle.clone(), inbox, Some(joined_tx)));
         match joined.await {
-            Ok(Ok(())) => {}
+            // A placement change may have committed between the check and the join (it waits
+            // for no live node, and holds joins back while it changes the policy): check again
+            // now that this node is live.
+            Ok(Ok(())) => {
+                if let Err(e) = check_cluster(&config, &store, &tconfig.secret).await {
+                    handle.shutdown();
+                    let mut stopped = stopped.clone();
+                    let _ = tokio::time::timeout(config.lease_ttl, stopped.wait_for(|s| *s)).await;
+                    shutdown.cancel();
+                    return Err(e);
+                }
+            }
             Ok(Err(e)) => {
                 shutdown.cancel();
                 return Err(StartError::Store(e));
@@ -514,17 +525,20 @@ impl Node {
     }
 }
 
-/// Creates the cluster in the store or checks this node's settings against it.
+/// Creates the cluster in the store or checks this node's settings against it: partition
+/// count, secret and placement policy must be the cluster's.
 async fn check_cluster(
     config: &NodeConfig,
     store: &SharedStore,
     secret: &[u8],
 ) -> Result<(), StartError> {
     let salt: [u8; 16] = rand::random();
+    let placement = config.placement.to_string();
     let proposed = ClusterMeta {
         partitions: config.partitions,
         secret_salt: salt.to_vec(),
         secret_verifier: secret_verifier(secret, &salt),
+        placement: Some(placement.clone()),
     };
     let meta = store.init_cluster(&proposed).await?;
     if meta.partitions != config.partitions {
@@ -540,6 +554,15 @@ async fn check_cluster(
              refusing to join (peers could not reach it)"
                 .into(),
         ));
+    }
+    let recorded = meta.placement.as_deref().unwrap_or("none");
+    if recorded != placement && !config.sabotage.mixed_placement() {
+        return Err(StartError::Mismatch(format!(
+            "this node's placement policy ({placement}) differs from the cluster's \
+             ({recorded}); every node must use the same policy, which decides the partition of \
+             every key. To change it, stop every node and run `liege placement --store ... \
+             --set POLICY`"
+        )));
     }
     Ok(())
 }

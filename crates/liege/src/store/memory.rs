@@ -28,8 +28,8 @@ use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 const WATCH_CAPACITY: usize = 256;
 
 /// Sabotage `stale-claim-snapshot`: how long a claim waits between reading leases and
-/// deciding (longer than the margin of a 1 s lease).
-const STALE_CLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(150);
+/// deciding (a claim statement stuck for most of a 1 s lease).
+const STALE_CLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// Opens a fresh in-process store.
 pub async fn open(options: StoreOptions) -> StoreResult<SharedStore> {
@@ -146,7 +146,10 @@ impl Store for MemoryStore {
 
     async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
         let mut t = self.tables.lock();
-        if let Some(meta) = &t.meta {
+        if let Some(meta) = &mut t.meta {
+            if meta.placement.is_none() {
+                meta.placement = proposed.placement.clone();
+            }
             return Ok(meta.clone());
         }
         t.meta = Some(proposed.clone());
@@ -158,6 +161,28 @@ impl Store for MemoryStore {
             })
             .collect();
         Ok(proposed.clone())
+    }
+
+    async fn cluster(&self) -> StoreResult<Option<ClusterMeta>> {
+        Ok(self.tables.lock().meta.clone())
+    }
+
+    async fn set_placement(&self, placement: &str) -> StoreResult<()> {
+        let mut t = self.tables.lock();
+        let now = self.clock();
+        let live: Vec<String> = t
+            .nodes
+            .values()
+            .filter(|n| n.lease_expires_at > now)
+            .map(|n| n.record.id.name.to_string())
+            .collect();
+        rules::placement_change_allowed(&live)?;
+        let meta = t
+            .meta
+            .as_mut()
+            .ok_or_else(|| StoreError::Mismatch("there is no cluster in this store".into()))?;
+        meta.placement = Some(placement.to_string());
+        Ok(())
     }
 
     async fn now(&self) -> StoreResult<StoreTime> {

@@ -43,6 +43,11 @@ pub struct ClusterMeta {
     /// `HMAC-SHA256(secret, "liege-verifier" ‖ salt)`: lets a node check it has the cluster's
     /// secret without the store holding the secret.
     pub secret_verifier: Vec<u8>,
+    /// The cluster's placement policy in its canonical text form
+    /// ([`PlacementPolicy`](crate::core::placement::PlacementPolicy)'s `Display`). It decides
+    /// which partition a key is in, so every node must use the same one. `None` only in a
+    /// store created before policies were recorded: the first node to start records its own.
+    pub placement: Option<String>,
 }
 
 /// What a node publishes about itself when it joins.
@@ -250,6 +255,16 @@ pub trait Store: Send + Sync + 'static {
     /// at epoch 0, unless it exists; returns the stored facts either way (the caller compares).
     async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta>;
 
+    /// The stored cluster facts, or `None` before any node created the cluster.
+    async fn cluster(&self) -> StoreResult<Option<ClusterMeta>>;
+
+    /// Replaces the recorded placement policy — only while no node holds a live lease, since
+    /// it moves keys between partitions (a whole-cluster change: stop every node first).
+    /// Serializes with joins, so a node starting meanwhile sees either the old policy before
+    /// it joins or the new one after. [`StoreError::Mismatch`] if nodes are live or there is no
+    /// cluster.
+    async fn set_placement(&self, placement: &str) -> StoreResult<()>;
+
     /// The store's clock now.
     async fn now(&self) -> StoreResult<StoreTime>;
 
@@ -327,7 +342,10 @@ impl std::fmt::Debug for dyn Store {
 pub type SharedStore = Arc<dyn Store>;
 
 /// How a store is named on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Display` and `Debug` never show a password: `postgres://user:***@host/db`
+/// (and `password=***` in the query).
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `memory:` — a fresh in-process store.
     Memory,
@@ -359,6 +377,52 @@ impl std::str::FromStr for StoreUrl {
     }
 }
 
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory:"),
+            StoreUrl::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreUrl::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+/// A connection URL with its password replaced by `***`: the userinfo password
+/// (`scheme://user:secret@host`) and any `password=` query parameter.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
 /// Options common to every backend.
 #[derive(Clone, Debug, Default)]
 pub struct StoreOptions {
@@ -375,5 +439,33 @@ pub async fn open(url: &StoreUrl, options: StoreOptions) -> StoreResult<SharedSt
         StoreUrl::Memory => memory::open(options).await,
         StoreUrl::Sqlite(path) => sqlite::open(path, options).await,
         StoreUrl::Postgres(url) => postgres::open(url, options).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_never_show_a_password() {
+        let url: StoreUrl =
+            "postgres://liege:S3cret!@db.internal:5432/liege?sslmode=require&password=S3cret!"
+                .parse()
+                .unwrap();
+        for shown in [url.to_string(), format!("{url:?}")] {
+            assert!(!shown.contains("S3cret"), "{shown}");
+            assert!(
+                shown.contains("liege:***@db.internal:5432/liege"),
+                "{shown}"
+            );
+            assert!(shown.contains("password=***"), "{shown}");
+        }
+        assert_eq!(
+            redact_url("postgresql://u@host/db"),
+            "postgresql://u@host/db",
+            "no password, nothing to hide"
+        );
+        assert_eq!(redact_url("postgres://a:b@c/d@e"), "postgres://a:***@c/d@e");
+        assert_eq!(StoreUrl::Memory.to_string(), "memory:");
     }
 }

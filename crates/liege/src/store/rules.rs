@@ -4,7 +4,7 @@
 //! Keeping the rules here means memory, SQLite and Postgres cannot drift apart on what
 //! "expired", "claimable" or "fenced" mean.
 
-use super::{StoreTime, WriteError};
+use super::{StoreError, StoreTime, WriteError};
 use crate::core::ids::{Epoch, NodeId, PartitionId, Rev};
 
 /// The end of a lease of `ttl_ms` granted at `now`, saturating instead of overflowing.
@@ -119,6 +119,20 @@ pub(crate) fn rev_after(expected: Rev, is_delete: bool) -> Rev {
         Rev(0)
     } else {
         Rev(expected.0 + 1)
+    }
+}
+
+/// A placement change needs a stopped cluster: `live` names the nodes holding a lease.
+pub(crate) fn placement_change_allowed(live: &[String]) -> Result<(), StoreError> {
+    if live.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Mismatch(format!(
+            "{} node(s) hold a live lease ({}): stop every node of the cluster before changing \
+             its placement policy",
+            live.len(),
+            live.join(", ")
+        )))
     }
 }
 

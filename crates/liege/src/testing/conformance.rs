@@ -65,6 +65,7 @@ macro_rules! define_cases {
 
 define_cases!(
     init_cluster_is_idempotent_and_returns_the_stored_facts,
+    the_placement_is_recorded_once_and_changes_only_with_no_live_node,
     join_refuses_a_name_held_by_a_live_incarnation,
     join_takes_over_a_name_after_expiry_or_leave,
     renew_extends_the_lease_of_the_same_incarnation,
@@ -119,6 +120,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             init_cluster_is_idempotent_and_returns_the_stored_facts,
+            the_placement_is_recorded_once_and_changes_only_with_no_live_node,
             join_refuses_a_name_held_by_a_live_incarnation,
             join_takes_over_a_name_after_expiry_or_leave,
             renew_extends_the_lease_of_the_same_incarnation,
@@ -167,6 +169,7 @@ pub fn test_meta(partitions: u32, salt: &[u8]) -> ClusterMeta {
         partitions,
         secret_salt: salt.to_vec(),
         secret_verifier: [salt, b"-verifier"].concat(),
+        placement: Some("none".into()),
     }
 }
 

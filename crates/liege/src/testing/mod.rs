@@ -3,6 +3,8 @@
 
 mod cluster;
 pub mod conformance;
+#[doc(hidden)]
+pub mod decoders;
 
 pub mod postgres;
 

@@ -115,6 +115,14 @@ pub(crate) enum Refusal {
     Garbage(String),
 }
 
+/// Decodes `body` as each handshake message; returns how many accepted it (fuzzing).
+pub(crate) fn decode_any(body: &[u8]) -> usize {
+    usize::from(decode::<Hello>(body).is_ok())
+        + usize::from(postcard::take_from_bytes::<HelloPrefix>(body).is_ok())
+        + usize::from(decode::<ServerMessage>(body).is_ok())
+        + usize::from(decode::<Auth>(body).is_ok())
+}
+
 /// Runs the server side of the handshake. Returns the authenticated peer's node name.
 pub(crate) async fn accept<R, W>(
     reader: &mut FrameReader<R>,

@@ -19,9 +19,9 @@
 //! Wire format and handshake: `docs/PROTOCOL.md`.
 
 mod client;
-mod codec;
+pub(crate) mod codec;
 mod config;
-mod handshake;
+pub(crate) mod handshake;
 pub mod message;
 mod server;
 #[cfg(test)]

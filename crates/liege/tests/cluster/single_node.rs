@@ -309,3 +309,30 @@ async fn interval_persistence_writes_changed_state_in_the_background() {
         .unwrap();
     assert_eq!(value(&reply.value), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_placement_policy_refuses_to_join() {
+    init_tracing();
+    let mut cluster = TestCluster::builder().node("a", "iad").start().await;
+    let mut config = liege::cluster::NodeConfig::new("b", "ord");
+    config.partitions = 64;
+    config.secret = Some(b"test-cluster-secret".to_vec());
+    config.placement = "regions=iad>ord,ord>iad".parse().expect("policy");
+    let err = liege::cluster::Node::start(config, cluster.store().clone(), Agents::with_builtins())
+        .await
+        .expect_err("a second policy would put keys in two partitions");
+    let text = err.to_string();
+    assert!(text.contains("placement policy"), "{text}");
+    assert!(
+        matches!(err, liege::cluster::StartError::Mismatch(_)),
+        "{err:?}"
+    );
+    // The first node keeps serving.
+    let reply = cluster
+        .node("a")
+        .call(&counter("k"), Signal::new("inc"), CallOptions::default())
+        .await
+        .expect("still serving");
+    assert_eq!(value(&reply.value), 1);
+    let _ = cluster.add_node("c", "iad").await;
+}

@@ -2,6 +2,7 @@
 //! concurrent migrations). Skipped with a "skipped: ..." line when no PostgreSQL binaries
 //! are installed, unless `LIEGE_REQUIRE_POSTGRES=1`.
 
+mod clock;
 mod fencing;
 mod ops;
 mod outage;
@@ -58,6 +59,7 @@ fn meta(partitions: u32) -> ClusterMeta {
         partitions,
         secret_salt: b"salt".to_vec(),
         secret_verifier: b"verifier".to_vec(),
+        placement: None,
     }
 }
 

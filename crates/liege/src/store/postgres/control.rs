@@ -12,13 +12,13 @@ use crate::store::{
 };
 
 const INIT_SQL: &str =
-    "SELECT o_partitions, o_salt, o_verifier FROM liege_init_cluster($1, $2, $3)";
+    "SELECT o_partitions, o_salt, o_verifier, o_placement FROM liege_init_cluster($1, $2, $3, $4)";
+const CLUSTER_SQL: &str =
+    "SELECT partitions, secret_salt, secret_verifier, placement FROM liege_meta";
+const SET_PLACEMENT_SQL: &str = "SELECT o_live FROM liege_set_placement($1)";
 const NOW_SQL: &str = "SELECT liege_now_ms()";
 const JOIN_SQL: &str = "SELECT o_ok, o_now, o_until FROM liege_join($1, $2, $3, $4, $5, $6)";
-const RENEW_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
-     UPDATE liege_nodes n SET lease_expires_at = liege_lease_end(t.now, $3) FROM t \
-     WHERE n.name = $1 AND n.incarnation = $2 AND n.lease_expires_at > t.now \
-     RETURNING t.now, n.lease_expires_at";
+const RENEW_SQL: &str = "SELECT o_now, o_until FROM liege_renew($1, $2, $3)";
 const LEAVE_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now), \
      u AS (UPDATE liege_nodes n SET lease_expires_at = LEAST(n.lease_expires_at, t.now), \
            has_left = true FROM t WHERE n.name = $1 AND n.incarnation = $2 RETURNING 1) \
@@ -50,10 +50,11 @@ impl Store for PostgresStore {
 
     async fn init_cluster(&self, proposed: &ClusterMeta) -> StoreResult<ClusterMeta> {
         let partitions = i64::from(proposed.partitions);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
             &partitions,
             &proposed.secret_salt,
             &proposed.secret_verifier,
+            &proposed.placement,
         ];
         let rows = self.query(INIT_SQL, &params).await?;
         let row = rows
@@ -63,7 +64,31 @@ impl Store for PostgresStore {
             partitions: partition_from_db(get(row, 0)?)?,
             secret_salt: get(row, 1)?,
             secret_verifier: get(row, 2)?,
+            placement: get(row, 3)?,
         })
+    }
+
+    async fn cluster(&self) -> StoreResult<Option<ClusterMeta>> {
+        let rows = self.query(CLUSTER_SQL, &[]).await?;
+        rows.first()
+            .map(|row| {
+                Ok(ClusterMeta {
+                    partitions: partition_from_db(get(row, 0)?)?,
+                    secret_salt: get(row, 1)?,
+                    secret_verifier: get(row, 2)?,
+                    placement: get(row, 3)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn set_placement(&self, placement: &str) -> StoreResult<()> {
+        let rows = self.query(SET_PLACEMENT_SQL, &[&placement]).await?;
+        let live = rows
+            .iter()
+            .map(|row| get::<String>(row, 0))
+            .collect::<StoreResult<Vec<_>>>()?;
+        crate::store::rules::placement_change_allowed(&live)
     }
 
     async fn now(&self) -> StoreResult<StoreTime> {

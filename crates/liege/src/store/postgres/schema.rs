@@ -12,7 +12,11 @@ use super::pool::map_error;
 use crate::store::{StoreError, StoreResult};
 
 /// The migrations, in order: `(version, sql)`. Never edit a released one; add a new version.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_placement.sql")),
+    (3, include_str!("migrations/0003_claim_clock.sql")),
+];
 
 /// Key of the advisory lock serializing migrations (an arbitrary constant: "liege" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c_69_65_67_65;

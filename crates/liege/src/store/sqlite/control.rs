@@ -26,35 +26,54 @@ fn owner(name: Option<String>, incarnation: Option<i64>) -> Option<NodeId> {
     }
 }
 
+/// The stored cluster facts, if the cluster exists.
+pub(super) fn cluster(conn: &mut Connection) -> StoreResult<Option<ClusterMeta>> {
+    read_meta(&conn.transaction().sql()?)
+}
+
+fn read_meta(tx: &Transaction<'_>) -> StoreResult<Option<ClusterMeta>> {
+    tx.query_row(
+        "SELECT partitions, secret_salt, secret_verifier, placement FROM cluster_meta \
+         WHERE id = 1",
+        [],
+        |r| {
+            Ok(ClusterMeta {
+                partitions: r.get(0)?,
+                secret_salt: r.get(1)?,
+                secret_verifier: r.get(2)?,
+                placement: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+    .sql()
+}
+
 pub(super) fn init_cluster(
     conn: &mut Connection,
     proposed: &ClusterMeta,
 ) -> StoreResult<ClusterMeta> {
     let tx = immediate(conn)?;
-    let stored = tx
-        .query_row(
-            "SELECT partitions, secret_salt, secret_verifier FROM cluster_meta WHERE id = 1",
-            [],
-            |r| {
-                Ok(ClusterMeta {
-                    partitions: r.get(0)?,
-                    secret_salt: r.get(1)?,
-                    secret_verifier: r.get(2)?,
-                })
-            },
-        )
-        .optional()
-        .sql()?;
-    if let Some(meta) = stored {
+    if let Some(mut meta) = read_meta(&tx)? {
+        if meta.placement.is_none() && proposed.placement.is_some() {
+            tx.execute(
+                "UPDATE cluster_meta SET placement = ?1 WHERE id = 1",
+                [&proposed.placement],
+            )
+            .sql()?;
+            tx.commit().sql()?;
+            meta.placement = proposed.placement.clone();
+        }
         return Ok(meta);
     }
     tx.execute(
-        "INSERT INTO cluster_meta (id, partitions, secret_salt, secret_verifier) \
-         VALUES (1, ?1, ?2, ?3)",
+        "INSERT INTO cluster_meta (id, partitions, secret_salt, secret_verifier, placement) \
+         VALUES (1, ?1, ?2, ?3, ?4)",
         rusqlite::params![
             proposed.partitions,
             proposed.secret_salt,
-            proposed.secret_verifier
+            proposed.secret_verifier,
+            proposed.placement
         ],
     )
     .sql()?;
@@ -68,6 +87,24 @@ pub(super) fn init_cluster(
     }
     tx.commit().sql()?;
     Ok(proposed.clone())
+}
+
+/// Sets the placement in the main file (the caller holds the members file's write lock and
+/// checked that no node is live).
+pub(super) fn set_placement(conn: &mut Connection, placement: &str) -> StoreResult<()> {
+    let tx = immediate(conn)?;
+    let changed = tx
+        .execute(
+            "UPDATE cluster_meta SET placement = ?1 WHERE id = 1",
+            [placement],
+        )
+        .sql()?;
+    if changed == 0 {
+        return Err(StoreError::Mismatch(
+            "there is no cluster in this store".into(),
+        ));
+    }
+    tx.commit().sql()
 }
 
 pub(super) fn directory(conn: &mut Connection) -> StoreResult<Directory> {

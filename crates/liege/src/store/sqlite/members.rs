@@ -142,6 +142,26 @@ pub(super) fn nodes(conn: &mut Connection) -> StoreResult<Membership> {
     Ok(Membership { now, nodes })
 }
 
+/// Runs `change` while holding the members file's write lock, if no node holds a live lease:
+/// no join can commit meanwhile.
+pub(super) fn while_no_node_is_live(
+    conn: &mut Connection,
+    change: impl FnOnce() -> StoreResult<()>,
+) -> StoreResult<()> {
+    let tx = immediate(conn)?;
+    let now = wall_clock()?;
+    let live: Vec<String> = tx
+        .prepare_cached("SELECT name FROM nodes WHERE lease_expires_at > ?1 ORDER BY name")
+        .sql()?
+        .query_map([now], |r| r.get(0))
+        .sql()?
+        .collect::<rusqlite::Result<_>>()
+        .sql()?;
+    rules::placement_change_allowed(&live)?;
+    change()?;
+    tx.commit().sql()
+}
+
 /// Reads every lease and the clock under the members file's write lock, then lets go (the
 /// transaction writes nothing, so ending it costs no fsync). See [`LeaseSnapshot`].
 pub(super) fn lease_snapshot(conn: &mut Connection) -> StoreResult<LeaseSnapshot> {

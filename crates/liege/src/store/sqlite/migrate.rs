@@ -17,6 +17,7 @@ use crate::store::{StoreError, StoreResult};
 const MAIN: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_members_file.sql"),
+    include_str!("migrations/0003_placement.sql"),
 ];
 
 /// Migrations of the members file, numbered the same way.

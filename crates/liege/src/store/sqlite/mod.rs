@@ -173,6 +173,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn cluster(&self) -> StoreResult<Option<ClusterMeta>> {
+        self.control.run(control::cluster).await
+    }
+
+    async fn set_placement(&self, placement: &str) -> StoreResult<()> {
+        // Under the members lock (no join can commit), a second connection to the main file
+        // changes the policy. A rare operator command, so its own connection is fine.
+        let (path, placement) = (self.path.clone(), placement.to_string());
+        self.members
+            .run(move |c| {
+                members::while_no_node_is_live(c, || {
+                    let mut main = schema::connect(&path)?;
+                    control::set_placement(&mut main, &placement)
+                })
+            })
+            .await
+    }
+
     async fn now(&self) -> StoreResult<StoreTime> {
         schema::wall_clock()
     }

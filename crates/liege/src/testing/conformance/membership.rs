@@ -144,3 +144,49 @@ pub async fn leave_ends_the_lease_and_is_idempotent(store: SharedStore) {
         Err(StoreError::LeaseLost { .. })
     ));
 }
+
+/// The placement policy is fixed like the partition count: the first recorded one wins, a
+/// store without one (older versions) adopts the first proposed, and `set_placement` changes
+/// it only while no node is live.
+pub async fn the_placement_is_recorded_once_and_changes_only_with_no_live_node(store: SharedStore) {
+    assert_eq!(store.cluster().await.expect("read"), None, "no cluster yet");
+    let mut unrecorded = test_meta(8, b"salt");
+    unrecorded.placement = None;
+    let stored = store.init_cluster(&unrecorded).await.expect("init");
+    assert_eq!(stored.placement, None, "nothing proposed, nothing recorded");
+    let mut proposed = test_meta(8, b"salt");
+    proposed.placement = Some("regions=a>b,b>a".into());
+    let stored = store.init_cluster(&proposed).await.expect("init again");
+    assert_eq!(
+        stored.placement.as_deref(),
+        Some("regions=a>b,b>a"),
+        "adopted"
+    );
+    let mut other = proposed.clone();
+    other.placement = Some("none".into());
+    let stored = store.init_cluster(&other).await.expect("init with another");
+    assert_eq!(
+        stored.placement.as_deref(),
+        Some("regions=a>b,b>a"),
+        "the first wins"
+    );
+
+    let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
+    match store.set_placement("none").await {
+        Err(StoreError::Mismatch(why)) => assert!(why.contains('a'), "names the live node: {why}"),
+        other => panic!("a change with a live node must be refused: {other:?}"),
+    }
+    let stored = store.init_cluster(&other).await.expect("read");
+    assert_eq!(
+        stored.placement.as_deref(),
+        Some("regions=a>b,b>a"),
+        "unchanged"
+    );
+    store.leave(&a).await.expect("leave");
+    store
+        .set_placement("none")
+        .await
+        .expect("no live node: allowed");
+    let stored = store.cluster().await.expect("read").expect("a cluster");
+    assert_eq!(stored.placement.as_deref(), Some("none"));
+}
