@@ -135,15 +135,19 @@ impl StepObserver for Checker {
             let other_now = other.clock.now();
             serving.iter().find_map(|&p| {
                 let e = other.published.table.check(p, other_now).ok()?;
-                Some((p, other.name.clone(), e))
+                let until = other.published.table.lease_deadline().unwrap_or(0);
+                Some((p, other.name.clone(), e, other_now, until))
             })
         });
-        if let Some((p, other, e)) = clash {
+        if let Some((p, other, e, other_now, other_until)) = clash {
             let mine_e = table.check(p, now).map(|e| e.0).unwrap_or_default();
+            let until = table.lease_deadline().unwrap_or(0);
             self.fail(
                 "one server per partition",
                 format!(
-                    "{name} (epoch {mine_e}) and {other} (epoch {}) both admit signals for {p}",
+                    "{name} (epoch {mine_e}, local {now} ms, lease until {until}) and {other} \
+                     (epoch {}, local {other_now} ms, lease until {other_until}) both admit \
+                     signals for {p}",
                     e.0
                 ),
             );

@@ -201,7 +201,10 @@ impl World {
         config.sabotage = self.config.sabotage;
         // Clients retry within milliseconds; a deep window keeps the dedupe check honest.
         config.dedupe_window = 4096;
-        let store: SharedStore = Arc::new(SimStore::new(self.store.clone(), link));
+        let store_trace = std::env::var("LIEGE_SIM_STORE_TRACE")
+            .is_ok_and(|v| v == "1")
+            .then(|| (name.clone(), self.trace.clone()));
+        let store: SharedStore = Arc::new(SimStore::new(self.store.clone(), link, store_trace));
         let node = Node::start_in(config, store, self.agents.clone(), env).await?;
         self.net
             .register(node.cluster_addr(), &name, node.peer_handler(), faults);

@@ -97,12 +97,25 @@ impl StoreLink {
 pub struct SimStore {
     inner: SharedStore,
     link: StoreLink,
+    /// Where membership and directory operations are logged (`LIEGE_SIM_STORE_TRACE=1`).
+    trace: Option<(String, Arc<crate::trace::Trace>)>,
 }
 
 impl SimStore {
-    /// `inner` behind `link`.
-    pub fn new(inner: SharedStore, link: StoreLink) -> Self {
-        Self { inner, link }
+    /// `inner` behind `link`; with `trace`, lease and directory operations of node `name`
+    /// are logged as they execute in the store.
+    pub fn new(
+        inner: SharedStore,
+        link: StoreLink,
+        trace: Option<(String, Arc<crate::trace::Trace>)>,
+    ) -> Self {
+        Self { inner, link, trace }
+    }
+
+    fn note(&self, what: std::fmt::Arguments<'_>) {
+        if let Some((name, trace)) = &self.trace {
+            trace.log(format!("store<{name}>: {what}"));
+        }
     }
 
     async fn around<T>(
@@ -145,7 +158,12 @@ impl Store for SimStore {
         self.around(self.inner.join(node, ttl_ms)).await
     }
     async fn renew(&self, node: &NodeId, ttl_ms: u64) -> StoreResult<Lease> {
-        self.around(self.inner.renew(node, ttl_ms)).await
+        self.around(async {
+            let r = self.inner.renew(node, ttl_ms).await;
+            self.note(format_args!("renew {node} -> {r:?}"));
+            r
+        })
+        .await
     }
     async fn leave(&self, node: &NodeId) -> StoreResult<()> {
         self.around(self.inner.leave(node)).await
@@ -161,14 +179,24 @@ impl Store for SimStore {
         node: &NodeId,
         partitions: &[PartitionId],
     ) -> StoreResult<Vec<(PartitionId, Epoch)>> {
-        self.around(self.inner.claim(node, partitions)).await
+        self.around(async {
+            let r = self.inner.claim(node, partitions).await;
+            self.note(format_args!("claim {node} {partitions:?} -> {r:?}"));
+            r
+        })
+        .await
     }
     async fn release(
         &self,
         node: &NodeId,
         partitions: &[(PartitionId, Epoch)],
     ) -> StoreResult<Vec<PartitionId>> {
-        self.around(self.inner.release(node, partitions)).await
+        self.around(async {
+            let r = self.inner.release(node, partitions).await;
+            self.note(format_args!("release {node} {partitions:?} -> {r:?}"));
+            r
+        })
+        .await
     }
     async fn read(&self, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
         self.around(self.inner.read(key)).await

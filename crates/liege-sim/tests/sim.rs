@@ -36,7 +36,9 @@ fn a_thousand_seeds_keep_every_invariant() {
 #[test]
 fn seeds_that_once_broke_the_engine_now_hold() {
     // 7596: a late claim answer re-installed a partition released since (two servers).
-    for seed in [7596] {
+    // 21180: a late claim answer made a partition being handed off serving again.
+    // 85021: a stale read re-adopted a partition whose release had an unknown outcome.
+    for seed in [7596, 21180, 85021] {
         let outcome = liege_sim::run(&SimConfig::new(seed));
         assert!(
             outcome.violation.is_none(),

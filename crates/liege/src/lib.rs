@@ -1,6 +1,54 @@
 //! # liege
 //!
-//! Keyed singleton agents that keep working when a whole region dies.
+//! Keyed singleton agents that keep working when a whole region dies: every key has at most
+//! one live instance in the cluster, any node can call it, and when nodes or a region are
+//! lost their keys come back on the survivors in about a lease TTL, with every acknowledged
+//! update kept. Ownership lives in a shared store (SQLite on one machine, PostgreSQL across
+//! regions): node leases in the store's clock, partition epochs as fencing tokens, and every
+//! checkpoint write fenced in the same transaction. `docs/ARCHITECTURE.md` argues why that
+//! keeps the promise.
+//!
+//! ## Layout
+//!
+//! ```text
+//! core/engine/   every ownership decision, pure: (state, input, now) → commands
+//!                (lease and self-fence, reconcile, claims, handoffs, the serving check)
+//! cluster/       driver.rs runs the engine against the store and the host; router.rs
+//!                routes a call to its owner; peer.rs answers peers; node.rs is the handle
+//! host/          the agent host: activations, one turn at a time per key, the
+//!                group-commit writer, passivation, the host side of handoffs
+//! store/         the Store trait; memory, sqlite, postgres backends; shared row rules
+//! transport/     TCP frames, postcard messages, the handshake, multiplexed requests
+//! agent/         the Agent trait, Signal (CloudEvents), the checkpoint envelope
+//! http/          the HTTP API (axum)
+//! core/          also: ids, placement (rendezvous hashing, region policy)
+//! telemetry.rs   typed events and the Prometheus registry (one per node)
+//! env.rs         the node's clock as a trait (simulations drift it)
+//! testing/       TestCluster, the store conformance suite, TempPostgres, decoders
+//! sabotage.rs    guards switched off on purpose (feature `unsafe-sabotage` only)
+//! ```
+//!
+//! ## One call
+//!
+//! ```text
+//! Node::call(key, signal)
+//!   └▶ Router: partition of key → owner in the engine's published view
+//!        ├─ owner is this node ─▶ Host: admit into the key's mailbox → turn lock
+//!        │                          → serving check (ServingTable, written by the engine)
+//!        │                          → handler → writer → Store::write (fenced)
+//!        └─ owner is a peer ─────▶ transport ─▶ peer's Host (one hop at most)
+//!   retryable answers (NotOwner, Moved, Unowned, unreachable) → back off, retry
+//! ```
+//!
+//! Meanwhile the driver feeds the engine: lease renewals every TTL/4, directory reads,
+//! claims of orphans, handoffs to desired owners — and the engine alone decides.
+//!
+//! ## Where to start reading
+//!
+//! [`core::engine`] (the decisions), then `cluster/driver.rs` (how they are carried out),
+//! then `host/mod.rs` (what a turn does), then [`store`] (what the store promises).
+//! The seeded simulator in `crates/liege-sim` drives the same engine, driver and host on
+//! virtual time and checks the invariants after every step.
 #![forbid(unsafe_code)]
 
 pub mod agent;

@@ -3,45 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::host::Persistence;
 use crate::core::engine::RebalanceConfig;
 use crate::core::placement::PlacementPolicy;
 use crate::sabotage::Sabotage;
-
-/// When an agent's state is made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Persistence {
-    /// The reply waits for the fenced checkpoint commit (group-committed across keys).
-    /// A node killed at any moment loses no acknowledged update.
-    Durable,
-    /// Changed state is written at most this often; replies don't wait. A crash loses up to
-    /// one interval of acknowledged updates.
-    Interval(Duration),
-    /// State is written only on passivation, `stop`, handoff and graceful shutdown. A crash
-    /// loses every update since the activation's last write.
-    OnPassivate,
-}
-
-impl std::str::FromStr for Persistence {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "durable" => Ok(Persistence::Durable),
-            "on_passivate" | "on-passivate" => Ok(Persistence::OnPassivate),
-            other => {
-                let ms = other
-                    .strip_prefix("interval:")
-                    .or_else(|| other.strip_prefix("interval="))
-                    .and_then(|ms| ms.trim_end_matches("ms").parse::<u64>().ok())
-                    .filter(|ms| *ms > 0)
-                    .ok_or_else(|| {
-                        format!("unknown persistence {other:?}: use durable, interval:MS or on_passivate")
-                    })?;
-                Ok(Persistence::Interval(Duration::from_millis(ms)))
-            }
-        }
-    }
-}
 
 /// Configuration of one node. Build with [`NodeConfig::new`] and adjust fields.
 #[derive(Clone, Debug)]

@@ -63,7 +63,7 @@ impl RequestHandler for PeerHandler {
                     kind: key.kind.to_string(),
                 });
             }
-            match router.serve_local(&key, op).await {
+            match router.serve_local(&key, &op).await {
                 Ok(Answer::Value(v)) => {
                     Response::Json(serde_json::to_vec(&v).expect("JSON value serializes"))
                 }

@@ -69,7 +69,7 @@ impl Router {
             let target = self.target(p, hint.take());
             let result = match &target {
                 None => Err(CallError::Unowned { partition: p }),
-                Some(Target::Local) => self.serve_local(key, op.clone()).await,
+                Some(Target::Local) => self.serve_local(key, &op).await,
                 Some(Target::Peer { addr, .. }) => {
                     // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so
                     // an attempt need not wait much longer than that before re-routing.
@@ -149,9 +149,9 @@ impl Router {
     pub(crate) async fn serve_local(
         &self,
         key: &AgentKey,
-        op: LocalOp,
+        op: &LocalOp,
     ) -> Result<Answer, CallError> {
-        let err = match self.host.execute(key, op.clone()).await {
+        let err = match self.host.execute(key, op).await {
             Err(CallError::NotOwner {
                 hint: None,
                 partition,

@@ -95,13 +95,17 @@ impl Activations {
         key: &AgentKey,
         partition: PartitionId,
         epoch: Epoch,
-        writer: &NodeId,
+        incarnation: u64,
+        writer: impl FnOnce() -> NodeId,
         agent: &Arc<dyn DynAgent>,
         now_ms: u64,
     ) -> (Arc<Activation>, bool) {
         let mut shard = self.shard(key).lock();
         if let Some(existing) = shard.get(key) {
-            if existing.epoch == epoch && existing.writer == *writer && !existing.is_dead() {
+            if existing.epoch == epoch
+                && existing.writer.incarnation == incarnation
+                && !existing.is_dead()
+            {
                 return (existing.clone(), false);
             }
             let old = shard.remove(key).expect("present: just looked it up");
@@ -111,7 +115,7 @@ impl Activations {
             key: key.clone(),
             partition,
             epoch,
-            writer: writer.clone(),
+            writer: writer(),
             agent: agent.clone(),
             turn: tokio::sync::Mutex::new(Turn {
                 state: None,

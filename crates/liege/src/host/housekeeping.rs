@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Host;
-use crate::cluster::Persistence;
+use super::Persistence;
 use crate::faults::Faults;
 
 /// Runs until `shutdown` is cancelled.

@@ -14,6 +14,7 @@
 
 mod activations;
 pub(crate) mod housekeeping;
+mod persistence;
 pub(crate) mod writer;
 
 use std::collections::HashMap;
@@ -26,7 +27,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::checkpoint::{self, DedupeWindow};
 use crate::agent::{Agents, Context, Signal};
-use crate::cluster::Persistence;
 use crate::core::engine::{Held, Move, NotServing, Published};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::core::placement::PlacementPolicy;
@@ -35,6 +35,7 @@ use crate::error::CallError;
 use crate::store::{CheckpointWrite, SharedStore, WriteError};
 use crate::telemetry::{KindSeries, Telemetry};
 use activations::{Activation, Activations, Turn};
+pub use persistence::Persistence;
 use writer::WriterHandle;
 
 /// What a request does once it holds the key's turn.
@@ -196,7 +197,7 @@ impl Host {
     pub(crate) async fn execute(
         self: &Arc<Self>,
         key: &AgentKey,
-        op: LocalOp,
+        op: &LocalOp,
     ) -> Result<Answer, CallError> {
         if self.killed.load(Ordering::Relaxed) {
             return Err(CallError::Unavailable("node is down".into()));
@@ -212,7 +213,7 @@ impl Host {
                     return Ok(Answer::Done);
                 }
                 let admitted = self.admit(key)?;
-                self.run(admitted, LocalOp::Stop)
+                self.run(admitted, &LocalOp::Stop)
                     .await
                     .map(|_| Answer::Done)
             }
@@ -220,8 +221,9 @@ impl Host {
                 let admitted = self.admit(key)?;
                 let host = self.clone();
                 let key = key.clone();
+                let op = LocalOp::Call(signal.clone());
                 self.tasks.spawn(async move {
-                    if let Err(e) = host.run(admitted, LocalOp::Call(signal)).await {
+                    if let Err(e) = host.run(admitted, &op).await {
                         tracing::debug!(%key, error = %e, "cast signal failed");
                     }
                 });
@@ -268,10 +270,17 @@ impl Host {
             .clone();
         let p = self.partition_of(key);
         let epoch = self.serving_epoch(p)?;
-        let writer = NodeId::new(self.config.name.clone(), self.published.table.incarnation());
-        let (act, created) =
-            self.activations
-                .get_or_create(key, p, epoch, &writer, &agent, self.clock.now());
+        let incarnation = self.published.table.incarnation();
+        let writer = || NodeId::new(self.config.name.clone(), incarnation);
+        let (act, created) = self.activations.get_or_create(
+            key,
+            p,
+            epoch,
+            incarnation,
+            writer,
+            &agent,
+            self.clock.now(),
+        );
         if created {
             self.telemetry.agents_activated.inc();
             self.telemetry
@@ -290,7 +299,7 @@ impl Host {
     }
 
     /// Runs one admitted request to completion.
-    async fn run(&self, admitted: Admitted, op: LocalOp) -> Result<Value, CallError> {
+    async fn run(&self, admitted: Admitted, op: &LocalOp) -> Result<Value, CallError> {
         let act = admitted.act.clone();
         let mut turn = act.turn.lock().await;
         drop(admitted);
@@ -299,6 +308,7 @@ impl Host {
         }
         // The serving check: the partition may have changed hands while we waited.
         let now = self.clock.now();
+        let started = tokio::time::Instant::now();
         match self.published.table.check(act.partition, now) {
             Ok(e) if e == act.epoch => {}
             // Stop during a drain of this very epoch is fine: it makes the state durable.
@@ -309,7 +319,6 @@ impl Host {
             Err(why) => return Err(self.refusal(act.partition, why)),
         }
         act.last_used.store(now, Ordering::Relaxed);
-        let started = tokio::time::Instant::now();
         let mut guard = KillOnDrop {
             host: self,
             act: &act,
@@ -329,7 +338,7 @@ impl Host {
                 return Ok(Value::Null);
             }
             LocalOp::Call(signal) | LocalOp::Cast(signal) => {
-                self.handle_signal(&act, &mut turn, *signal, started).await
+                self.handle_signal(&act, &mut turn, signal, started).await
             }
             LocalOp::Lookup => Ok(Value::Null),
         };
@@ -373,7 +382,7 @@ impl Host {
         &self,
         act: &Arc<Activation>,
         turn: &mut Turn,
-        signal: Signal,
+        signal: &Signal,
         started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
         let id_hash = DedupeWindow::hash_id(&signal.id);
@@ -385,7 +394,7 @@ impl Host {
         }
         let mut ctx = Context::new(&act.key);
         let state = turn.state.as_mut().expect("loaded before handling");
-        let reply = match act.agent.handle(state, &signal, &mut ctx).await {
+        let reply = match act.agent.handle(state, signal, &mut ctx).await {
             Ok(v) => v,
             Err(e) => {
                 self.observe(act, "agent_error", started);

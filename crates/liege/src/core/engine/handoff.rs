@@ -10,6 +10,27 @@
 use std::collections::BTreeMap;
 
 use super::{Command, Held, LocalMs, Move, ServingTable, View};
+
+/// A release this node sent, remembered so that late answers and stale reads cannot bring
+/// the partition back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Released {
+    /// The epoch released.
+    pub(crate) epoch: Epoch,
+    /// Local time the release's answer arrived.
+    pub(crate) answered_at: LocalMs,
+    /// The store confirmed it; `false`: the outcome is unknown (the answer was lost).
+    pub(crate) certain: bool,
+}
+
+impl Released {
+    /// May a read sent at `read_sent_at` that names this node at `epoch` be adopted? Never
+    /// for a confirmed release of that epoch; for an unknown outcome only if the read was
+    /// sent after the answer, so that it reflects whatever the release did.
+    pub(crate) fn allows_adopting(&self, epoch: Epoch, read_sent_at: LocalMs) -> bool {
+        epoch != self.epoch || (!self.certain && read_sent_at > self.answered_at)
+    }
+}
 use crate::core::ids::{Epoch, NodeId, PartitionId};
 use crate::store::StoreError;
 use crate::telemetry::Event;
@@ -21,8 +42,9 @@ pub(crate) struct Handoffs {
     started: Option<LocalMs>,
     /// The next batch may start at this local time.
     next_batch: LocalMs,
-    /// Partitions released at that epoch: a stale read must not adopt them again.
-    released: BTreeMap<PartitionId, Epoch>,
+    /// Releases sent, per partition: a stale read or a late claim answer must not bring the
+    /// partition back.
+    released: BTreeMap<PartitionId, Released>,
 }
 
 fn failed(m: &Move, from: &str, reason: String) -> Command {
@@ -45,8 +67,8 @@ impl Handoffs {
         !self.busy() && now >= self.next_batch
     }
 
-    /// Partitions released by this node, with the epoch released.
-    pub(crate) fn released(&self) -> &BTreeMap<PartitionId, Epoch> {
+    /// The releases this node sent, per partition.
+    pub(crate) fn released(&self) -> &BTreeMap<PartitionId, Released> {
         &self.released
     }
 
@@ -147,10 +169,17 @@ impl Handoffs {
             if ours && table.held(m.partition) == Held::Draining(m.epoch) {
                 table.set(m.partition, Held::No);
             }
+            self.released.insert(
+                m.partition,
+                Released {
+                    epoch: m.epoch,
+                    answered_at: now,
+                    certain: result.is_ok(),
+                },
+            );
             match &result {
                 Ok(released) if released.contains(&m.partition) => {
                     view.set_owner(m.partition, None, m.epoch);
-                    self.released.insert(m.partition, m.epoch);
                     out.push(Command::Emit(Event::PartitionReleased {
                         partition: m.partition.0,
                         epoch: m.epoch.0,

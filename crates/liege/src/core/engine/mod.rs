@@ -127,6 +127,11 @@ impl Published {
         self.view.read().clone()
     }
 
+    /// Runs `f` on the latest routing view without taking a reference to it.
+    pub fn with_view<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+        f(&self.view.read())
+    }
+
     /// Resolves at the next step of the engine (registered when polled or enabled).
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
@@ -508,7 +513,7 @@ impl Engine {
         if self.phase == Phase::Member {
             self.shared.table.set_directory_loaded(true);
         }
-        self.reconcile(now, out);
+        self.reconcile(now, sent_at, out);
         // Read again at the next expiry among peers, so orphans are claimed as soon as
         // possible, and when this node's settling period ends.
         let mut next = now + self.period_ms();
@@ -568,7 +573,7 @@ impl Engine {
         }
     }
 
-    fn plan_context(&self, now: LocalMs) -> plan::Context<'_> {
+    fn plan_context(&self, now: LocalMs, read_sent_at: LocalMs) -> plan::Context<'_> {
         plan::Context {
             me: &self.me,
             view: &self.view,
@@ -577,13 +582,14 @@ impl Engine {
             young: now.saturating_sub(self.lease.joined_at) < self.lease.ttl_ms(),
             leaving: self.phase == Phase::Leaving,
             released: self.handoffs.released(),
+            read_sent_at,
             keep_lost: self.cfg.sabotage.skip_lease_check(),
         }
     }
 
     /// Compares what this node holds with the view and acts on every difference.
-    fn reconcile(&mut self, now: LocalMs, out: &mut Vec<Command>) {
-        let plan = plan::reconcile(&self.plan_context(now));
+    fn reconcile(&mut self, now: LocalMs, read_sent_at: LocalMs, out: &mut Vec<Command>) {
+        let plan = plan::reconcile(&self.plan_context(now, read_sent_at));
         if !plan.lost.is_empty() {
             for &(p, e) in &plan.lost {
                 self.shared.table.set(p, Held::No);
@@ -636,7 +642,7 @@ impl Engine {
         if self.phase != Phase::Member || self.shared.table.held(p) != Held::No {
             return;
         }
-        let Some(prev) = plan::claimable(&self.plan_context(now), p) else {
+        let Some(prev) = plan::claimable(&self.plan_context(now, 0), p) else {
             return;
         };
         if !self.claims.throttle(p, now) {
@@ -672,13 +678,16 @@ impl Engine {
                 return;
             }
         };
-        // A late answer may report a claim this node has since adopted from a read, served,
-        // and released (or seen superseded): only a claim newer than all of that counts.
+        // A late answer may report a claim this node has since adopted from a read — and
+        // maybe is handing off, or released, or saw superseded. It only adds partitions this
+        // node does not hold at all, at an epoch no older than any it knows of.
         let claimed: Vec<(PartitionId, Epoch)> = claimed
             .into_iter()
             .filter(|&(p, e)| {
                 let (_, known) = self.view.owner(p);
-                known <= e && self.handoffs.released().get(&p) != Some(&e)
+                self.shared.table.held(p) == Held::No
+                    && known <= e
+                    && self.handoffs.released().get(&p).is_none_or(|r| r.epoch < e)
             })
             .collect();
         claims::claimed_events(&flight, &claimed, &self.view, now, out);

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::handoff::Released;
 use super::{Held, LocalMs, Move, ServingTable, View};
 use crate::core::ids::{Epoch, NodeId, PartitionId};
 
@@ -25,8 +26,10 @@ pub(crate) struct Context<'a> {
     pub(crate) young: bool,
     /// Shutting down: claim nothing.
     pub(crate) leaving: bool,
-    /// Partitions this node released, at that epoch: never adopt them again.
-    pub(crate) released: &'a BTreeMap<PartitionId, Epoch>,
+    /// Releases this node sent: what they allow to adopt again.
+    pub(crate) released: &'a BTreeMap<PartitionId, Released>,
+    /// Local time the read being reconciled was sent.
+    pub(crate) read_sent_at: LocalMs,
     /// Sabotage: keep serving partitions the directory gives to someone else.
     pub(crate) keep_lost: bool,
 }
@@ -60,7 +63,11 @@ pub(crate) fn reconcile(ctx: &Context<'_>) -> Plan {
             }
             Held::No => {
                 if owner == Some(ctx.me) {
-                    if ctx.released.get(&p) != Some(&epoch) {
+                    let allowed = ctx
+                        .released
+                        .get(&p)
+                        .is_none_or(|r| r.allows_adopting(epoch, ctx.read_sent_at));
+                    if allowed {
                         plan.adopt.push((p, epoch));
                     }
                 } else if !ctx.leaving {

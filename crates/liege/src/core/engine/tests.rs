@@ -568,3 +568,84 @@ fn a_late_claim_answer_does_not_bring_back_a_partition_released_since() {
         .expect("b does not get every partition");
     assert_eq!(b.table().held(*kept), Held::Serving(Epoch(3)));
 }
+
+#[test]
+fn a_late_claim_answer_does_not_undo_a_handoff_in_progress() {
+    // Found by the simulator (seed 21180): the claim committed, a read adopted the partition,
+    // a handoff began (draining), the release committed — and before its answer, the claim's
+    // answer arrived and made the partition serving again.
+    let mut b = Bench::new("a", 8);
+    let me = b.joined();
+    let other = NodeId::new("b", 1);
+    b.live_at(2 * TTL);
+    let unowned: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (None, 2)).collect();
+    let out = b.read(2000, snapshot(0, &[(&me, 99_000)], &unowned));
+    let asked = claim_of(&out).expect("claims");
+    let ours: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (Some(&me), 3)).collect();
+    let both = |t| snapshot(t, &[(&me, 99_000), (&other, 99_000)], &ours);
+    b.read(2010, both(10));
+    b.live_at(2010 + TTL);
+    let out = b.read(b.now, both(1010));
+    let moves = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a handoff to b");
+    let draining = moves[0].partition;
+    assert_eq!(b.table().held(draining), Held::Draining(Epoch(3)));
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: asked.clone(),
+        result: Ok(asked.iter().map(|p| (*p, Epoch(3))).collect()),
+    });
+    assert_eq!(
+        b.table().held(draining),
+        Held::Draining(Epoch(3)),
+        "still draining: no signal is admitted for a partition being released"
+    );
+}
+
+#[test]
+fn after_a_release_of_unknown_outcome_only_a_later_read_may_adopt_the_partition() {
+    // Found by the simulator (seed 85021): the release committed, its answer was lost, and a
+    // read sent before the release re-adopted the partition another node had claimed since.
+    let mut b = Bench::new("a", 8);
+    let me = b.joined();
+    let other = NodeId::new("b", 1);
+    b.live_at(2 * TTL);
+    let ours: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (Some(&me), 3)).collect();
+    let both = |t| snapshot(t, &[(&me, 99_000), (&other, 99_000)], &ours);
+    b.read(2000, both(0));
+    b.live_at(2000 + TTL);
+    let out = b.read(b.now, both(1000));
+    let moves = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a handoff to b");
+    let p = moves[0].partition;
+    let stale_read_sent_at = b.now;
+    b.step(Input::Flushed {
+        moves: moves.iter().cloned().map(|m| (m, Ok(()))).collect(),
+    });
+    b.live_at(b.now + 10);
+    b.step(Input::Released {
+        node: me.clone(),
+        moves: moves.clone(),
+        result: Err(StoreError::Unavailable("reply lost".into())),
+    });
+    assert_eq!(b.table().held(p), Held::No);
+    b.read(stale_read_sent_at, both(1000));
+    assert_eq!(b.table().held(p), Held::No, "a read older than the answer proves nothing");
+    b.live_at(b.now + 10);
+    b.read(b.now, both(1020));
+    assert_eq!(
+        b.table().held(p),
+        Held::Serving(Epoch(3)),
+        "a later read shows the release did not commit"
+    );
+}
