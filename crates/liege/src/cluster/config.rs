@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use crate::host::Persistence;
 use crate::core::engine::RebalanceConfig;
 use crate::core::placement::PlacementPolicy;
+pub use crate::host::Persistence;
 use crate::sabotage::Sabotage;
 
 /// Configuration of one node. Build with [`NodeConfig::new`] and adjust fields.

@@ -640,7 +640,11 @@ fn after_a_release_of_unknown_outcome_only_a_later_read_may_adopt_the_partition(
     });
     assert_eq!(b.table().held(p), Held::No);
     b.read(stale_read_sent_at, both(1000));
-    assert_eq!(b.table().held(p), Held::No, "a read older than the answer proves nothing");
+    assert_eq!(
+        b.table().held(p),
+        Held::No,
+        "a read older than the answer proves nothing"
+    );
     b.live_at(b.now + 10);
     b.read(b.now, both(1020));
     assert_eq!(
