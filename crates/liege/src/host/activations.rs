@@ -62,6 +62,15 @@ impl Activation {
     }
 }
 
+/// What an activation is created under: the partition held, at which epoch, by which
+/// incarnation of this node.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Holding {
+    pub(crate) partition: PartitionId,
+    pub(crate) epoch: Epoch,
+    pub(crate) incarnation: u64,
+}
+
 /// All activations of this node, sharded by key hash.
 pub(crate) struct Activations {
     hasher: Xxh3Builder,
@@ -93,13 +102,16 @@ impl Activations {
     pub(crate) fn get_or_create(
         &self,
         key: &AgentKey,
-        partition: PartitionId,
-        epoch: Epoch,
-        incarnation: u64,
+        holding: Holding,
         writer: impl FnOnce() -> NodeId,
         agent: &Arc<dyn DynAgent>,
         now_ms: u64,
     ) -> (Arc<Activation>, bool) {
+        let Holding {
+            partition,
+            epoch,
+            incarnation,
+        } = holding;
         let mut shard = self.shard(key).lock();
         if let Some(existing) = shard.get(key) {
             if existing.epoch == epoch

@@ -34,7 +34,7 @@ use crate::env::Clock;
 use crate::error::CallError;
 use crate::store::{CheckpointWrite, SharedStore, WriteError};
 use crate::telemetry::{KindSeries, Telemetry};
-use activations::{Activation, Activations, Turn};
+use activations::{Activation, Activations, Holding, Turn};
 pub use persistence::Persistence;
 use writer::WriterHandle;
 
@@ -272,15 +272,14 @@ impl Host {
         let epoch = self.serving_epoch(p)?;
         let incarnation = self.published.table.incarnation();
         let writer = || NodeId::new(self.config.name.clone(), incarnation);
-        let (act, created) = self.activations.get_or_create(
-            key,
-            p,
+        let holding = Holding {
+            partition: p,
             epoch,
             incarnation,
-            writer,
-            &agent,
-            self.clock.now(),
-        );
+        };
+        let (act, created) =
+            self.activations
+                .get_or_create(key, holding, writer, &agent, self.clock.now());
         if created {
             self.telemetry.agents_activated.inc();
             self.telemetry
