@@ -39,7 +39,7 @@ pub const MODES: &[(&str, &str)] = &[
     ),
     (
         "skip-lease-check",
-        "nodes serve past their lease deadline and keep partitions they lost",
+        "nodes serve past their lease deadline, ignore a lost lease and keep partitions they lost",
     ),
     (
         "claim-unexpired",

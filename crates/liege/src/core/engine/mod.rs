@@ -443,7 +443,7 @@ impl Engine {
         }
         match result {
             Ok(_) => {}
-            Err(StoreError::LeaseLost { .. }) => {
+            Err(StoreError::LeaseLost { .. }) if self.deadline_enforced() => {
                 self.self_fence("the store says the lease is gone", now, out)
             }
             Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
