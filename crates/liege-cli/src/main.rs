@@ -1,5 +1,6 @@
 //! `liege`: run a node, or run the multi-region chaos drill.
 
+mod bench;
 mod drill;
 mod node;
 mod placement;
@@ -22,6 +23,15 @@ enum Command {
     Drill(Box<drill::DrillArgs>),
     /// Show the cluster's placement policy, or change it while no node runs.
     Placement(placement::PlacementArgs),
+    /// Closed-loop HTTP benchmark of a cluster it starts: throughput, latency, CPU.
+    Bench(Box<bench::BenchArgs>),
+    /// The no-op HTTP counter `liege bench --noop` measures (internal).
+    #[command(hide = true)]
+    BenchNoop {
+        /// Address to serve on.
+        #[arg(long)]
+        http: std::net::SocketAddr,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +51,10 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => node::run(*args).await,
             Command::Drill(args) => drill::run(*args).await,
             Command::Placement(args) => placement::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
+            Command::BenchNoop { http } => bench::noop::serve(http)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

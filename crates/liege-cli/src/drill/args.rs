@@ -194,6 +194,14 @@ impl DrillArgs {
     }
 }
 
+/// [`parse_duration`], or zero (`0`, `0s`, `0ms`): for waits that may be skipped.
+pub(crate) fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if matches!(s.trim(), "0" | "0s" | "0ms") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
 /// Parses `10s`, `1500ms`, `2m` or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -12,21 +12,21 @@
 //! [`progress`] (bars or plain lines).
 
 mod args;
-mod client;
+pub(crate) mod client;
 mod fault;
 mod html;
 mod load;
 mod measure;
-mod observe;
+pub(crate) mod observe;
 mod phases;
 mod progress;
 mod report;
-mod store;
-mod topology;
+pub(crate) mod store;
+pub(crate) mod topology;
 
 use std::process::ExitCode;
 
-pub(crate) use args::DrillArgs;
+pub(crate) use args::{parse_duration, parse_duration_or_zero, DrillArgs};
 
 /// A problem with the flags or the machine, reported with exit code 2.
 #[derive(Debug)]

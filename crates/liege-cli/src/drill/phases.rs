@@ -116,6 +116,8 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         lease_ttl_ms: args.lease_ttl_ms,
         partitions: args.partitions,
         run_dir: run_dir.clone(),
+        audit: true,
+        extra: Vec::new(),
     };
     let client = Client::new();
     let regions = args.regions.clone();

@@ -21,6 +21,8 @@ pub(crate) trait StoreHarness: Send + Sync {
     async fn stop(&self) -> anyhow::Result<()>;
     /// Brings it back.
     async fn start(&self) -> anyhow::Result<()>;
+    /// The server's process id, to read its CPU time.
+    fn server_pid(&self) -> Option<u32>;
 }
 
 /// The store of one drill run.
@@ -81,6 +83,13 @@ impl StoreHarness for TempPostgresHarness {
 
     async fn start(&self) -> anyhow::Result<()> {
         self.with_server(TempPostgres::start_again).await
+    }
+
+    fn server_pid(&self) -> Option<u32> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .server_pid()
     }
 }
 

@@ -27,6 +27,10 @@ pub(crate) struct NodeTemplate {
     pub(crate) partitions: u32,
     /// Where logs go.
     pub(crate) run_dir: PathBuf,
+    /// Record every committed write (`--audit`): the drill checks the audit; benchmarks don't.
+    pub(crate) audit: bool,
+    /// More flags for every node.
+    pub(crate) extra: Vec<String>,
 }
 
 /// One running (or killed, or paused) node process.
@@ -50,6 +54,7 @@ pub(crate) struct NodeProc {
 impl NodeProc {
     /// The child's pid.
     pub(crate) fn pid(&self) -> i32 {
+        // (Also used to read the node's CPU time from /proc.)
         i32::try_from(self.child.id()).expect("pids fit in i32")
     }
 
@@ -121,10 +126,14 @@ fn spawn_at(
     cmd.arg("node")
         .args(["--name", name, "--region", region])
         .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
-        .args(["--store", &t.store, "--secret", &t.secret])
+        .args(["--store", &t.store])
         .args(["--lease-ttl-ms", &t.lease_ttl_ms.to_string()])
         .args(["--partitions", &t.partitions.to_string()])
-        .args(["--audit", "--log-json"])
+        .arg("--log-json")
+        .args(t.audit.then_some("--audit"))
+        .args(&t.extra)
+        // The secret goes by environment, never on a command line others can read.
+        .env("LIEGE_SECRET", &t.secret)
         .env("LIEGE_LOG", "info,liege::telemetry=debug")
         .env_remove("LIEGE_SECRET_FILE")
         .stdin(Stdio::null())

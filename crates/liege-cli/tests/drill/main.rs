@@ -27,10 +27,14 @@ fn drill(args: &[&str]) -> (ExitStatus, String) {
 }
 
 fn drill_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    liege("drill", args, env)
+}
+
+fn liege(command: &str, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let logs = tempfile::tempdir().expect("temp dir");
     let (out, err) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_liege"))
-        .arg("drill")
+        .arg(command)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -189,5 +193,76 @@ fn usage_and_setup_errors_exit_with_code_2() {
     ] {
         let (status, output) = drill(&args);
         assert_eq!(status.code(), Some(2), "{args:?} gave {status}:\n{output}");
+    }
+}
+
+#[test]
+fn bench_measures_a_two_region_cluster_and_reads_every_increment_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("bench.json");
+    let run = dir.path().join("run");
+    let (status, output) = liege(
+        "bench",
+        &[
+            "--regions",
+            "iad,lax",
+            "--connections",
+            "8",
+            "--keys",
+            "50",
+            "--duration",
+            "1s",
+            "--warmup",
+            "500ms",
+            "--run-dir",
+            run.to_str().expect("utf-8 path"),
+            "--json",
+            json.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert!(status.success(), "liege bench failed:\n{output}");
+    let doc = read_json(&json);
+    assert_eq!(doc["nodes"], 2, "{doc:#}");
+    assert!(doc["acknowledged"].as_u64().unwrap_or(0) > 0, "{doc:#}");
+    assert_eq!(doc["errors"], 0, "{doc:#}");
+    assert_eq!(doc["verified"], true, "{doc:#}");
+    assert!(doc["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{doc:#}");
+    assert!(doc["cpu_cores"]["nodes"].as_f64().unwrap_or(0.0) > 0.0, "{doc:#}");
+    assert!(output.contains("verified"), "{output}");
+}
+
+#[test]
+fn bench_baseline_and_usage_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("noop.json");
+    let (status, output) = liege(
+        "bench",
+        &[
+            "--noop",
+            "--connections",
+            "4",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "0s",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert!(status.success(), "liege bench --noop failed:\n{output}");
+    let doc = read_json(&json);
+    assert!(doc["acknowledged"].as_u64().unwrap_or(0) > 0, "{doc:#}");
+    assert!(doc["verified"].is_null(), "{doc:#}");
+    for bad in [
+        &["--connections", "0"][..],
+        &["--lease-ttl-ms", "10"][..],
+        &["--persistence", "sometimes"][..],
+        &["--regions", ""][..],
+    ] {
+        let (status, output) = liege("bench", bad, &[]);
+        assert_eq!(status.code(), Some(2), "{bad:?} must be a usage error:\n{output}");
     }
 }

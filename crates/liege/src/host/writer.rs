@@ -42,8 +42,19 @@ impl WriterHandle {
     }
 }
 
+/// A second batch goes out while one is committing only once this many writes wait:
+/// below it, they wait for the commit in flight and join the next batch, so a statement
+/// carries many rows instead of two (on PostgreSQL a statement costs more than its rows).
+const MIN_CONCURRENT_BATCH: usize = 32;
+
 /// Starts the writer task; it stops when `shutdown` is cancelled and its queue is drained,
 /// or when every handle is dropped.
+///
+/// Batching: whatever is queued goes out at once when no batch is in flight (an idle node
+/// writes with no added latency). While batches commit, new writes accumulate; the next batch
+/// leaves when a commit returns, or earlier — up to the store's
+/// [`write_concurrency`](crate::store::Store::write_concurrency) — once
+/// [`MIN_CONCURRENT_BATCH`] writes wait.
 pub(crate) fn spawn_writer(
     store: SharedStore,
     telemetry: Arc<Telemetry>,
@@ -53,39 +64,64 @@ pub(crate) fn spawn_writer(
     let (tx, mut rx) = mpsc::channel::<Job>(max_batch * 8);
     // Batches in flight at once: each holds a permit until its commit returns. A key is in at
     // most one batch at a time (its turn waits for the commit), so batches never overlap on a key.
-    let permits = Arc::new(tokio::sync::Semaphore::new(
-        store.write_concurrency().max(1),
-    ));
+    let concurrency = store.write_concurrency().max(1);
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let committed = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
+        let mut pending: Vec<Job> = Vec::with_capacity(max_batch);
+        let mut closed = false;
         loop {
-            // Wait for a free slot first, so a batch forms while the others commit.
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-            let n = tokio::select! {
-                biased;
-                n = rx.recv_many(&mut jobs, max_batch) => n,
-                _ = shutdown.cancelled() => {
-                    // Drain what is already queued, then stop.
-                    rx.close();
-                    rx.recv_many(&mut jobs, max_batch).await
+            if pending.is_empty() {
+                if closed {
+                    break;
                 }
-            };
-            if n == 0 {
-                break;
+                tokio::select! {
+                    biased;
+                    n = rx.recv_many(&mut pending, max_batch) => closed = n == 0,
+                    _ = shutdown.cancelled() => {
+                        // Drain what is already queued, then stop.
+                        rx.close();
+                        closed = true;
+                        continue;
+                    }
+                }
+                continue;
             }
-            let store = store.clone();
-            let telemetry = telemetry.clone();
-            tokio::spawn(async move {
-                commit(&store, &telemetry, jobs).await;
-                drop(permit);
-            });
+            while pending.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => pending.push(job),
+                    Err(_) => break,
+                }
+            }
+            let in_flight = concurrency - permits.available_permits();
+            let worth_it = in_flight == 0 || pending.len() >= MIN_CONCURRENT_BATCH || closed;
+            if worth_it {
+                if let Ok(permit) = permits.clone().try_acquire_owned() {
+                    let jobs = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
+                    let (store, telemetry, committed) =
+                        (store.clone(), telemetry.clone(), committed.clone());
+                    tokio::spawn(async move {
+                        commit(&store, &telemetry, jobs).await;
+                        drop(permit);
+                        committed.notify_one();
+                    });
+                    continue;
+                }
+            }
+            // Wait for a commit to return, or for more writes.
+            let room = max_batch.saturating_sub(pending.len()).max(1);
+            tokio::select! {
+                biased;
+                () = committed.notified() => {}
+                n = rx.recv_many(&mut pending, room), if !closed => closed = n == 0,
+                _ = shutdown.cancelled(), if !closed => {
+                    rx.close();
+                    closed = true;
+                }
+            }
         }
         // Wait for the batches still committing.
-        let _ = permits
-            .acquire_many(store.write_concurrency().max(1) as u32)
-            .await;
+        let _ = permits.acquire_many(concurrency as u32).await;
     });
     WriterHandle { tx }
 }

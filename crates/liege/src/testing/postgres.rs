@@ -141,6 +141,13 @@ impl TempPostgres {
         Ok(())
     }
 
+    /// The process id of the running server (the postmaster; its backends are its children),
+    /// from `postmaster.pid`. For measuring the server's CPU.
+    pub fn server_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// The loopback port the server listens on (the same across stop and start).
     pub fn port(&self) -> u16 {
         self.port

@@ -13,11 +13,115 @@ use super::{from_db_u64, to_db_u64};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{CheckpointWrite, StoreError, StoreResult, WriteError};
 
-/// The statement applying a batch.
-pub(super) const WRITE_SQL: &str = "SELECT o_idx, o_status, o_rev, o_owner, o_inc, o_epoch \
-     FROM liege_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// The statement applying one round of a batch, in the variant the round needs: with or
+/// without deletes, with or without audit records. Every variant is one statement, so
+/// outside an explicit transaction one transaction and one round trip, prepared once per
+/// connection and planned generically (`plan_cache_mode = force_generic_plan`), so its cost
+/// is in the rows; a node's batches (no deletes, no audit) get the leanest.
+///
+/// The fence: `fence` share-locks the directory rows of the round's partitions (in id order)
+/// and — a locking read — returns their *latest committed* versions: a claim that committed
+/// while we waited for its lock is seen, and one that comes later waits for our commit. The
+/// revision check is part of each change: a write expecting revision 0 inserts only if the
+/// key is absent (`ON CONFLICT DO NOTHING`), any other updates only the row at the expected
+/// revision (the `WHERE` of an `UPDATE` is re-checked on the latest version of a row another
+/// transaction changed meanwhile).
+///
+/// Parameters: `$1` idx (1-based position in the caller's batch), `$2` partition, `$3` epoch,
+/// `$4` writer name, `$5` writer incarnation, `$6` kind, `$7` id, `$8` expected revision, `$9`
+/// data (NULL: delete), `$10` audit. One row per write: idx, status (0 committed with the new
+/// revision, 1 fenced with the directory's owner and epoch, 2 revision conflict with the
+/// stored revision), revision, owner name, owner incarnation, epoch.
+pub(super) fn write_sql(audit: bool, deletes: bool) -> &'static str {
+    static VARIANTS: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    let variants = VARIANTS.get_or_init(|| {
+        [(false, false), (false, true), (true, false), (true, true)]
+            .map(|(audit, deletes)| build_write_sql(audit, deletes))
+    });
+    &variants[usize::from(audit) * 2 + usize::from(deletes)]
+}
 
-/// A batch as parallel column arrays, sorted into rounds (see `liege_write`).
+fn build_write_sql(audit: bool, deletes: bool) -> String {
+    let mut sql = String::from(
+        "WITH fence AS MATERIALIZED (
+    SELECT p.id, p.owner_name, p.owner_incarnation, p.epoch FROM liege_partitions p
+    WHERE p.id = ANY ($2::bigint[]) ORDER BY p.id FOR SHARE
+), chk AS MATERIALIZED (
+    SELECT i.*, f.owner_name AS owner, f.owner_incarnation AS oinc,
+           coalesce(f.epoch, 0) AS pepoch,
+           coalesce(f.owner_name = i.wname AND f.owner_incarnation = i.winc
+                    AND f.epoch = i.wepoch, false) AS fence_ok
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                $6::text[], $7::text[], $8::bigint[], $9::bytea[])
+        AS i (idx, part, wepoch, wname, winc, kind, kid, exp, data)
+    LEFT JOIN fence f ON f.id = i.part
+), ins AS (
+    INSERT INTO liege_checkpoints (kind, id, rev, data)
+    SELECT chk.kind, chk.kid, 1, chk.data FROM chk
+    WHERE chk.fence_ok AND chk.data IS NOT NULL AND chk.exp = 0 ORDER BY chk.kind, chk.kid
+    ON CONFLICT (kind, id) DO NOTHING
+    RETURNING kind, id
+), upd AS (
+    UPDATE liege_checkpoints c SET rev = chk.exp + 1, data = chk.data FROM chk
+    WHERE chk.fence_ok AND chk.data IS NOT NULL AND chk.exp > 0
+      AND c.kind = chk.kind AND c.id = chk.kid AND c.rev = chk.exp
+    RETURNING c.kind, c.id
+)",
+    );
+    let mut done = String::from("SELECT kind, id FROM ins UNION ALL SELECT kind, id FROM upd");
+    if deletes {
+        sql.push_str(
+            ", dels AS (
+    DELETE FROM liege_checkpoints c USING chk
+    WHERE chk.fence_ok AND chk.data IS NULL AND c.kind = chk.kind AND c.id = chk.kid
+      AND c.rev = chk.exp
+    RETURNING c.kind, c.id
+), nothing AS (
+    SELECT chk.kind, chk.kid AS id FROM chk
+    WHERE chk.fence_ok AND chk.data IS NULL AND chk.exp = 0 AND NOT EXISTS (
+        SELECT 1 FROM liege_checkpoints c WHERE c.kind = chk.kind AND c.id = chk.kid)
+)",
+        );
+        // A delete of an absent key expecting revision 0 commits: nothing to remove.
+        done.push_str(
+            " UNION ALL SELECT kind, id FROM dels UNION ALL SELECT kind, id FROM nothing",
+        );
+    }
+    sql.push_str(&format!(
+        ", done AS MATERIALIZED (
+    SELECT chk.idx, CASE WHEN chk.data IS NULL THEN 0 ELSE chk.exp + 1 END AS newrev,
+           chk.kind, chk.kid, chk.part, chk.wepoch, chk.wname, chk.winc
+    FROM chk JOIN ({done}) w ON w.kind = chk.kind AND w.id = chk.kid
+)"
+    ));
+    if audit {
+        sql.push_str(
+            ", aud AS (
+    INSERT INTO liege_audit (kind, id, partition, epoch, writer_name, writer_incarnation, rev)
+    SELECT d.kind, d.kid, d.part, d.wepoch, d.wname, d.winc, d.newrev FROM done d
+    WHERE $10::boolean ORDER BY d.idx
+    RETURNING seq
+)",
+        );
+    }
+    sql.push_str(
+        "
+SELECT chk.idx,
+       CASE WHEN NOT chk.fence_ok THEN 1 WHEN d.idx IS NULL THEN 2 ELSE 0 END,
+       coalesce(d.newrev, (SELECT c.rev FROM liege_checkpoints c
+                           WHERE c.kind = chk.kind AND c.id = chk.kid), 0),
+       chk.owner, chk.oinc, chk.pepoch
+FROM chk LEFT JOIN done d ON d.idx = chk.idx",
+    );
+    if !audit {
+        // Every variant takes the same ten parameters.
+        sql.push_str(" WHERE $10::boolean IS NOT NULL");
+    }
+    sql
+}
+
+/// One round of a batch as parallel column arrays: the n-th write of every key, so writes of
+/// one key apply in batch order, one per round.
 #[derive(Default)]
 pub(super) struct Columns<'a> {
     /// 1-based position of each write in the caller's batch.
@@ -30,32 +134,27 @@ pub(super) struct Columns<'a> {
     pub(super) id: Vec<&'a str>,
     pub(super) expected_rev: Vec<i64>,
     pub(super) data: Vec<Option<&'a [u8]>>,
-    /// Inclusive 1-based end of each round in the arrays. Round n holds the n-th write of
-    /// every key, so writes of one key apply in batch order.
-    pub(super) round_ends: Vec<i32>,
 }
 
 impl<'a> Columns<'a> {
-    /// Splits `batch` into columns.
-    pub(super) fn new(batch: &'a [CheckpointWrite]) -> StoreResult<Self> {
-        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut order: Vec<(usize, usize)> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let round = seen.entry((&w.key.kind, &w.key.id)).or_insert(0);
-                *round += 1;
-                (*round, i)
-            })
-            .collect();
-        order.sort_unstable();
+    /// True if a write of the round deletes its key.
+    pub(super) fn has_deletes(&self) -> bool {
+        self.data.iter().any(Option::is_none)
+    }
+
+    /// Splits `batch` into rounds: round n holds the n-th write of every key. A batch without
+    /// repeated keys (every batch the node's writer forms) is one round.
+    pub(super) fn rounds(batch: &'a [CheckpointWrite]) -> StoreResult<Vec<Self>> {
         let too_big = |_| StoreError::Other("write batch too large".into());
-        let mut c = Columns::default();
-        for (n, &(round, i)) in order.iter().enumerate() {
-            if order.get(n + 1).is_none_or(|next| next.0 != round) {
-                c.round_ends.push(i32::try_from(n + 1).map_err(too_big)?);
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut rounds: Vec<Columns<'a>> = Vec::new();
+        for (i, w) in batch.iter().enumerate() {
+            let round = seen.entry((&w.key.kind, &w.key.id)).or_insert(0);
+            if rounds.len() <= *round {
+                rounds.push(Columns::default());
             }
-            let w = &batch[i];
+            let c = &mut rounds[*round];
+            *round += 1;
             c.idx.push(i64::try_from(i + 1).map_err(too_big)?);
             c.partition.push(i64::from(w.partition.0));
             c.epoch.push(to_db_u64(w.epoch.0));
@@ -66,11 +165,11 @@ impl<'a> Columns<'a> {
             c.expected_rev.push(to_db_u64(w.expected_rev.0));
             c.data.push(w.data.as_deref());
         }
-        Ok(c)
+        Ok(rounds)
     }
 }
 
-/// Turns the rows of `liege_write` into one result per write, in batch order.
+/// Turns the rows of [`write_sql`] (of every round) into one result per write, in batch order.
 pub(super) fn decode(
     batch: &[CheckpointWrite],
     rows: &[Row],
@@ -83,7 +182,7 @@ pub(super) fn decode(
         let slot = usize::try_from(idx - 1)
             .ok()
             .and_then(|i| out.get_mut(i).zip(batch.get(i)))
-            .ok_or_else(|| StoreError::Other(format!("liege_write returned row {idx}")))?;
+            .ok_or_else(|| StoreError::Other(format!("the write statement returned row {idx}")))?;
         let (slot, write) = slot;
         *slot = Some(match status {
             0 => Ok(Rev(from_db_u64(rev))),
@@ -162,17 +261,18 @@ mod tests {
     #[test]
     fn repeated_keys_go_to_later_rounds_in_batch_order() {
         let batch = [w("x"), w("y"), w("x"), w("x"), w("z"), w("y")];
-        let c = Columns::new(&batch).expect("small batch");
-        assert_eq!(c.idx, vec![1, 2, 5, 3, 6, 4]);
-        assert_eq!(c.id, vec!["x", "y", "z", "x", "y", "x"]);
-        assert_eq!(c.round_ends, vec![3, 5, 6]);
+        let rounds = Columns::rounds(&batch).expect("small batch");
+        let idx: Vec<Vec<i64>> = rounds.iter().map(|r| r.idx.clone()).collect();
+        assert_eq!(idx, vec![vec![1, 2, 5], vec![3, 6], vec![4]]);
+        let ids: Vec<Vec<&str>> = rounds.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, vec![vec!["x", "y", "z"], vec!["x", "y"], vec!["x"]]);
     }
 
     #[test]
     fn a_batch_without_repeats_is_one_round() {
         let batch = [w("a"), w("b"), w("c")];
-        let c = Columns::new(&batch).expect("small batch");
-        assert_eq!(c.idx, vec![1, 2, 3]);
-        assert_eq!(c.round_ends, vec![3]);
+        let rounds = Columns::rounds(&batch).expect("small batch");
+        assert_eq!(rounds.len(), 1);
+        assert_eq!(rounds[0].idx, vec![1, 2, 3]);
     }
 }

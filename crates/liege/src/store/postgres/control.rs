@@ -252,26 +252,51 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let c = Columns::new(batch)?;
+        let rounds = Columns::rounds(batch)?;
         let audit = self.options.store.audit;
-        let rows = self
-            .query(
-                batch::WRITE_SQL,
-                &[
-                    &c.idx,
-                    &c.partition,
-                    &c.epoch,
-                    &c.writer_name,
-                    &c.writer_incarnation,
-                    &c.kind,
-                    &c.id,
-                    &c.expected_rev,
-                    &c.data,
-                    &c.round_ends,
-                    &audit,
-                ],
-            )
-            .await?;
+        fn params<'c>(
+            c: &'c Columns<'_>,
+            audit: &'c bool,
+        ) -> [&'c (dyn tokio_postgres::types::ToSql + Sync); 10] {
+            [
+                &c.idx,
+                &c.partition,
+                &c.epoch,
+                &c.writer_name,
+                &c.writer_incarnation,
+                &c.kind,
+                &c.id,
+                &c.expected_rev,
+                &c.data,
+                audit,
+            ]
+        }
+        let rows = match rounds.as_slice() {
+            // The batches a node forms: one statement, one transaction, one round trip.
+            [one] => {
+                self.query(
+                    batch::write_sql(audit, one.has_deletes()),
+                    &params(one, &audit),
+                )
+                .await?
+            }
+            // Repeated keys: one statement per round in one transaction; the first round's
+            // share locks hold the fence until commit.
+            many => {
+                self.timed(async {
+                    let mut conn = self.pool.get().await?;
+                    conn.simple("BEGIN").await?;
+                    let mut rows = Vec::new();
+                    for round in many {
+                        let sql = batch::write_sql(audit, round.has_deletes());
+                        rows.extend(conn.query(sql, &params(round, &audit)).await?);
+                    }
+                    conn.simple("COMMIT").await?;
+                    Ok(rows)
+                })
+                .await?
+            }
+        };
         batch::decode(batch, &rows)
     }
 

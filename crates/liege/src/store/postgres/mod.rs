@@ -137,8 +137,14 @@ impl PostgresStore {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Other(format!("bad postgres url: {e}")))?;
+        // Generic plans: every statement is prepared once per connection and planned once,
+        // instead of a custom plan per call (which cost more than the rows of a batch). And
+        // random reads priced as on SSDs: liege's statements touch a few rows by primary key,
+        // and with the default cost the generic plan of a batch's fence scanned all 1,024
+        // directory rows per batch.
         let server_options = format!(
-            "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c plan_cache_mode=force_generic_plan -c random_page_cost=1.1",
             config.get_options().unwrap_or_default(),
             options.statement_timeout.as_millis(),
             options.statement_timeout.as_millis().saturating_mul(4),

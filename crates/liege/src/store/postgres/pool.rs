@@ -134,6 +134,15 @@ impl PooledConn<'_> {
         result.map_err(|e| map_error(&e))
     }
 
+    /// Runs a statement without parameters over the simple query protocol (`BEGIN`,
+    /// `COMMIT`). The connection is dropped, not reused, if it fails.
+    pub(super) async fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.broken = true;
+        let result = self.conn()?.client.batch_execute(sql).await;
+        self.broken = matches!(&result, Err(e) if breaks_connection(e)) || result.is_err();
+        result.map_err(|e| map_error(&e))
+    }
+
     /// The raw client, for multi-statement work such as migrations. Marks the connection
     /// broken until [`Self::mark_healthy`] is called.
     pub(super) fn client_mut(&mut self) -> Result<&mut Client, StoreError> {

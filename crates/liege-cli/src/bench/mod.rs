@@ -1,0 +1,377 @@
+//! `liege bench`: a closed-loop HTTP benchmark of a cluster it starts itself, like the drill
+//! (real `liege node` processes over one store), reporting throughput, latency percentiles,
+//! errors, and the CPU of the nodes, the store and the load generator.
+//!
+//! Layout: [`load`] (the closed loop) · [`cpu`] (`/proc` times) · [`noop`] (the baseline
+//! server of `--noop`) · this file (flags, setup, report).
+
+mod cpu;
+mod load;
+pub(crate) mod noop;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+
+use crate::drill::client::Client;
+use crate::drill::store::StoreSetup;
+use crate::drill::topology::{ensure_dir, fresh_run_dir, Cluster, NodeTemplate};
+use crate::drill::{observe, SetupError};
+
+/// Options of `liege bench`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BenchArgs {
+    /// Comma-separated region labels; each gets `--nodes-per-region` nodes.
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    regions: Vec<String>,
+    /// Nodes started in every region.
+    #[arg(long, default_value_t = 1)]
+    nodes_per_region: usize,
+    /// Store shared by the nodes: `sqlite:PATH` or `postgres://...` (default: a fresh SQLite
+    /// file in the run directory).
+    #[arg(long, conflicts_with = "postgres_temp")]
+    store: Option<String>,
+    /// Start a throwaway PostgreSQL server from the local binaries; its CPU is measured.
+    #[arg(long)]
+    postgres_temp: bool,
+    /// Benchmark a no-op in-memory HTTP counter (hyper) instead of a cluster: the baseline.
+    #[arg(long, conflicts_with_all = ["store", "postgres_temp"])]
+    noop: bool,
+    /// Concurrent connections, one request in flight on each, spread over the nodes.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Distinct counters, chosen uniformly at random per request.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Measured time, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = crate::drill::parse_duration)]
+    duration: Duration,
+    /// Load before measuring (activations, connections, caches); `0s` for none.
+    #[arg(long, default_value = "2s", value_parser = crate::drill::parse_duration_or_zero)]
+    warmup: Duration,
+    /// Send a unique `Idempotency-Key` with every increment.
+    #[arg(long)]
+    idempotency: bool,
+    /// Persistence of the nodes: durable, interval:MS or on_passivate.
+    #[arg(long, default_value = "durable")]
+    persistence: String,
+    /// Lease TTL of every node, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    lease_ttl_ms: u64,
+    /// Partition count passed to the nodes.
+    #[arg(long, default_value_t = 1024)]
+    partitions: u32,
+    /// Directory for the store and node logs (default: a fresh temp dir, kept).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn validate(&self) -> Result<(), String> {
+        if self.regions.is_empty() || self.regions.iter().any(|r| r.trim().is_empty()) {
+            return Err("--regions needs at least one non-empty label".into());
+        }
+        if self.nodes_per_region == 0 || self.connections == 0 || self.keys == 0 {
+            return Err("--nodes-per-region, --connections and --keys must be positive".into());
+        }
+        if self.lease_ttl_ms < 100 {
+            return Err("--lease-ttl-ms must be at least 100".into());
+        }
+        self.persistence
+            .parse::<liege::cluster::Persistence>()
+            .map(|_| ())
+    }
+}
+
+/// A no-op server child process, killed on drop.
+struct NoopServer(Child);
+
+impl Drop for NoopServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What is under test: a cluster (and its store), or the no-op baseline.
+enum Target {
+    Cluster { cluster: Cluster, store: StoreSetup },
+    Noop(NoopServer, SocketAddr),
+}
+
+impl Target {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            Target::Cluster { cluster, .. } => cluster.nodes.iter().map(|n| n.http).collect(),
+            Target::Noop(_, addr) => vec![*addr],
+        }
+    }
+
+    fn server_pids(&self) -> Vec<u32> {
+        match self {
+            Target::Cluster { cluster, .. } => {
+                cluster.nodes.iter().map(|n| n.pid() as u32).collect()
+            }
+            Target::Noop(child, _) => vec![child.0.id()],
+        }
+    }
+
+    fn store_pid(&self) -> Option<u32> {
+        match self {
+            Target::Cluster { store, .. } => store.harness().and_then(|h| h.server_pid()),
+            Target::Noop(..) => None,
+        }
+    }
+
+    fn describe(&self, args: &BenchArgs) -> String {
+        match self {
+            Target::Noop(..) => "the no-op in-memory HTTP counter (hyper)".into(),
+            Target::Cluster { cluster, store } => format!(
+                "{} node(s) in {} region(s) ({}), {} store, {} persistence",
+                cluster.nodes.len(),
+                args.regions.len(),
+                args.regions.join(","),
+                store.label(),
+                args.persistence
+            ),
+        }
+    }
+}
+
+/// CPU seconds of (nodes, store, this process) at one moment.
+fn cpu_now(target: &Target) -> (f64, f64, f64) {
+    let nodes = target
+        .server_pids()
+        .into_iter()
+        .map(cpu::process_seconds)
+        .sum();
+    let store = target.store_pid().map_or(0.0, cpu::tree_seconds);
+    (nodes, store, cpu::process_seconds(std::process::id()))
+}
+
+async fn start_noop(run_dir: &std::path::Path, client: &Client) -> anyhow::Result<Target> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = std::fs::File::create(run_dir.join("noop.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench-noop", "--http", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting the no-op server")?;
+    let server = NoopServer(child);
+    for _ in 0..300 {
+        if client.ready(addr).await {
+            return Ok(Target::Noop(server, addr));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(SetupError("the no-op server did not answer".into()).into())
+}
+
+async fn start_cluster(
+    args: &BenchArgs,
+    run_dir: &std::path::Path,
+    client: &Client,
+) -> anyhow::Result<Target> {
+    let store = tokio::task::block_in_place(|| {
+        StoreSetup::from_args(args.store.as_deref(), args.postgres_temp, run_dir)
+    })?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let template = NodeTemplate {
+        exe: std::env::current_exe().context("finding the liege executable")?,
+        store: store.node_url(),
+        secret,
+        lease_ttl_ms: args.lease_ttl_ms,
+        partitions: args.partitions,
+        run_dir: run_dir.to_path_buf(),
+        audit: false,
+        extra: vec!["--persistence".into(), args.persistence.clone()],
+    };
+    let cluster = Cluster::start(&template, &args.regions, args.nodes_per_region, client).await?;
+    let members: Vec<(String, SocketAddr)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.http))
+        .collect();
+    observe::converge(client, &members, Duration::from_secs(30))
+        .await
+        .map_err(|why| SetupError(format!("the cluster did not settle: {why}")))?;
+    Ok(Target::Cluster { cluster, store })
+}
+
+/// Runs the benchmark: exit 0 when it ran (errors are reported, not judged), 1 when the
+/// counters read back afterwards disagree with what was acknowledged, 2 on a usage or setup
+/// error.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let run_dir = match &args.run_dir {
+        Some(d) => {
+            ensure_dir(d)?;
+            d.clone()
+        }
+        None => fresh_run_dir()?,
+    };
+    let client = Client::new();
+    let target = if args.noop {
+        start_noop(&run_dir, &client).await?
+    } else {
+        start_cluster(&args, &run_dir, &client).await?
+    };
+    let what = target.describe(&args);
+    eprintln!(
+        "liege bench — {what}; {} connections, {} keys, {:?} (+{:?} warm-up)",
+        args.connections, args.keys, args.duration, args.warmup
+    );
+    let tag: String = (0..4)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..args.keys).map(|i| format!("bench-{tag}-{i}")).collect());
+    let spec_keys = keys.clone();
+    let spec = load::LoadSpec {
+        targets: target.addrs(),
+        connections: args.connections,
+        keys,
+        warmup: args.warmup,
+        duration: args.duration,
+        idempotency: args.idempotency,
+        token: std::env::var("LIEGE_API_TOKEN").ok(),
+    };
+    let (warmup, duration) = (args.warmup, args.duration);
+    let cpu = async {
+        tokio::time::sleep(warmup).await;
+        let before = cpu_now(&target);
+        tokio::time::sleep(duration).await;
+        let after = cpu_now(&target);
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+    };
+    let (measured, (node_cpu, store_cpu, client_cpu)) = tokio::join!(load::run(spec), cpu);
+    let secs = duration.as_secs_f64();
+    let rate = measured.acked as f64 / secs;
+    let q = |p: f64| measured.latency_us.value_at_quantile(p) as f64 / 1000.0;
+    let nodes = target.server_pids().len();
+    let store_us_per_ack = (measured.acked > 0 && target.store_pid().is_some())
+        .then(|| store_cpu * 1e6 / measured.acked as f64);
+    println!("liege bench — {what}");
+    println!(
+        "  {} connections, {} keys, {:.1} s measured after {:.1} s of warm-up",
+        args.connections,
+        args.keys,
+        secs,
+        warmup.as_secs_f64()
+    );
+    println!(
+        "  acknowledged  {rate:.0}/s ({} in {secs:.1} s), errors {}",
+        measured.acked, measured.errors
+    );
+    println!(
+        "  latency       p50 {:.2} ms · p90 {:.2} · p99 {:.2} · max {:.2} ms",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        measured.latency_us.max() as f64 / 1000.0
+    );
+    let store_part = if target.store_pid().is_some() {
+        format!(" · store {:.2} cores", store_cpu / secs)
+    } else {
+        String::new()
+    };
+    println!(
+        "  cpu           {} {:.2} cores ({:.2} each){store_part} · load generator {:.2} cores",
+        if args.noop { "server" } else { "nodes" },
+        node_cpu / secs,
+        node_cpu / secs / nodes.max(1) as f64,
+        client_cpu / secs
+    );
+    if let Some(us) = store_us_per_ack {
+        println!("  store cpu per acknowledged write  {us:.1} µs");
+    }
+    for s in &measured.samples {
+        println!("  error sample: {s}");
+    }
+    let verified = verify(&target, &client, &spec_keys, &measured).await;
+    match &verified {
+        Some(Ok(sum)) => println!(
+            "  verified      counters sum to {sum}: every acknowledged increment applied ({} acknowledged, {} of unknown outcome, warm-up included)",
+            measured.total_acked, measured.total_failed
+        ),
+        Some(Err(why)) => println!("  FAILED        {why}"),
+        None => {}
+    }
+    println!("  run dir: {}", run_dir.display());
+    if let Some(path) = &args.json {
+        let report = json!({
+            "target": what,
+            "nodes": nodes,
+            "regions": args.regions,
+            "connections": args.connections,
+            "keys": args.keys,
+            "duration_s": secs,
+            "acknowledged": measured.acked,
+            "acknowledged_per_s": rate,
+            "errors": measured.errors,
+            "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                           "max": measured.latency_us.max() as f64 / 1000.0},
+            "cpu_cores": {"nodes": node_cpu / secs, "store": store_cpu / secs,
+                          "load_generator": client_cpu / secs},
+            "store_cpu_us_per_ack": store_us_per_ack,
+            "verified": verified.as_ref().map(|v| v.is_ok()),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if matches!(verified, Some(Err(_))) {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads every counter back from the cluster and checks that their sum covers every
+/// acknowledged increment and no more than those plus the ones of unknown outcome. `None` for
+/// the no-op baseline, which keeps nothing worth checking.
+async fn verify(
+    target: &Target,
+    client: &Client,
+    keys: &Arc<Vec<String>>,
+    measured: &load::Measured,
+) -> Option<Result<i64, String>> {
+    let Target::Cluster { .. } = target else {
+        return None;
+    };
+    let finals = observe::finals(client, &target.addrs(), keys).await;
+    let unreadable = finals.iter().filter(|v| v.is_none()).count();
+    if unreadable > 0 {
+        return Some(Err(format!("{unreadable} counters could not be read back")));
+    }
+    let sum: i64 = finals.into_iter().flatten().sum();
+    let (acked, failed) = (measured.total_acked as i64, measured.total_failed as i64);
+    Some(if sum < acked {
+        Err(format!(
+            "counters sum to {sum}, fewer than the {acked} acknowledged increments: updates lost"
+        ))
+    } else if sum > acked + failed {
+        Err(format!(
+            "counters sum to {sum}, more than the {acked} acknowledged plus {failed} failed increments: updates applied twice"
+        ))
+    } else {
+        Ok(sum)
+    })
+}
