@@ -1,8 +1,8 @@
-//! Encoding a batch of fenced writes as column arrays for `liege_write`, and decoding the
-//! per-write outcomes it returns.
+//! Encoding a batch of fenced writes as column arrays for one statement per round
+//! ([`write_sql`]), and decoding the per-write outcomes it returns.
 //!
-//! The whole batch is one call of one prepared statement: one round trip and one
-//! transaction, however many writes it holds.
+//! A batch with one write per key is one call of one prepared statement: one round trip and
+//! one transaction, however many writes it holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -4,7 +4,8 @@
 //!   (`liege_now_ms()`), read inside the statement that uses it.
 //! - **One round trip per operation**: each operation is one prepared statement, most of them
 //!   calling a PL/pgSQL function from the embedded migrations, so each is one transaction.
-//!   A batch of checkpoint writes is a single call of `liege_write` with column arrays.
+//!   A batch of checkpoint writes is one statement per round with column arrays
+//!   (`batch::write_sql`).
 //! - **Fencing**: a write batch holds `FOR SHARE` locks on its partitions' directory rows until
 //!   commit; a claim takes `FOR UPDATE` on them before deciding. See [`PostgresStore`].
 //! - **Push**: `LISTEN liege_changes` on a dedicated connection feeds [`Store::watch`](super::Store::watch).
@@ -102,9 +103,10 @@ impl PostgresOptions {
 /// A [`Store`](super::Store) in a PostgreSQL database.
 ///
 /// # Why a stale write cannot commit after a claim
-/// `liege_write` first takes `SELECT .. FOR SHARE` on the directory rows of every partition in
-/// the batch and keeps those locks until the batch commits; only then, in a new statement (a
-/// new snapshot under READ COMMITTED), does it compare owner and epoch. `liege_claim` takes
+/// A write batch's first step is a locking read, `SELECT .. FOR SHARE`, of the directory rows
+/// of every partition in the round; it keeps those locks until the batch commits and, under
+/// READ COMMITTED, returns the latest committed version of each row, against which owner and
+/// epoch are compared. `liege_claim` takes
 /// `SELECT .. FOR UPDATE` on the rows it may claim and only then decides and bumps the
 /// epoch. The two lock modes conflict, so for one partition either the whole write batch
 /// commits before the claim reads the row, or the claim commits first and the batch, once it
