@@ -208,7 +208,7 @@ async fn start_cluster(
         .iter()
         .map(|n| (n.name.clone(), n.http))
         .collect();
-    observe::converge(client, &members, Duration::from_secs(30))
+    observe::balance(client, &members, Duration::from_secs(30))
         .await
         .map_err(|why| SetupError(format!("the cluster did not settle: {why}")))?;
     Ok(Target::Cluster { cluster, store })

@@ -110,6 +110,9 @@ pub(crate) struct Criteria {
     pub(crate) max_errors: Option<u64>,
     /// Lost plus double-applied increments allowed.
     pub(crate) max_inexact: u64,
+    /// For a store outage: the recovery work allowed after the store returns, as
+    /// (failovers per node, partition claims in percent of the partitions).
+    pub(crate) max_recovery_work: Option<(u64, u64)>,
 }
 
 impl DrillArgs {
@@ -143,12 +146,19 @@ impl DrillArgs {
     /// The thresholds, defaults filled in.
     pub(crate) fn criteria(&self) -> Criteria {
         let strict = !self.allow_errors && self.deadline() >= 3 * self.ttl();
+        let outage = self.scenario == Scenario::StoreOutage;
+        // After a store outage nodes only rejoin and take their own partitions back: every
+        // key answers within one TTL of the store's return.
+        let default_p99 = if outage {
+            self.lease_ttl_ms
+        } else {
+            2 * self.lease_ttl_ms + 500
+        };
         Criteria {
-            max_recovery_p99_ms: self
-                .max_recovery_p99_ms
-                .unwrap_or(2 * self.lease_ttl_ms + 500),
+            max_recovery_p99_ms: self.max_recovery_p99_ms.unwrap_or(default_p99),
             max_errors: strict.then_some(0),
             max_inexact: self.allow_inexact,
+            max_recovery_work: outage.then_some((1, 150)),
         }
     }
 

@@ -78,6 +78,25 @@ pub(crate) async fn converge(
     members: &[(String, SocketAddr)],
     timeout: Duration,
 ) -> Result<Duration, String> {
+    converge_until(client, members, timeout, false).await
+}
+
+/// [`converge`], and also every partition at its desired owner in every node's view (the
+/// rebalancer has nothing left to move): the state to measure a fault from.
+pub(crate) async fn balance(
+    client: &Client,
+    members: &[(String, SocketAddr)],
+    timeout: Duration,
+) -> Result<Duration, String> {
+    converge_until(client, members, timeout, true).await
+}
+
+async fn converge_until(
+    client: &Client,
+    members: &[(String, SocketAddr)],
+    timeout: Duration,
+    balanced: bool,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let expected: BTreeSet<String> = members.iter().map(|(n, _)| n.clone()).collect();
     let mut calm = 0;
@@ -94,7 +113,11 @@ pub(crate) async fn converge(
                 Err(e) => answers.push((name.clone(), serde_json::json!({"error": e.to_string()}))),
             }
         }
-        match divergence(&expected, &answers) {
+        let misplaced = answers.iter().find_map(|(name, v)| {
+            let n = v["partitions_misplaced"].as_u64().unwrap_or(u64::MAX);
+            (balanced && n != 0).then(|| format!("{name} sees {n} partitions still to move"))
+        });
+        match divergence(&expected, &answers).or(misplaced) {
             None => {
                 let spread = answers
                     .first()
@@ -226,22 +249,74 @@ pub(crate) fn event_counts(metrics: &str) -> BTreeMap<String, u64> {
 pub(crate) async fn events(
     client: &Client,
     members: &[(String, SocketAddr)],
-    run_dir: &std::path::Path,
+    run_dir: Option<&std::path::Path>,
 ) -> BTreeMap<String, BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for (name, addr) in members {
         if let Ok(text) = client.get_text(*addr, "/metrics", STATS_TIMEOUT).await {
-            let _ = std::fs::write(run_dir.join(format!("{name}.metrics")), &text);
+            if let Some(dir) = run_dir {
+                let _ = std::fs::write(dir.join(format!("{name}.metrics")), &text);
+            }
             out.insert(name.clone(), event_counts(&text));
         }
     }
     out
 }
 
+/// The counts of `after` since `before`, per node and event. A node whose counter went
+/// down restarted (counters start at zero): all of its `after` count is new.
+pub(crate) fn events_since(
+    before: &BTreeMap<String, BTreeMap<String, u64>>,
+    after: BTreeMap<String, BTreeMap<String, u64>>,
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    after
+        .into_iter()
+        .map(|(node, counts)| {
+            let was = before.get(&node);
+            let counts = counts
+                .into_iter()
+                .map(|(event, n)| {
+                    let old = was.and_then(|w| w.get(&event)).copied().unwrap_or(0);
+                    (event, if n >= old { n - old } else { n })
+                })
+                .collect();
+            (node, counts)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn events_are_counted_from_the_fault_on() {
+        let map = |v: &[(&str, &str, u64)]| {
+            let mut m: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            for (node, event, n) in v {
+                m.entry(node.to_string())
+                    .or_default()
+                    .insert(event.to_string(), *n);
+            }
+            m
+        };
+        let before = map(&[("a", "claimed", 10), ("b", "claimed", 7)]);
+        let after = map(&[
+            ("a", "claimed", 12),
+            ("b", "claimed", 3),
+            ("c", "claimed", 4),
+        ]);
+        // a: 2 new; b restarted (counter reset): 3 new; c was not there: 4 new.
+        assert_eq!(
+            events_since(&before, after),
+            map(&[
+                ("a", "claimed", 2),
+                ("b", "claimed", 3),
+                ("c", "claimed", 4)
+            ])
+        );
+    }
 
     #[test]
     fn event_counters_are_parsed_from_the_exposition() {

@@ -130,7 +130,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         args.lease_ttl_ms
     ));
     let mut cluster = Cluster::start(&template, &regions, args.nodes_per_region, &client).await?;
-    let settle = observe::converge(
+    let settle = observe::balance(
         &client,
         &members(&cluster, |_| true),
         Duration::from_secs(30),
@@ -138,7 +138,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     .await
     .map_err(|why| SetupError(format!("the cluster did not settle: {why}")))?;
     progress.say(format!(
-        "settled: every node ready, partitions spread ({} ms)",
+        "settled: every node ready, every partition at its desired owner ({} ms)",
         ms(settle)
     ));
 
@@ -213,6 +213,8 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         targets.join(","),
         owned_by_target.iter().filter(|b| **b).count()
     ));
+    let all = members(&cluster, |_| true);
+    let events_before = observe::events(&client, &all, None).await;
     let fault_at = Instant::now();
     match store.harness() {
         Some(h) if args.scenario == Scenario::StoreOutage => h.stop().await?,
@@ -336,7 +338,10 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         measure::recovery(fault_us, &owned_by_target, &logical)
     };
-    let events = observe::events(&client, &alive, &run_dir).await;
+    let events = observe::events_since(
+        &events_before,
+        observe::events(&client, &alive, Some(&run_dir)).await,
+    );
     let audit = match store.audit().await {
         Ok(records) => liege::testing::check_audit(&records),
         Err(e) => Err(format!("audit unreadable: {e:#}")),
@@ -390,6 +395,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
         events,
+        partitions: args.partitions,
         timeline: measure::timeline(&attempts, regions.len(), 100),
         wall_ms: ms(t0.elapsed()),
         run_dir: run_dir.display().to_string(),

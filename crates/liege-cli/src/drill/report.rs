@@ -49,8 +49,10 @@ pub(crate) struct Findings {
     pub(crate) audit_writes: usize,
     /// The fencing violation (or why the audit was unreadable), if any.
     pub(crate) audit_violation: Option<String>,
-    /// Cluster event counters per surviving node.
+    /// Cluster event counters per surviving node, counted from the fault on.
     pub(crate) events: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Partitions of the cluster.
+    pub(crate) partitions: u32,
     /// For `pause`: self-fences reported by the paused node.
     pub(crate) self_fenced: Option<u64>,
     /// Attempts per region per 100 ms.
@@ -158,6 +160,21 @@ impl Findings {
             let _ = write!(telemetry.detail, ", self-fenced {n}×");
         }
         out.push(telemetry);
+        if let Some((per_node, percent)) = c.max_recovery_work {
+            let claims = self.event_total("partition_claimed");
+            let max_failovers = per_node * self.nodes as u64;
+            let max_claims = percent * u64::from(self.partitions) / 100;
+            out.push(Criterion {
+                name: "recovery work",
+                pass: failovers <= max_failovers && claims <= max_claims,
+                detail: format!(
+                    "{failovers} failovers ≤ {max_failovers}, {claims} partition claims ≤ {max_claims} ({}.{:02} × {} partitions) since the fault",
+                    percent / 100,
+                    percent % 100,
+                    self.partitions
+                ),
+            });
+        }
         out
     }
 

@@ -228,8 +228,14 @@ fn bench_measures_a_two_region_cluster_and_reads_every_increment_back() {
     assert!(doc["acknowledged"].as_u64().unwrap_or(0) > 0, "{doc:#}");
     assert_eq!(doc["errors"], 0, "{doc:#}");
     assert_eq!(doc["verified"], true, "{doc:#}");
-    assert!(doc["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{doc:#}");
-    assert!(doc["cpu_cores"]["nodes"].as_f64().unwrap_or(0.0) > 0.0, "{doc:#}");
+    assert!(
+        doc["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{doc:#}"
+    );
+    assert!(
+        doc["cpu_cores"]["nodes"].as_f64().unwrap_or(0.0) > 0.0,
+        "{doc:#}"
+    );
     assert!(output.contains("verified"), "{output}");
 }
 
@@ -263,6 +269,10 @@ fn bench_baseline_and_usage_errors() {
         &["--regions", ""][..],
     ] {
         let (status, output) = liege("bench", bad, &[]);
-        assert_eq!(status.code(), Some(2), "{bad:?} must be a usage error:\n{output}");
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{bad:?} must be a usage error:\n{output}"
+        );
     }
 }

@@ -84,6 +84,9 @@ pub struct ClusterStats {
     pub partitions_by_owner: std::collections::BTreeMap<String, usize>,
     /// Partitions without a live owner in this node's view.
     pub partitions_orphaned: usize,
+    /// Partitions with a live owner other than their desired owner in this node's view: moves
+    /// the rebalancer has still to make (0 once the cluster is balanced).
+    pub partitions_misplaced: usize,
 }
 
 /// A live node that did not answer a stats request.

@@ -239,13 +239,17 @@ impl Router {
             })
             .collect();
         let mut partitions_by_owner = std::collections::BTreeMap::new();
-        let mut partitions_orphaned = 0;
-        for (owner, _) in view.owners() {
+        let (mut partitions_orphaned, mut partitions_misplaced) = (0, 0);
+        for (i, (owner, _)) in view.owners().iter().enumerate() {
             match owner.as_ref().filter(|o| view.is_live(o, now)) {
                 Some(o) => {
                     *partitions_by_owner
                         .entry(o.name.to_string())
-                        .or_insert(0usize) += 1
+                        .or_insert(0usize) += 1;
+                    let desired = view.desired(crate::core::ids::PartitionId(i as u32));
+                    if desired.is_some_and(|d| **d != *o.name) {
+                        partitions_misplaced += 1;
+                    }
                 }
                 None => partitions_orphaned += 1,
             }
@@ -284,6 +288,7 @@ impl Router {
             unreachable,
             partitions_by_owner,
             partitions_orphaned,
+            partitions_misplaced,
         }
     }
 }

@@ -639,7 +639,12 @@ impl Engine {
     }
 
     fn on_wanted(&mut self, p: PartitionId, now: LocalMs) {
-        if self.phase != Phase::Member || self.shared.table.held(p) != Held::No {
+        // Before the first read after a (re)join the view is the one from before: claims it
+        // suggested would go out one by one ahead of the batch the read brings.
+        if self.phase != Phase::Member
+            || !self.shared.table.directory_loaded()
+            || self.shared.table.held(p) != Held::No
+        {
             return;
         }
         let Some(prev) = plan::claimable(&self.plan_context(now, 0), p) else {

@@ -175,6 +175,11 @@ impl ServingTable {
             .store(until.map_or(0, |u| u.max(1)), Ordering::Release);
     }
 
+    /// True once a directory read since the last (re)join has been applied.
+    pub(super) fn directory_loaded(&self) -> bool {
+        self.directory_loaded.load(Ordering::Acquire)
+    }
+
     pub(super) fn set_directory_loaded(&self, loaded: bool) {
         self.directory_loaded.store(loaded, Ordering::Release);
     }
