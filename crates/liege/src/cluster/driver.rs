@@ -20,7 +20,7 @@ use crate::core::ids::PartitionId;
 use crate::env::Clock;
 use crate::faults::Faults;
 use crate::host::Host;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{Directory, SharedStore, StoreError};
 use crate::telemetry::Telemetry;
 
 /// Called after every engine step (simulations check invariants here).
@@ -75,6 +75,35 @@ pub(crate) struct Driver {
     pub(crate) shutdown: CancellationToken,
     /// Set to true once the engine stopped (graceful shutdown finished).
     pub(crate) stopped: watch::Sender<bool>,
+    /// The directory as last read, patched by incremental reads.
+    pub(crate) directory: Arc<DirectoryCache>,
+}
+
+/// The directory as of the last read and the store's version of it: a refresh reads only
+/// the rows changed since (`Store::directory_changes`).
+#[derive(Debug, Default)]
+pub(crate) struct DirectoryCache {
+    state: Mutex<(Option<u64>, Directory)>,
+}
+
+impl DirectoryCache {
+    /// Reads what changed since the cached version and returns the whole directory.
+    async fn refresh(&self, store: &SharedStore) -> Result<Directory, StoreError> {
+        let since = self.state.lock().0;
+        let changes = store.directory_changes(since).await?;
+        let mut state = self.state.lock();
+        // Two refreshes never overlap (one read in flight), but never let an older answer
+        // overwrite a newer one.
+        let newer = match (state.0, changes.version) {
+            (Some(have), Some(got)) => got >= have,
+            _ => true,
+        };
+        if newer {
+            state.0 = changes.version;
+            state.1.apply(changes);
+        }
+        Ok(state.1.clone())
+    }
 }
 
 /// Creates the inbox; the receiver goes to [`Driver::run`].
@@ -227,8 +256,9 @@ impl Driver {
                 });
             }
             Command::Read { sent_at } => {
+                let cache = self.directory.clone();
                 self.tasks.spawn(async move {
-                    let result = read(&store).await;
+                    let result = read(&store, &cache).await;
                     reply(Input::Read { sent_at, result });
                 });
             }
@@ -277,9 +307,9 @@ impl Driver {
 }
 
 /// One refresh: membership, then the directory.
-async fn read(store: &SharedStore) -> Result<Snapshot, StoreError> {
+async fn read(store: &SharedStore, cache: &DirectoryCache) -> Result<Snapshot, StoreError> {
     let membership = store.nodes().await?;
-    let directory = store.directory().await?;
+    let directory = cache.refresh(store).await?;
     Ok(Snapshot {
         membership,
         directory,

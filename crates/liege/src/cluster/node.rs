@@ -245,6 +245,7 @@ impl Node {
             tasks: tasks.clone(),
             shutdown: shutdown.child_token(),
             stopped: stopped_tx,
+            directory: Arc::default(),
         };
         let (joined_tx, joined) = oneshot::channel();
         tasks.spawn(driver.run(handle.clone(), inbox, Some(joined_tx)));

@@ -119,6 +119,38 @@ pub struct Directory {
     pub partitions: Vec<PartitionRow>,
 }
 
+/// The directory rows changed since an earlier read ([`Store::directory_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryChanges {
+    /// The store's clock when the rows were read.
+    pub now: StoreTime,
+    /// True if `rows` is the whole directory (the first read, or a store without versions):
+    /// replace rather than patch.
+    pub full: bool,
+    /// The rows changed (or all of them, if `full`), sorted by id.
+    pub rows: Vec<PartitionRow>,
+    /// The version to pass next time; `None` for a store that keeps no versions.
+    pub version: Option<u64>,
+}
+
+impl Directory {
+    /// Applies `changes` read after this directory: replaces it if they are a full read,
+    /// otherwise overwrites the changed rows.
+    pub fn apply(&mut self, changes: DirectoryChanges) {
+        self.now = changes.now;
+        if changes.full {
+            self.partitions = changes.rows;
+            return;
+        }
+        for row in changes.rows {
+            match self.partitions.binary_search_by_key(&row.id, |r| r.id) {
+                Ok(i) => self.partitions[i] = row,
+                Err(i) => self.partitions.insert(i, row),
+            }
+        }
+    }
+}
+
 /// A successful lease grant or renewal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -285,6 +317,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// The whole partition directory and the store's clock.
     async fn directory(&self) -> StoreResult<Directory>;
+
+    /// The directory rows changed after `since` (a [`DirectoryChanges::version`] this store
+    /// returned before), or the whole directory when `since` is `None`. Stores that keep no
+    /// versions return the whole directory every time (the default). A store that does
+    /// must never skip a change: every row changed by a transaction that committed before
+    /// one whose change is included must be included too.
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        let _ = since;
+        let d = self.directory().await?;
+        Ok(DirectoryChanges {
+            now: d.now,
+            full: true,
+            rows: d.partitions,
+            version: None,
+        })
+    }
 
     /// Claims every listed partition that is unowned, or whose owner's lease has expired
     /// (or whose owner incarnation no longer has a row), setting owner = `node` and

@@ -3,6 +3,7 @@
 //! are installed, unless `LIEGE_REQUIRE_POSTGRES=1`.
 
 mod clock;
+mod directory;
 mod fencing;
 mod ops;
 mod outage;

@@ -7,8 +7,9 @@ use super::batch::{self, get, partition_from_db, Columns};
 use super::{from_db_u64, to_db_u64, ttl_to_db, PostgresStore};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership, NodeLease,
-    NodeRecord, PartitionRow, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, DirectoryChanges, Lease,
+    Membership, NodeLease, NodeRecord, PartitionRow, Store, StoreChange, StoreError, StoreResult,
+    StoreTime, WriteError,
 };
 
 const INIT_SQL: &str =
@@ -30,6 +31,12 @@ const NODES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
 const DIRECTORY_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
      SELECT t.now, p.id, p.owner_name, p.owner_incarnation, p.epoch \
      FROM t LEFT JOIN liege_partitions p ON true ORDER BY p.id";
+/// Rows stamped after `$1` (-1: every row), with the clock and the directory version in the
+/// same snapshot (see migration 4 for why no change is skipped).
+const DIRECTORY_CHANGES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now, \
+            (SELECT c.version FROM liege_directory_clock c) AS version) \
+     SELECT t.now, p.id, p.owner_name, p.owner_incarnation, p.epoch, t.version \
+     FROM t LEFT JOIN liege_partitions p ON p.version > $1 ORDER BY p.id";
 const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
 const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
 const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
@@ -169,25 +176,22 @@ impl Store for PostgresStore {
 
     async fn directory(&self) -> StoreResult<Directory> {
         let rows = self.query(DIRECTORY_SQL, &[]).await?;
-        let mut directory = Directory {
+        Ok(Directory {
             now: get(first(&rows)?, 0)?,
-            partitions: Vec::with_capacity(rows.len()),
-        };
-        for row in &rows {
-            let Some(id) = get::<Option<i64>>(row, 1)? else {
-                continue; // no partitions yet: only the clock row
-            };
-            let owner_name: Option<String> = get(row, 2)?;
-            let owner_inc: Option<i64> = get(row, 3)?;
-            directory.partitions.push(PartitionRow {
-                id: PartitionId(partition_from_db(id)?),
-                owner: owner_name
-                    .zip(owner_inc)
-                    .map(|(n, i)| NodeId::new(n, from_db_u64(i))),
-                epoch: Epoch(from_db_u64(get(row, 4)?)),
-            });
-        }
-        Ok(directory)
+            partitions: partition_rows(&rows)?,
+        })
+    }
+
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        let after: i64 = since.map_or(-1, to_db_u64);
+        let rows = self.query(DIRECTORY_CHANGES_SQL, &[&after]).await?;
+        let head = first(&rows)?;
+        Ok(DirectoryChanges {
+            now: get(head, 0)?,
+            full: since.is_none(),
+            rows: partition_rows(&rows)?,
+            version: Some(from_db_u64(get(head, 5)?)),
+        })
     }
 
     async fn claim(
@@ -316,4 +320,25 @@ impl Store for PostgresStore {
 fn first(rows: &[tokio_postgres::Row]) -> StoreResult<&tokio_postgres::Row> {
     rows.first()
         .ok_or_else(|| StoreError::Other("query returned no row".into()))
+}
+
+/// The directory rows of a result whose columns 1–4 are id, owner name, owner incarnation and
+/// epoch (a row without an id is the clock row of an empty result).
+fn partition_rows(rows: &[tokio_postgres::Row]) -> StoreResult<Vec<PartitionRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = get::<Option<i64>>(row, 1)? else {
+            continue;
+        };
+        let owner_name: Option<String> = get(row, 2)?;
+        let owner_inc: Option<i64> = get(row, 3)?;
+        out.push(PartitionRow {
+            id: PartitionId(partition_from_db(id)?),
+            owner: owner_name
+                .zip(owner_inc)
+                .map(|(n, i)| NodeId::new(n, from_db_u64(i))),
+            epoch: Epoch(from_db_u64(get(row, 4)?)),
+        });
+    }
+    Ok(out)
 }

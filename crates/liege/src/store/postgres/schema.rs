@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_placement.sql")),
     (3, include_str!("migrations/0003_claim_clock.sql")),
+    (4, include_str!("migrations/0004_directory_version.sql")),
 ];
 
 /// Key of the advisory lock serializing migrations (an arbitrary constant: "liege" in ASCII).
