@@ -1,9 +1,12 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 //! Durable batched checkpoint writes to a throwaway PostgreSQL server (`fsync` on).
 //!
-//! `cargo bench -p liege --bench postgres`. Each iteration commits batches of 256 fenced
-//! writes to distinct keys; criterion reports writes per second. Skipped (with a "skipped:"
-//! line) when no PostgreSQL binaries are installed.
+//! `cargo bench -p liege --bench postgres`. `postgres_write`: each iteration commits batches
+//! of 256 fenced writes to distinct keys; criterion reports writes per second.
+//! `postgres_coordination`: what one node's refresh costs in a cluster of 100 nodes and 1,024
+//! partitions (membership read, full and incremental directory reads, a renewal) — the
+//! figures of `docs/SCALING.md`. Skipped (with a "skipped:" line) when no PostgreSQL
+//! binaries are installed.
 
 use std::sync::Arc;
 
@@ -101,5 +104,80 @@ fn durable_batches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, durable_batches);
+const NODES: usize = 100;
+const CLUSTER_PARTITIONS: u32 = 1024;
+
+/// A store with 100 live nodes, each owning its share of 1,024 partitions.
+async fn cluster(pg: &TempPostgres) -> (Arc<PostgresStore>, Vec<NodeId>) {
+    let url = pg.create_database().await.expect("database");
+    let store = PostgresStore::connect(&url, PostgresOptions::for_tests())
+        .await
+        .expect("store");
+    let meta = ClusterMeta {
+        partitions: CLUSTER_PARTITIONS,
+        secret_salt: vec![0],
+        secret_verifier: vec![0],
+        placement: None,
+    };
+    store.init_cluster(&meta).await.expect("init");
+    let mut ids = Vec::new();
+    for i in 0..NODES {
+        let node = NodeRecord {
+            id: NodeId::new(format!("node-{i:03}"), 1),
+            region: format!("r{}", i % 5),
+            cluster_addr: format!("10.0.0.{i}:7070"),
+            http_addr: format!("10.0.0.{i}:8080"),
+        };
+        store.join(&node, 3_600_000).await.expect("join");
+        let mine: Vec<_> = (0..CLUSTER_PARTITIONS)
+            .filter(|p| *p as usize % NODES == i)
+            .map(PartitionId)
+            .collect();
+        store.claim(&node.id, &mine).await.expect("claim");
+        ids.push(node.id);
+    }
+    (Arc::new(store), ids)
+}
+
+fn coordination(c: &mut Criterion) {
+    let Some(pg) = TempPostgres::start().expect("postgres") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (store, ids) = rt.block_on(cluster(&pg));
+    let version = rt
+        .block_on(store.directory_changes(None))
+        .expect("read")
+        .version;
+    let mut group = c.benchmark_group("postgres_coordination");
+    group.sample_size(30);
+    group.bench_function("membership_100_nodes", |b| {
+        b.to_async(&rt).iter(|| async {
+            assert_eq!(store.nodes().await.expect("nodes").nodes.len(), NODES);
+        })
+    });
+    group.bench_function("directory_full_1024", |b| {
+        b.to_async(&rt).iter(|| async {
+            let d = store.directory_changes(None).await.expect("read");
+            assert_eq!(d.rows.len(), CLUSTER_PARTITIONS as usize);
+        })
+    });
+    group.bench_function("directory_incremental_unchanged", |b| {
+        b.to_async(&rt).iter(|| async {
+            let d = store.directory_changes(version).await.expect("read");
+            assert!(d.rows.is_empty());
+        })
+    });
+    group.bench_function("renew", |b| {
+        let mut i = 0;
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % NODES;
+            let (store, id) = (store.clone(), ids[i].clone());
+            async move { store.renew(&id, 3_600_000).await.expect("renew") }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, durable_batches, coordination);
 criterion_main!(benches);

@@ -1,7 +1,8 @@
-//! The closed-loop load of `liege bench`: `connections` tasks, each with its own keep-alive
-//! HTTP/1.1 connection to one entry node (round-robin over the nodes), each sending
+//! The closed-loop load of `liege bench`: `connections` tasks, each sending
 //! `POST /demo/keys/{id}/inc` for a uniformly random key as soon as the previous answer
-//! arrived. Latencies are recorded after the warm-up only.
+//! arrived, over keep-alive HTTP/1.1 connections: to one entry node per task (round-robin
+//! over the nodes), or with owner routing to the node that owns the key. Latencies are
+//! recorded after the warm-up only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub(crate) struct LoadSpec {
     pub(crate) idempotency: bool,
     /// `Authorization: Bearer` token, if the nodes require one.
     pub(crate) token: Option<String>,
+    /// Owner routing: for every key, the index in `targets` of the node that owned it when
+    /// the load started. `None`: each connection sends everything to its one entry node.
+    pub(crate) owners: Option<Arc<Vec<usize>>>,
 }
 
 /// What one connection, or all of them, measured.
@@ -130,18 +134,23 @@ async fn one(
 }
 
 async fn connection(spec: Arc<LoadSpec>, index: usize, start: Instant) -> Measured {
-    let addr = spec.targets[index % spec.targets.len()];
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng());
     let mut out = Measured::new();
-    let mut sender: Option<Sender> = None;
+    // One keep-alive connection per target this task sends to (only its entry node unless
+    // routing by owner).
+    let mut senders: Vec<Option<Sender>> = (0..spec.targets.len()).map(|_| None).collect();
+    let entry = index % spec.targets.len();
     let mut seq = 0u64;
     while Instant::now() < end {
-        let s = match sender.as_mut() {
+        let k = rng.random_range(0..spec.keys.len());
+        let t = spec.owners.as_ref().map_or(entry, |o| o[k]);
+        let addr = spec.targets[t];
+        let s = match senders[t].as_mut() {
             Some(s) => s,
             None => match connect(addr).await {
-                Ok(s) => sender.insert(s),
+                Ok(s) => senders[t].insert(s),
                 Err(e) => {
                     if Instant::now() >= measure_from {
                         out.errors += 1;
@@ -154,7 +163,7 @@ async fn connection(spec: Arc<LoadSpec>, index: usize, start: Instant) -> Measur
                 }
             },
         };
-        let key = &spec.keys[rng.random_range(0..spec.keys.len())];
+        let key = &spec.keys[k];
         seq += 1;
         let idem = spec.idempotency.then(|| format!("bench-{index}-{seq}"));
         let sent = Instant::now();
@@ -166,7 +175,7 @@ async fn connection(spec: Arc<LoadSpec>, index: usize, start: Instant) -> Measur
         }
         if sent < measure_from || done > end {
             if result.is_err() {
-                sender = None;
+                senders[t] = None;
             }
             continue;
         }
@@ -181,7 +190,7 @@ async fn connection(spec: Arc<LoadSpec>, index: usize, start: Instant) -> Measur
                 if out.samples.len() < 5 {
                     out.samples.push(e);
                 }
-                sender = None;
+                senders[t] = None;
             }
         }
     }

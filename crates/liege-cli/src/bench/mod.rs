@@ -24,6 +24,15 @@ use crate::drill::store::StoreSetup;
 use crate::drill::topology::{ensure_dir, fresh_run_dir, Cluster, NodeTemplate};
 use crate::drill::{observe, SetupError};
 
+/// Where the load generator sends each request.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Each connection to one entry node; nodes forward to owners.
+    Entry,
+    /// Each request to its key's owner.
+    Owner,
+}
+
 /// Options of `liege bench`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
@@ -58,6 +67,11 @@ pub(crate) struct BenchArgs {
     /// Send a unique `Idempotency-Key` with every increment.
     #[arg(long)]
     idempotency: bool,
+    /// Where each request goes: `entry` (each connection to one node, round-robin; the node
+    /// forwards to the key's owner) or `owner` (to the node that owns the key, looked up once
+    /// before the load with `GET /demo/keys/{id}/owner`, as a routing-aware client would).
+    #[arg(long, value_enum, default_value = "entry")]
+    route: Route,
     /// Persistence of the nodes: durable, interval:MS or on_passivate.
     #[arg(long, default_value = "durable")]
     persistence: String,
@@ -246,6 +260,24 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let keys: Arc<Vec<String>> =
         Arc::new((0..args.keys).map(|i| format!("bench-{tag}-{i}")).collect());
     let spec_keys = keys.clone();
+    let owners = match (&target, args.route) {
+        (Target::Cluster { cluster, .. }, Route::Owner) => {
+            let names = observe::owners(&client, &target.addrs(), &keys).await;
+            let index: Vec<usize> = names
+                .iter()
+                .enumerate()
+                .map(|(k, name)| {
+                    cluster
+                        .nodes
+                        .iter()
+                        .position(|n| n.name == *name)
+                        .unwrap_or(k % cluster.nodes.len())
+                })
+                .collect();
+            Some(Arc::new(index))
+        }
+        _ => None,
+    };
     let spec = load::LoadSpec {
         targets: target.addrs(),
         connections: args.connections,
@@ -254,6 +286,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         idempotency: args.idempotency,
         token: std::env::var("LIEGE_API_TOKEN").ok(),
+        owners,
     };
     let (warmup, duration) = (args.warmup, args.duration);
     let cpu = async {
@@ -272,8 +305,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .then(|| store_cpu * 1e6 / measured.acked as f64);
     println!("liege bench — {what}");
     println!(
-        "  {} connections, {} keys, {:.1} s measured after {:.1} s of warm-up",
+        "  {} connections ({} routing), {} keys, {:.1} s measured after {:.1} s of warm-up",
         args.connections,
+        match args.route {
+            Route::Entry => "entry-node",
+            Route::Owner => "owner",
+        },
         args.keys,
         secs,
         warmup.as_secs_f64()
@@ -323,6 +360,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "nodes": nodes,
             "regions": args.regions,
             "connections": args.connections,
+            "route": format!("{:?}", args.route).to_lowercase(),
             "keys": args.keys,
             "duration_s": secs,
             "acknowledged": measured.acked,
