@@ -1,4 +1,5 @@
-//! `liege`: run a node, or run the multi-region chaos drill.
+//! `liege`: run a node, the multi-region chaos drill, the benchmark, or the small admin
+//! commands (`placement`, `secret`).
 
 mod bench;
 mod drill;
@@ -23,6 +24,9 @@ enum Command {
     Drill(Box<drill::DrillArgs>),
     /// Show the cluster's placement policy, or change it while no node runs.
     Placement(placement::PlacementArgs),
+    /// Print a new random cluster secret (32 bytes, hex) for --secret, LIEGE_SECRET or
+    /// --secret-file.
+    Secret,
     /// Closed-loop HTTP benchmark of a cluster it starts: throughput, latency, CPU.
     Bench(Box<bench::BenchArgs>),
     /// The no-op HTTP counter `liege bench --noop` measures (internal).
@@ -52,6 +56,10 @@ fn main() -> std::process::ExitCode {
             Command::Drill(args) => drill::run(*args).await,
             Command::Placement(args) => placement::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::Secret => node::new_secret().map(|s| {
+                println!("{s}");
+                std::process::ExitCode::SUCCESS
+            }),
             Command::BenchNoop { http } => bench::noop::serve(http)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

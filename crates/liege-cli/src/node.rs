@@ -89,21 +89,47 @@ pub(crate) fn store_url(flag: Option<&str>) -> anyhow::Result<StoreUrl> {
     raw.parse::<StoreUrl>().map_err(|e| anyhow::anyhow!(e))
 }
 
+/// A secret given but unusable: exit 2 with the rule it breaks.
+fn check_secret(secret: &[u8], source: &str) -> anyhow::Result<()> {
+    if secret.len() < liege::cluster::MIN_SECRET_BYTES {
+        bail!(
+            "the cluster secret from {source} is {} bytes; it must be at least {} bytes \
+             (make one with `liege secret`)",
+            secret.len(),
+            liege::cluster::MIN_SECRET_BYTES
+        );
+    }
+    Ok(())
+}
+
+/// The cluster secret from `--secret`/`LIEGE_SECRET` or `--secret-file`, checked.
 fn secret(args: &NodeArgs) -> anyhow::Result<Option<Vec<u8>>> {
     match (&args.secret, &args.secret_file) {
         (Some(_), Some(_)) => bail!("give either --secret or --secret-file, not both"),
-        (Some(s), None) => Ok(Some(s.as_bytes().to_vec())),
+        (Some(s), None) => {
+            check_secret(s.as_bytes(), "--secret (or LIEGE_SECRET)")?;
+            Ok(Some(s.as_bytes().to_vec()))
+        }
         (None, Some(path)) => {
             let s = std::fs::read_to_string(path)
                 .with_context(|| format!("reading secret file {}", path.display()))?;
             let s = s.trim_end_matches(['\n', '\r']);
-            if s.is_empty() {
-                bail!("secret file {} is empty", path.display());
-            }
+            check_secret(s.as_bytes(), &format!("secret file {}", path.display()))?;
             Ok(Some(s.as_bytes().to_vec()))
         }
         (None, None) => Ok(None),
     }
+}
+
+/// `liege secret`: a new random 32-byte secret, hex-encoded, from the operating system's
+/// random source.
+pub(crate) fn new_secret() -> anyhow::Result<String> {
+    use rand::TryRngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the operating system's random source failed: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Runs a node until SIGTERM/SIGINT, then shuts down gracefully.
@@ -118,6 +144,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     if !sabotage.is_none() {
         tracing::error!(%sabotage, "SABOTAGE is on: this node breaks the guarantees on purpose");
     }
+    let secret = secret(&args)?;
     let url = store_url(args.store.as_deref())?;
     let options = StoreOptions {
         audit: args.audit,
@@ -125,7 +152,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     };
     let store = liege::store::open(&url, options)
         .await
-        .with_context(|| format!("opening store {url:?}"))?;
+        .with_context(|| format!("opening store {url}"))?;
 
     let http = tokio::net::TcpListener::bind(args.http)
         .await
@@ -136,7 +163,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.cluster_listen = args.listen;
     config.cluster_advertise = args.advertise.clone();
     config.http_advertise = http_addr.to_string();
-    config.secret = secret(&args)?;
+    config.secret = secret;
     config.partitions = args.partitions;
     config.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
     config.persistence = args.persistence;

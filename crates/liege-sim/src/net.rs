@@ -181,6 +181,7 @@ pub struct Endpoint {
 impl Network for Endpoint {
     async fn request(
         &self,
+        _name: &str,
         addr: &str,
         request: Request,
         timeout: Duration,

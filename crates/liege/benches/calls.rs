@@ -155,7 +155,7 @@ fn remote(c: &mut Criterion) {
         let mut config = NodeConfig::new(name, "bench");
         config.persistence = Persistence::OnPassivate;
         config.partitions = 256;
-        config.secret = Some(b"bench".to_vec());
+        config.secret = Some(b"bench-cluster-secret".to_vec());
         Node::start(config, store.clone(), Agents::with_builtins())
     };
     let a = rt.block_on(start("a")).expect("node a");

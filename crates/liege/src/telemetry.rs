@@ -389,13 +389,15 @@ impl Telemetry {
             &[
                 ("{reason=\"bad_secret\"}", t.handshakes_refused_bad_secret),
                 ("{reason=\"bad_version\"}", t.handshakes_refused_bad_version),
+                ("{reason=\"identity\"}", t.handshakes_refused_identity),
+                ("{reason=\"busy\"}", t.handshakes_refused_busy),
                 ("{reason=\"garbage\"}", t.handshakes_refused_garbage),
                 ("{reason=\"timeout\"}", t.handshakes_refused_timeout),
             ],
         );
         counter(
             "liege_transport_frames_rejected",
-            "Frames from authenticated peers that could not be decoded",
+            "Frames from authenticated peers that failed authentication or could not be decoded",
             &[("", t.frames_rejected)],
         );
         counter(

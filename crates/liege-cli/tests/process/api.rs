@@ -224,7 +224,7 @@ fn garbage_on_the_cluster_port_is_refused_and_the_node_keeps_serving() {
         "garbage",
         "local",
         &dir.path().join("liege.db"),
-        &["--secret", "s3cret"],
+        &["--secret", "s3cret-s3cret-s3cret"],
     );
     let cluster_port = node.cluster;
     assert_eq!(node.inc("g", None), 1);

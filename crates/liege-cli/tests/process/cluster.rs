@@ -22,7 +22,7 @@ fn three_processes_on_one_postgres_serve_every_key_and_survive_a_sigkill() {
 }
 
 fn three_processes_serve_every_key_and_survive_a_sigkill(store: &str, dir: &std::path::Path) {
-    let secret = ["--secret", "drill-secret"];
+    let secret = ["--secret", "drill-cluster-secret-0001"];
     let mut nodes = vec![
         NodeProcess::start_on("iad-1", "iad", store, dir, &secret),
         NodeProcess::start_on("ord-1", "ord", store, dir, &secret),
@@ -88,7 +88,7 @@ fn three_processes_serve_every_key_and_survive_a_sigkill(store: &str, dir: &std:
 fn a_node_with_another_secret_refuses_to_join() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("liege.db");
-    let _first = NodeProcess::start("a", "iad", &db, &["--secret", "right"]);
+    let _first = NodeProcess::start("a", "iad", &db, &["--secret", "the-right-cluster-secret"]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
         .args([
             "node",
@@ -101,7 +101,7 @@ fn a_node_with_another_secret_refuses_to_join() {
         ])
         .arg("--store")
         .arg(format!("sqlite:{}", db.display()))
-        .args(["--secret", "wrong"])
+        .args(["--secret", "the-wrong-cluster-secret"])
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));

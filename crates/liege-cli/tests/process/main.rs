@@ -2,5 +2,6 @@
 
 mod api;
 mod cluster;
+mod secrets;
 mod single;
 mod support;

@@ -8,8 +8,12 @@ use crate::core::placement::PlacementPolicy;
 pub use crate::host::Persistence;
 use crate::sabotage::Sabotage;
 
-/// Configuration of one node. Build with [`NodeConfig::new`] and adjust fields.
-#[derive(Clone, Debug)]
+/// The shortest cluster secret a node accepts.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Configuration of one node. Build with [`NodeConfig::new`] and adjust fields. Its `Debug`
+/// output shows the secret's length, never the secret.
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Stable node name, unique among live nodes (`iad-1`).
     pub name: String,
@@ -76,6 +80,15 @@ impl NodeConfig {
 
     /// Checks the configuration for values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.secret {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "the cluster secret is {} bytes; it must be at least {MIN_SECRET_BYTES} \
+                     (make one with `liege secret`)",
+                    secret.len()
+                ));
+            }
+        }
         if self.name.is_empty() || self.name.len() > 128 {
             return Err("node name must be 1..=128 bytes".into());
         }
@@ -97,5 +110,58 @@ impl NodeConfig {
         self.placement
             .validate(self.partitions)
             .map_err(|e| format!("placement: {e}"))
+    }
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("name", &self.name)
+            .field("region", &self.region)
+            .field("cluster_listen", &self.cluster_listen)
+            .field("cluster_advertise", &self.cluster_advertise)
+            .field("http_advertise", &self.http_advertise)
+            .field(
+                "secret",
+                &self
+                    .secret
+                    .as_ref()
+                    .map(|s| format!("<redacted, {} bytes>", s.len())),
+            )
+            .field("partitions", &self.partitions)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("placement", &self.placement)
+            .field("persistence", &self.persistence)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("mailbox_capacity", &self.mailbox_capacity)
+            .field("dedupe_window", &self.dedupe_window)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_batch", &self.max_batch)
+            .field("rebalance", &self.rebalance)
+            .field("sabotage", &self.sabotage)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let mut c = NodeConfig::new("a", "iad");
+        c.secret = Some(b"correct-horse-battery-staple".to_vec());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("correct-horse"), "{shown}");
+        assert!(shown.contains("<redacted, 28 bytes>"), "{shown}");
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let mut c = NodeConfig::new("a", "iad");
+        c.secret = Some(b"fifteen-bytes!!".to_vec());
+        assert!(c.validate().unwrap_err().contains("at least 16"));
+        c.secret = Some(b"sixteen-bytes!!!".to_vec());
+        c.validate().expect("16 bytes are enough");
     }
 }

@@ -17,6 +17,6 @@ mod router;
 pub use api::{
     CallOptions, ClusterStats, NodeStats, OwnerInfo, Reply, StartError, UnreachableNode,
 };
-pub use config::{NodeConfig, Persistence};
+pub use config::{NodeConfig, Persistence, MIN_SECRET_BYTES};
 pub use driver::StepObserver;
 pub use node::{Environment, Node};

@@ -70,7 +70,7 @@ impl Router {
             let result = match &target {
                 None => Err(CallError::Unowned { partition: p }),
                 Some(Target::Local) => self.serve_local(key, &op).await,
-                Some(Target::Peer { addr, .. }) => {
+                Some(Target::Peer { name, addr, .. }) => {
                     // A frozen owner (GC pause, SIGSTOP) loses its partitions after one TTL, so
                     // an attempt need not wait much longer than that before re-routing.
                     let attempt =
@@ -80,7 +80,7 @@ impl Router {
                         .min(attempt);
                     match self
                         .network
-                        .request(addr, to_request(key, &op), remaining)
+                        .request(name, addr, to_request(key, &op), remaining)
                         .await
                     {
                         Ok(resp) => from_response(resp),
@@ -256,7 +256,10 @@ impl Router {
         }
         let timeout = Duration::from_millis(1000).min(self.call_timeout);
         let asks = peers.into_iter().map(|(name, region, addr)| async move {
-            let result = self.network.request(&addr, Request::Stats, timeout).await;
+            let result = self
+                .network
+                .request(&name, &addr, Request::Stats, timeout)
+                .await;
             (name, region, result)
         });
         let answers = futures_util::future::join_all(asks).await;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::codec::{encode, write_loop, FrameReader, FrameWriter, WireError};
-use super::config::{bump, TransportConfig, TransportError, HANDSHAKE_MAX_FRAME_BYTES};
+use super::config::{bump, tune, TransportConfig, TransportError, HANDSHAKE_MAX_FRAME_BYTES};
 use super::handshake;
 use super::message::{Request, RequestFrame, Response, ResponseFrame};
 
@@ -75,8 +75,23 @@ impl Peers {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        self.request_to(None, addr, request, timeout).await
+    }
+
+    /// [`Peers::request`] to the node named `name` at `addr`: the connection is used only if
+    /// the server proved that name in its handshake (a different node at that address — a
+    /// restart on a reused port, a misdirected route — is refused with
+    /// [`TransportError::Handshake`]).
+    pub async fn request_to(
+        &self,
+        name: Option<&str>,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         let deadline = Instant::now() + timeout;
-        match tokio::time::timeout_at(deadline, self.exchange(addr, request, deadline)).await {
+        let exchange = self.exchange(name, addr, request, deadline);
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(outcome) => outcome,
             Err(_elapsed) => {
                 bump(&self.inner.config.counters.request_timeouts);
@@ -87,6 +102,7 @@ impl Peers {
 
     async fn exchange(
         &self,
+        name: Option<&str>,
         addr: &str,
         request: Request,
         deadline: Instant,
@@ -97,7 +113,7 @@ impl Peers {
             self.inner.close_all("peer links are cut");
             return Err(TransportError::Connect("peers cut".into()));
         }
-        let conn = self.connection(addr).await?;
+        let conn = self.connection(name, addr).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -127,9 +143,20 @@ impl Peers {
     }
 
     /// The live connection to `addr`, opening one if there is none.
-    async fn connection(&self, addr: &str) -> Result<Arc<Conn>, TransportError> {
+    async fn connection(
+        &self,
+        name: Option<&str>,
+        addr: &str,
+    ) -> Result<Arc<Conn>, TransportError> {
         let mut outcome = {
             let mut slots = self.inner.slots.lock();
+            if let Some(Slot::Ready(conn)) = slots.get(addr) {
+                if name.is_some_and(|n| n != conn.peer) {
+                    // Another node answers at this address now: that connection is not to
+                    // the node asked for. Dial again; the handshake checks the name.
+                    conn.close("the address belongs to another node now");
+                }
+            }
             match slots.get(addr) {
                 Some(Slot::Ready(conn)) if !conn.closed.is_cancelled() => return Ok(conn.clone()),
                 Some(Slot::Connecting { outcome, .. }) => outcome.clone(),
@@ -142,7 +169,9 @@ impl Peers {
                     };
                     slots.insert(addr.to_owned(), slot);
                     // A task of its own, so that callers giving up do not abandon the attempt.
-                    tokio::spawn(connect(self.inner.clone(), addr.to_owned(), attempt, tx));
+                    let name = name.map(str::to_owned);
+                    let inner = self.inner.clone();
+                    tokio::spawn(connect(inner, name, addr.to_owned(), attempt, tx));
                     outcome
                 }
             }
@@ -176,8 +205,14 @@ impl Drop for Inner {
 }
 
 /// One connection attempt: open, authenticate, then publish the outcome to the waiters.
-async fn connect(inner: Arc<Inner>, addr: String, attempt: u64, tx: watch::Sender<Attempt>) {
-    let mut outcome = open(&inner.config, &addr).await;
+async fn connect(
+    inner: Arc<Inner>,
+    name: Option<String>,
+    addr: String,
+    attempt: u64,
+    tx: watch::Sender<Attempt>,
+) {
+    let mut outcome = open(&inner.config, &addr, name.as_deref()).await;
     match &outcome {
         Err(e @ TransportError::Connect(_)) => debug!(peer = %addr, error = %e, "cannot connect"),
         Err(e) => warn!(peer = %addr, error = %e, "cannot connect to a peer"),
@@ -204,8 +239,13 @@ async fn connect(inner: Arc<Inner>, addr: String, attempt: u64, tx: watch::Sende
     tx.send_replace(Some(outcome));
 }
 
-/// Opens a TCP connection to `addr`, authenticates, and starts its reader and writer tasks.
-async fn open(config: &TransportConfig, addr: &str) -> Result<Arc<Conn>, TransportError> {
+/// Opens a TCP connection to `addr`, authenticates (the server must be `expected`, if given),
+/// and starts its reader and writer tasks.
+async fn open(
+    config: &TransportConfig,
+    addr: &str,
+    expected: Option<&str>,
+) -> Result<Arc<Conn>, TransportError> {
     let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await
     {
         Ok(Ok(stream)) => stream,
@@ -217,14 +257,12 @@ async fn open(config: &TransportConfig, addr: &str) -> Result<Arc<Conn>, Transpo
             )))
         }
     };
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(peer = %addr, error = %e, "cannot set TCP_NODELAY");
-    }
+    tune(&stream);
     let (read, write) = stream.into_split();
     let mut reader = FrameReader::new(read, HANDSHAKE_MAX_FRAME_BYTES);
     let mut writer = FrameWriter::new(write, HANDSHAKE_MAX_FRAME_BYTES);
-    let handshake = handshake::connect(&mut reader, &mut writer, config, addr);
-    match tokio::time::timeout(config.handshake_timeout, handshake).await {
+    let handshake = handshake::connect(&mut reader, &mut writer, config, addr, expected);
+    let (peer, keys) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
         Ok(outcome) => outcome?,
         Err(_) => {
             return Err(TransportError::Connect(format!(
@@ -232,13 +270,15 @@ async fn open(config: &TransportConfig, addr: &str) -> Result<Arc<Conn>, Transpo
                 config.handshake_timeout
             )))
         }
-    }
-    reader.set_max_frame_bytes(config.max_frame_bytes);
-    writer.set_max_frame_bytes(config.max_frame_bytes);
+    };
+    let (send, receive) = keys.client();
+    reader.seal_with(receive, config.max_frame_bytes);
+    writer.seal_with(send, config.max_frame_bytes);
 
     let (queue, queued) = mpsc::channel(REQUEST_QUEUE);
     let conn = Arc::new(Conn {
         addr: addr.to_owned(),
+        peer,
         next_id: AtomicU64::new(0),
         pending: Mutex::new(Some(HashMap::new())),
         queue,
@@ -256,6 +296,8 @@ type WriteHalf = tokio::net::tcp::OwnedWriteHalf;
 /// One authenticated connection. Its reader and writer tasks hold it until it closes.
 struct Conn {
     addr: String,
+    /// The node name the server proved in the handshake.
+    peer: String,
     next_id: AtomicU64,
     /// Requests awaiting an answer; `None` once the connection closed.
     pending: Mutex<Option<HashMap<u64, Answer>>>,

@@ -1,4 +1,5 @@
-//! Framing: a big-endian `u32` length prefix, then a postcard body (see `docs/PROTOCOL.md`).
+//! Framing: a big-endian `u32` length prefix, then a postcard body (see `docs/PROTOCOL.md`);
+//! after the handshake the body is sealed ([`super::seal`]).
 //!
 //! [`FrameReader`] and [`FrameWriter`] wrap the two halves of a socket; [`write_loop`] is the one
 //! writer task per connection, which drains its queue and flushes once per batch so pipelined
@@ -14,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
+use super::seal::{Direction, SealError, TAG_BYTES};
+
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WireError {
@@ -26,6 +29,9 @@ pub(crate) enum WireError {
     /// The body is not a valid postcard encoding of the expected message.
     #[error("undecodable frame: {0}")]
     Decode(String),
+    /// A sealed frame did not authenticate: the connection must close, its content unused.
+    #[error("{0}")]
+    Forged(SealError),
     /// The socket failed.
     #[error("{0}")]
     Io(io::Error),
@@ -64,6 +70,7 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 pub(crate) struct FrameReader<R> {
     inner: FramedRead<R, LengthDelimitedCodec>,
     limit: usize,
+    open: Option<Direction>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -72,15 +79,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Self {
             inner: FramedRead::new(io, codec(max_frame_bytes)),
             limit: max_frame_bytes,
+            open: None,
         }
     }
 
-    /// Changes the frame limit, keeping bytes already buffered (used after the handshake).
-    pub(crate) fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+    /// After the handshake: frame bodies of up to `max_frame_bytes` (plus the tag) sealed
+    /// with `direction`, keeping bytes already buffered.
+    pub(crate) fn seal_with(&mut self, direction: Direction, max_frame_bytes: usize) {
         self.inner
             .decoder_mut()
-            .set_max_frame_length(max_frame_bytes);
+            .set_max_frame_length(max_frame_bytes + TAG_BYTES);
         self.limit = max_frame_bytes;
+        self.open = Some(direction);
     }
 
     /// The next raw frame body; `None` when the peer closed the connection cleanly between
@@ -88,7 +98,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) async fn recv_raw(&mut self) -> Result<Option<Bytes>, WireError> {
         match self.inner.next().await {
             None => Ok(None),
-            Some(Ok(body)) => Ok(Some(body.freeze())),
+            Some(Ok(body)) => match &mut self.open {
+                None => Ok(Some(body.freeze())),
+                Some(direction) => direction
+                    .open(&body)
+                    .map(|plain| Some(Bytes::from(plain)))
+                    .map_err(WireError::Forged),
+            },
             Some(Err(e)) => {
                 let oversized = e
                     .get_ref()
@@ -114,6 +130,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// The writing half of a connection.
 pub(crate) struct FrameWriter<W> {
     inner: FramedWrite<W, LengthDelimitedCodec>,
+    seal: Option<Direction>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -122,19 +139,33 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(io: W, max_frame_bytes: usize) -> Self {
         Self {
             inner: FramedWrite::new(io, codec(max_frame_bytes)),
+            seal: None,
         }
     }
 
-    /// Changes the frame limit (used after the handshake).
-    pub(crate) fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+    /// After the handshake: frame bodies of up to `max_frame_bytes`, sealed with `direction`.
+    pub(crate) fn seal_with(&mut self, direction: Direction, max_frame_bytes: usize) {
         self.inner
             .encoder_mut()
-            .set_max_frame_length(max_frame_bytes);
+            .set_max_frame_length(max_frame_bytes + TAG_BYTES);
+        self.seal = Some(direction);
+    }
+
+    /// The body as it goes on the wire: sealed once the handshake is done.
+    fn wire(&mut self, body: Bytes) -> io::Result<Bytes> {
+        match &mut self.seal {
+            None => Ok(body),
+            Some(direction) => direction
+                .seal(&body)
+                .map(Bytes::from)
+                .map_err(io::Error::other),
+        }
     }
 
     /// Encodes, writes and flushes one message (handshake use; no batching).
     pub(crate) async fn send<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
         let body = encode(message).map_err(io::Error::other)?;
+        let body = self.wire(body)?;
         self.inner.send(body).await
     }
 }
@@ -147,8 +178,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
 ) -> io::Result<()> {
     while let Some(body) = queue.recv().await {
+        let body = writer.wire(body)?;
         writer.inner.feed(body).await?;
         while let Ok(body) = queue.try_recv() {
+            let body = writer.wire(body)?;
             writer.inner.feed(body).await?;
         }
         SinkExt::<Bytes>::flush(&mut writer.inner).await?;

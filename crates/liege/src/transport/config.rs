@@ -12,14 +12,43 @@ use crate::faults::Faults;
 /// 200 bytes; the small cap keeps an unauthenticated peer from making us buffer megabytes.
 pub const HANDSHAKE_MAX_FRAME_BYTES: usize = 1024;
 
+/// Most connections a node keeps in the handshake at once; more are closed on arrival (and
+/// counted as `busy`). Authenticated connections do not count.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// TCP keepalive on cluster connections: first probe after this much silence...
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// ...then a probe this often; the kernel gives up after a few unanswered ones, so a
+/// black-holed peer's connection fails within about 30 s even with no request waiting.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets `TCP_NODELAY` and TCP keepalive on a cluster connection (best effort: a failure only
+/// costs latency or a later notice of a dead peer, and is logged at debug level).
+pub(crate) fn tune(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
 /// Settings shared by [`crate::transport::serve`] and [`crate::transport::Peers`] on one node.
 ///
 /// Cheap to clone: the secret, faults and counters are shared, so a clone counts into the same
 /// [`TransportCounters`].
 #[derive(Clone)]
 pub struct TransportConfig {
-    /// This node's name, sent in the handshake so the other side's logs say who connected.
+    /// This node's name, sent in the handshake and bound into both proofs: peers check it is
+    /// the node they meant to dial, and a node refuses connections claiming its own name.
     pub node_name: String,
+    /// This process's instance: random per [`TransportConfig::new`], bound into both proofs
+    /// and the frame keys, so a restarted node is a different party to its peers.
+    pub instance: u64,
     /// The cluster secret. Both sides prove knowledge of it with HMAC-SHA256; it never travels.
     /// May be empty (the node then binds loopback only, which is the node layer's concern).
     pub secret: Arc<[u8]>,
@@ -42,6 +71,7 @@ impl TransportConfig {
     pub fn new(node_name: impl Into<String>, secret: impl Into<Arc<[u8]>>) -> Self {
         Self {
             node_name: node_name.into(),
+            instance: rand::random(),
             secret: secret.into(),
             connect_timeout: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(2),
@@ -90,6 +120,10 @@ pub struct TransportCounters {
     pub handshakes_refused_bad_secret: AtomicU64,
     /// Handshakes refused because the peer speaks another protocol version.
     pub handshakes_refused_bad_version: AtomicU64,
+    /// Handshakes refused because the peer claimed this node's own name.
+    pub handshakes_refused_identity: AtomicU64,
+    /// Connections closed on arrival because [`MAX_PENDING_HANDSHAKES`] were in progress.
+    pub handshakes_refused_busy: AtomicU64,
     /// Handshakes refused because the peer sent something that is not a liege handshake:
     /// undecodable or oversized frames, a wrong magic, or a hang-up half-way.
     pub handshakes_refused_garbage: AtomicU64,
@@ -114,6 +148,8 @@ pub struct CountersSnapshot {
     pub connections_accepted: u64,
     pub handshakes_refused_bad_secret: u64,
     pub handshakes_refused_bad_version: u64,
+    pub handshakes_refused_identity: u64,
+    pub handshakes_refused_busy: u64,
     pub handshakes_refused_garbage: u64,
     pub handshakes_refused_timeout: u64,
     pub frames_rejected: u64,
@@ -131,6 +167,8 @@ impl TransportCounters {
             connections_accepted: get(&self.connections_accepted),
             handshakes_refused_bad_secret: get(&self.handshakes_refused_bad_secret),
             handshakes_refused_bad_version: get(&self.handshakes_refused_bad_version),
+            handshakes_refused_identity: get(&self.handshakes_refused_identity),
+            handshakes_refused_busy: get(&self.handshakes_refused_busy),
             handshakes_refused_garbage: get(&self.handshakes_refused_garbage),
             handshakes_refused_timeout: get(&self.handshakes_refused_timeout),
             frames_rejected: get(&self.frames_rejected),

@@ -7,7 +7,7 @@ use crate::core::ids::AgentKey;
 use crate::error::CallError;
 
 /// Version of the message set below. A peer speaking another version is refused at handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// How a signal is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

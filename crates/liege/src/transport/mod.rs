@@ -1,5 +1,6 @@
-//! Cluster transport: TCP, length-delimited frames, postcard, request-id multiplexing,
-//! an HMAC-SHA256 challenge-response handshake over the cluster secret.
+//! Cluster transport: TCP, length-delimited frames, postcard, request-id multiplexing, an
+//! HMAC-SHA256 challenge-response handshake over the cluster secret bound to both identities,
+//! then every frame sealed with ChaCha20-Poly1305 under per-connection keys.
 //!
 //! - [`serve`] accepts peers on a listener and hands each authenticated request to a
 //!   [`RequestHandler`], answering in any order (multiplexed by request id).
@@ -23,6 +24,7 @@ pub(crate) mod codec;
 mod config;
 pub(crate) mod handshake;
 pub mod message;
+pub(crate) mod seal;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -31,18 +33,21 @@ use std::time::Duration;
 
 pub use client::Peers;
 pub use config::{
-    CountersSnapshot, TransportConfig, TransportCounters, TransportError, HANDSHAKE_MAX_FRAME_BYTES,
+    CountersSnapshot, TransportConfig, TransportCounters, TransportError,
+    HANDSHAKE_MAX_FRAME_BYTES, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, MAX_PENDING_HANDSHAKES,
 };
 pub use message::{Delivery, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
-pub use server::serve;
+pub use server::{serve, MAX_PEER_DEADLINE_MS};
 
 /// How a node reaches its peers: [`Peers`] over TCP in production, an in-memory network in
 /// simulations.
 #[async_trait::async_trait]
 pub trait Network: Send + Sync + 'static {
-    /// Sends `request` to the node at `addr` and waits at most `timeout` for its response.
+    /// Sends `request` to the node named `name` at `addr` and waits at most `timeout` for
+    /// its response. A node at `addr` that is not `name` must not receive it.
     async fn request(
         &self,
+        name: &str,
         addr: &str,
         request: Request,
         timeout: Duration,
@@ -53,11 +58,12 @@ pub trait Network: Send + Sync + 'static {
 impl Network for Peers {
     async fn request(
         &self,
+        name: &str,
         addr: &str,
         request: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        Peers::request(self, addr, request, timeout).await
+        Peers::request_to(self, Some(name), addr, request, timeout).await
     }
 }
 

@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::codec::{encode, write_loop, FrameReader, FrameWriter};
-use super::config::{bump, TransportConfig, HANDSHAKE_MAX_FRAME_BYTES};
+use super::config::{
+    bump, tune, TransportConfig, HANDSHAKE_MAX_FRAME_BYTES, MAX_PENDING_HANDSHAKES,
+};
 use super::handshake::{self, Refusal};
 use super::message::{RequestFrame, Response, ResponseFrame};
 use super::RequestHandler;
@@ -50,6 +52,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let log = Arc::new(RefusalLog::default());
     info!(node = %config.node_name, addr = ?listener.local_addr().ok(), "accepting peers");
     loop {
         let (stream, peer_addr) = tokio::select! {
@@ -69,21 +73,63 @@ pub async fn serve(
             debug!(peer = %peer_addr, "peer links are cut: dropping the new connection");
             continue;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(peer = %peer_addr, error = %e, "cannot set TCP_NODELAY");
-        }
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            bump(&config.counters.handshakes_refused_busy);
+            if let Some(suppressed) = log.admit("busy") {
+                warn!(peer = %peer_addr, suppressed, limit = MAX_PENDING_HANDSHAKES,
+                    "refused a peer connection: too many handshakes in progress");
+            }
+            continue;
+        };
+        tune(&stream);
         let connection = Connection {
             peer_addr,
             config: config.clone(),
             handler: handler.clone(),
             shutdown: shutdown.clone(),
+            log: log.clone(),
         };
-        connections.spawn(connection.run(stream));
+        connections.spawn(connection.run(stream, handshake));
     }
     drop(listener);
     connections.close();
     connections.wait().await;
     info!(node = %config.node_name, "stopped serving peers");
+}
+
+/// Longest deadline a peer may ask for one request.
+pub const MAX_PEER_DEADLINE_MS: u64 = 60_000;
+
+/// Least time between two warnings about refused connections for one reason; the counters
+/// stay exact, the log says how many were not logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Rate limit of refusal warnings, per reason.
+#[derive(Default)]
+struct RefusalLog {
+    last: parking_lot::Mutex<std::collections::HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// `Some(suppressed since the last logged one)` if this refusal should be logged.
+    fn admit(&self, reason: &'static str) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        match last.get_mut(reason) {
+            Some((at, suppressed)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                last.insert(reason, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// One accepted connection.
@@ -92,28 +138,33 @@ struct Connection {
     config: TransportConfig,
     handler: Arc<dyn RequestHandler>,
     shutdown: CancellationToken,
+    log: Arc<RefusalLog>,
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream) {
+    /// `handshake` is this connection's place among the pending handshakes, given back once
+    /// the peer is authenticated or refused.
+    async fn run(self, stream: TcpStream, handshake: OwnedSemaphorePermit) {
         let (read, write) = stream.into_split();
         let mut reader = FrameReader::new(read, HANDSHAKE_MAX_FRAME_BYTES);
         let mut writer = FrameWriter::new(write, HANDSHAKE_MAX_FRAME_BYTES);
-        let handshake = tokio::time::timeout(
+        let accepting = tokio::time::timeout(
             self.config.handshake_timeout,
             handshake::accept(&mut reader, &mut writer, &self.config),
         );
-        let peer: Arc<str> = tokio::select! {
+        let (peer, keys): (Arc<str>, _) = tokio::select! {
             () = self.shutdown.cancelled() => return,
-            outcome = handshake => match outcome {
-                Ok(Ok(peer)) => peer.into(),
+            outcome = accepting => match outcome {
+                Ok(Ok((peer, keys))) => (peer.into(), keys),
                 Ok(Err(refusal)) => return self.refused(&refusal),
                 Err(_elapsed) => return self.timed_out(),
             },
         };
+        drop(handshake);
         debug!(peer = %self.peer_addr, node = %peer, "peer authenticated");
-        reader.set_max_frame_bytes(self.config.max_frame_bytes);
-        writer.set_max_frame_bytes(self.config.max_frame_bytes);
+        let (send, receive) = keys.server();
+        reader.seal_with(receive, self.config.max_frame_bytes);
+        writer.seal_with(send, self.config.max_frame_bytes);
 
         let (queue, queued) = mpsc::channel(RESPONSE_QUEUE);
         let writer_failed = CancellationToken::new();
@@ -178,7 +229,10 @@ impl Connection {
         queue: mpsc::Sender<Bytes>,
         permit: OwnedSemaphorePermit,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let deadline = Instant::now() + Duration::from_millis(frame.deadline_ms.into());
+        // A peer chooses how long we work for it, but never longer than the cap, so shutdown
+        // never waits on a peer's choice.
+        let deadline_ms = u64::from(frame.deadline_ms).min(MAX_PEER_DEADLINE_MS);
+        let deadline = Instant::now() + Duration::from_millis(deadline_ms);
         let handler = self.handler.clone();
         let faults = self.config.faults.clone();
         let counters = self.config.counters.clone();
@@ -211,18 +265,24 @@ impl Connection {
 
     fn refused(&self, refusal: &Refusal) {
         let counters = &self.config.counters;
-        bump(match refusal {
-            Refusal::BadSecret { .. } => &counters.handshakes_refused_bad_secret,
-            Refusal::BadVersion { .. } => &counters.handshakes_refused_bad_version,
-            Refusal::Garbage(_) => &counters.handshakes_refused_garbage,
-        });
-        warn!(peer = %self.peer_addr, reason = %refusal, "refused a peer connection");
+        let (counter, kind) = match refusal {
+            Refusal::BadSecret { .. } => (&counters.handshakes_refused_bad_secret, "bad_secret"),
+            Refusal::BadVersion { .. } => (&counters.handshakes_refused_bad_version, "bad_version"),
+            Refusal::SelfConnection { .. } => (&counters.handshakes_refused_identity, "identity"),
+            Refusal::Garbage(_) => (&counters.handshakes_refused_garbage, "garbage"),
+        };
+        bump(counter);
+        if let Some(suppressed) = self.log.admit(kind) {
+            warn!(peer = %self.peer_addr, reason = %refusal, suppressed, "refused a peer connection");
+        }
     }
 
     fn timed_out(&self) {
         bump(&self.config.counters.handshakes_refused_timeout);
-        warn!(peer = %self.peer_addr, timeout = ?self.config.handshake_timeout,
-            "refused a peer connection: the handshake did not finish in time");
+        if let Some(suppressed) = self.log.admit("timeout") {
+            warn!(peer = %self.peer_addr, timeout = ?self.config.handshake_timeout, suppressed,
+                "refused a peer connection: the handshake did not finish in time");
+        }
     }
 }
 

@@ -85,6 +85,7 @@ fn connect_once(path: &Path) -> StoreResult<Connection> {
             StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
         })?;
     }
+    owner_only(path)?;
     let conn = Connection::open(path).map_err(map_err)?;
     conn.busy_handler(Some(busy_handler)).map_err(map_err)?;
     let mode: String = conn
@@ -100,6 +101,44 @@ fn connect_once(path: &Path) -> StoreResult<Connection> {
         .map_err(map_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// Creates `path` readable and writable by its owner only (mode 0600) if it does not exist, and
+/// takes group and other permissions away from it and from its `-wal` and `-shm` files if it
+/// does: the files hold agent state and the secret's verifier, which allows offline guessing.
+/// SQLite creates the WAL and shared-memory files with the database file's mode.
+fn owner_only(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |p: &Path, e: std::io::Error| {
+        StoreError::Unavailable(format!("cannot restrict {} to its owner: {e}", p.display()))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(path, e)),
+    }
+    let name = path.as_os_str();
+    let companions = ["-wal", "-shm"].map(|suffix| {
+        let mut p = name.to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    });
+    for p in std::iter::once(path.to_path_buf()).chain(companions) {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| failed(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The store's clock: this machine's wall clock in Unix milliseconds. Every process on the
