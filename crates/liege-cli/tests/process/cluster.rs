@@ -12,13 +12,34 @@ fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
 }
 
 #[test]
-fn three_processes_on_one_postgres_serve_every_key_and_survive_a_sigkill() {
-    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("throwaway PostgreSQL")
+fn three_processes_on_one_tls_only_postgres_serve_every_key_and_survive_a_sigkill() {
+    let Some(mut pg) =
+        liege::testing::postgres::TempPostgres::start().expect("throwaway PostgreSQL")
     else {
         return;
     };
+    // A CA and a server certificate for `localhost`; the server refuses TCP without TLS, and
+    // the nodes verify its certificate and name.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    pg.enable_tls(&cert.pem(), &key.serialize_pem(), true)
+        .expect("TLS on");
     let dir = tempfile::tempdir().expect("temp dir");
-    three_processes_serve_every_key_and_survive_a_sigkill(&pg.url(), dir.path());
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    let store = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        ca_file.display()
+    );
+    three_processes_serve_every_key_and_survive_a_sigkill(&store, dir.path());
 }
 
 fn three_processes_serve_every_key_and_survive_a_sigkill(store: &str, dir: &std::path::Path) {

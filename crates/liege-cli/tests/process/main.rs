@@ -2,6 +2,7 @@
 
 mod api;
 mod cluster;
+mod mitm;
 mod secrets;
 mod single;
 mod support;

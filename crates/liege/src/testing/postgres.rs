@@ -20,6 +20,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,6 +130,54 @@ impl TempPostgres {
         Ok(())
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM), and restarts the server. With
+    /// `tls_only`, TCP connections without TLS are refused (`hostssl` only in `pg_hba.conf`);
+    /// the test's own administrative connections use the Unix socket either way.
+    pub fn enable_tls(
+        &mut self,
+        cert_pem: &str,
+        key_pem: &str,
+        tls_only: bool,
+    ) -> Result<(), String> {
+        let data = self.data_dir();
+        let write = |name: &str, text: &str| -> Result<(), String> {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("write {name}: {e}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {name}: {e}"))?;
+            if self.run_as.is_some() {
+                check(
+                    &run(Command::new("chown").arg("postgres:").arg(&path))?,
+                    "chown",
+                )?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem)?;
+        write("server.key", key_pem)?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("read conf: {e}"))?;
+        text.push_str(
+            "
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+",
+        );
+        std::fs::write(&conf, text).map_err(|e| format!("write conf: {e}"))?;
+        if tls_only {
+            let hba = "local all all trust
+                       hostssl all all 127.0.0.1/32 trust
+                       hostnossl all all 127.0.0.1/32 reject
+";
+            std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("hba: {e}"))?;
+        }
+        if self.running {
+            self.stop()?;
+        }
+        self.start_again()
+    }
+
     /// Stops the server (fast shutdown: open connections are closed). Data is kept.
     pub fn stop(&mut self) -> Result<(), String> {
         let out = run(self
@@ -167,9 +216,15 @@ impl TempPostgres {
     pub async fn create_database(&self) -> Result<String, String> {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);
         let name = format!("liege_test_{n}");
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+        // Over the Unix socket, which works whatever TCP requires (see `enable_tls`).
+        let admin = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
             .await
-            .map_err(|e| format!("connect to {}: {e}", self.url()))?;
+            .map_err(|e| format!("connect to {admin}: {e}"))?;
         let driver = tokio::spawn(conn);
         let created = client
             .batch_execute(&format!("CREATE DATABASE {name}"))

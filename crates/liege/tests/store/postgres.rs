@@ -7,6 +7,7 @@ mod directory;
 mod fencing;
 mod ops;
 mod outage;
+mod tls;
 
 use std::sync::{Arc, Mutex, Weak};
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreChange;
@@ -24,6 +25,7 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 /// Runs the listener until `cancel` fires.
 pub(super) async fn run(
     config: Config,
+    tls: MakeRustlsConnect,
     timeout: Duration,
     changes: broadcast::Sender<StoreChange>,
     listening: watch::Sender<bool>,
@@ -33,7 +35,7 @@ pub(super) async fn run(
     while !cancel.is_cancelled() {
         tokio::select! {
             () = cancel.cancelled() => return,
-            ended = listen_once(&config, timeout, &changes, &listening) => {
+            ended = listen_once(&config, tls.clone(), timeout, &changes, &listening) => {
                 listening.send_replace(false);
                 tracing::debug!(reason = %ended, "postgres listener disconnected; reconnecting");
             }
@@ -49,11 +51,12 @@ pub(super) async fn run(
 /// One listener connection, until it fails. Returns why it ended.
 async fn listen_once(
     config: &Config,
+    tls: MakeRustlsConnect,
     timeout: Duration,
     changes: &broadcast::Sender<StoreChange>,
     listening: &watch::Sender<bool>,
 ) -> String {
-    let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await;
+    let connected = tokio::time::timeout(timeout, config.connect(tls)).await;
     let (client, mut connection) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return format!("connect: {e}"),

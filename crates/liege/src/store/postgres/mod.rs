@@ -18,6 +18,7 @@ mod control;
 mod listen;
 mod pool;
 mod schema;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,9 +137,12 @@ impl PostgresStore {
     /// the server cannot be reached. Must be called inside a Tokio runtime.
     pub async fn connect(url: &str, options: PostgresOptions) -> StoreResult<Self> {
         options.validate().map_err(StoreError::Other)?;
+        let (url, tls) = tls::split(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Other(format!("bad postgres url: {e}")))?;
+        config.ssl_mode(tls.pg_mode());
+        let connector = tls.connector()?;
         // Generic plans: every statement is prepared once per connection and planned once,
         // instead of a custom plan per call (which cost more than the rows of a batch). And
         // random reads priced as on SSDs: liege's statements touch a few rows by primary key,
@@ -157,7 +161,12 @@ impl PostgresStore {
             .connect_timeout(options.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5));
-        let pool = Pool::new(config.clone(), options.pool_size, options.connect_timeout);
+        let pool = Pool::new(
+            config.clone(),
+            connector.clone(),
+            options.pool_size,
+            options.connect_timeout,
+        );
         {
             let migrating = async {
                 let mut conn = pool.get().await?;
@@ -174,6 +183,7 @@ impl PostgresStore {
         let cancel = CancellationToken::new();
         tokio::spawn(listen::run(
             config,
+            connector,
             options.connect_timeout,
             changes.clone(),
             listening_tx,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::core::ids::NodeId;
 use crate::store::StoreError;
@@ -21,6 +22,7 @@ pub(super) const LEASE_LOST: &str = "LG001";
 /// Bounded pool of connections to one database.
 pub(super) struct Pool {
     config: Config,
+    tls: MakeRustlsConnect,
     connect_timeout: Duration,
     permits: Semaphore,
     idle: Mutex<Vec<Conn>>,
@@ -43,9 +45,15 @@ pub(super) struct PooledConn<'a> {
 
 impl Pool {
     /// A pool of at most `size` connections made from `config`.
-    pub(super) fn new(config: Config, size: usize, connect_timeout: Duration) -> Self {
+    pub(super) fn new(
+        config: Config,
+        tls: MakeRustlsConnect,
+        size: usize,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             config,
+            tls,
             connect_timeout,
             permits: Semaphore::new(size.max(1)),
             idle: Mutex::new(Vec::new()),
@@ -81,7 +89,7 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
-        let client = connect(&self.config, self.connect_timeout).await?;
+        let client = connect(&self.config, self.tls.clone(), self.connect_timeout).await?;
         Ok(Conn {
             client,
             statements: HashMap::new(),
@@ -90,8 +98,12 @@ impl Pool {
 }
 
 /// Opens one connection and spawns the task that drives it.
-pub(super) async fn connect(config: &Config, timeout: Duration) -> Result<Client, StoreError> {
-    let connecting = tokio::time::timeout(timeout, config.connect(NoTls));
+pub(super) async fn connect(
+    config: &Config,
+    tls: MakeRustlsConnect,
+    timeout: Duration,
+) -> Result<Client, StoreError> {
+    let connecting = tokio::time::timeout(timeout, config.connect(tls));
     let (client, connection) = connecting
         .await
         .map_err(|_| StoreError::Unavailable(format!("connect timed out after {timeout:?}")))?
@@ -183,7 +195,19 @@ fn breaks_connection(e: &tokio_postgres::Error) -> bool {
 /// node: the one caller that can raise it (claim) fills in the real node.
 pub(super) fn map_error(e: &tokio_postgres::Error) -> StoreError {
     let Some(code) = e.code() else {
-        return StoreError::Unavailable(e.to_string());
+        // No SQLSTATE: a connection-level failure. Its cause (a TLS verification failure, a
+        // refused connection) is in the source chain, which `Display` leaves out.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        return StoreError::Unavailable(text);
     };
     let code = code.code();
     if code == LEASE_LOST {
