@@ -98,12 +98,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) async fn recv_raw(&mut self) -> Result<Option<Bytes>, WireError> {
         match self.inner.next().await {
             None => Ok(None),
-            Some(Ok(body)) => match &mut self.open {
+            Some(Ok(mut body)) => match &mut self.open {
                 None => Ok(Some(body.freeze())),
-                Some(direction) => direction
-                    .open(&body)
-                    .map(|plain| Some(Bytes::from(plain)))
-                    .map_err(WireError::Forged),
+                Some(direction) => {
+                    let n = direction
+                        .open_in_place(&mut body)
+                        .map_err(WireError::Forged)?;
+                    body.truncate(n);
+                    Ok(Some(body.freeze()))
+                }
             },
             Some(Err(e)) => {
                 let oversized = e
