@@ -59,6 +59,9 @@ pub struct TransportConfig {
     /// Largest frame accepted after authentication; a bigger one closes the connection.
     /// Before authentication only [`HANDSHAKE_MAX_FRAME_BYTES`] are allowed.
     pub max_frame_bytes: usize,
+    /// Longest time this node works on one request for a peer, whatever deadline the peer
+    /// asks for, so that shutdown never waits on a peer's choice (default 60 s).
+    pub max_peer_deadline: Duration,
     /// Test fault injection: cut peer links, pause request handling.
     pub faults: Arc<Faults>,
     /// Counters the node exports as metrics.
@@ -66,8 +69,8 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// A configuration with the defaults: 500 ms connect, 2 s handshake, 4 MiB frames, no
-    /// faults, fresh counters.
+    /// A configuration with the defaults: 500 ms connect, 2 s handshake, 4 MiB frames, 60 s
+    /// longest peer deadline, no faults, fresh counters.
     pub fn new(node_name: impl Into<String>, secret: impl Into<Arc<[u8]>>) -> Self {
         Self {
             node_name: node_name.into(),
@@ -76,6 +79,7 @@ impl TransportConfig {
             connect_timeout: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(2),
             max_frame_bytes: 4 * 1024 * 1024,
+            max_peer_deadline: Duration::from_secs(60),
             faults: Arc::default(),
             counters: Arc::default(),
         }
@@ -83,7 +87,10 @@ impl TransportConfig {
 
     /// Checks the settings make sense together.
     pub fn validate(&self) -> Result<(), String> {
-        if self.connect_timeout.is_zero() || self.handshake_timeout.is_zero() {
+        if self.connect_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+            || self.max_peer_deadline.is_zero()
+        {
             return Err("transport timeouts must be positive".into());
         }
         if self.max_frame_bytes < HANDSHAKE_MAX_FRAME_BYTES {

@@ -37,7 +37,7 @@ pub use config::{
     HANDSHAKE_MAX_FRAME_BYTES, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, MAX_PENDING_HANDSHAKES,
 };
 pub use message::{Delivery, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
-pub use server::{serve, MAX_PEER_DEADLINE_MS};
+pub use server::serve;
 
 /// How a node reaches its peers: [`Peers`] over TCP in production, an in-memory network in
 /// simulations.

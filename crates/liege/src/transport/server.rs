@@ -97,9 +97,6 @@ pub async fn serve(
     info!(node = %config.node_name, "stopped serving peers");
 }
 
-/// Longest deadline a peer may ask for one request.
-pub const MAX_PEER_DEADLINE_MS: u64 = 60_000;
-
 /// Least time between two warnings about refused connections for one reason; the counters
 /// stay exact, the log says how many were not logged.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -231,8 +228,8 @@ impl Connection {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         // A peer chooses how long we work for it, but never longer than the cap, so shutdown
         // never waits on a peer's choice.
-        let deadline_ms = u64::from(frame.deadline_ms).min(MAX_PEER_DEADLINE_MS);
-        let deadline = Instant::now() + Duration::from_millis(deadline_ms);
+        let asked = Duration::from_millis(frame.deadline_ms.into());
+        let deadline = Instant::now() + asked.min(self.config.max_peer_deadline);
         let handler = self.handler.clone();
         let faults = self.config.faults.clone();
         let counters = self.config.counters.clone();

@@ -312,3 +312,48 @@ async fn shutdown_stops_accepting_but_finishes_requests_in_flight() {
         .await
         .expect("serve returns once in-flight work is done");
 }
+
+#[tokio::test]
+async fn a_peer_cannot_make_the_server_work_past_its_deadline_cap() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let mut server = config("server", SECRET);
+    server.max_peer_deadline = Duration::from_millis(100);
+    let handler = Arc::new(super::TestHandler::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(crate::transport::serve(
+        listener,
+        server.clone(),
+        handler.clone(),
+        shutdown.clone(),
+    ));
+    // The caller offers to wait a minute for a request that never finishes by itself.
+    let peers = Peers::new(config("alice", SECRET));
+    let stuck = tokio::spawn({
+        let (peers, addr) = (peers.clone(), addr.clone());
+        async move {
+            peers
+                .request(
+                    &addr,
+                    Request::Stop { key: key("k") },
+                    Duration::from_secs(60),
+                )
+                .await
+        }
+    });
+    // The server gives up at its own cap, not the caller's minute...
+    eventually(|| handler.abandoned.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(server.counters.snapshot().requests_expired, 1);
+    // ...so its shutdown does not wait for the caller's choice either.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown within the cap")
+        .expect("serve ended");
+    stuck.abort();
+}
