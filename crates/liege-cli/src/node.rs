@@ -63,6 +63,65 @@ pub(crate) struct NodeArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "LIEGE_LOG_JSON")]
     pub(crate) log_json: bool,
+    /// Bearer token the HTTP API requires on every route but /healthz and /readyz (prefer
+    /// --api-token-file or LIEGE_API_TOKEN).
+    #[arg(long, env = "LIEGE_API_TOKEN", hide_env_values = true)]
+    pub(crate) api_token: Option<String>,
+    /// File holding the API token (trailing newline ignored).
+    #[arg(long, env = "LIEGE_API_TOKEN_FILE", conflicts_with = "api_token")]
+    pub(crate) api_token_file: Option<PathBuf>,
+    /// Serve /metrics without the API token.
+    #[arg(long, env = "LIEGE_METRICS_PUBLIC")]
+    pub(crate) metrics_public: bool,
+    /// Allow binding the HTTP API beyond loopback without an API token (a public demo).
+    #[arg(long, env = "LIEGE_ALLOW_UNAUTHENTICATED_HTTP")]
+    pub(crate) allow_unauthenticated_http: bool,
+    /// Seconds to receive a request's headers; also the keep-alive idle timeout.
+    #[arg(long, env = "LIEGE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub(crate) http_header_timeout_secs: u64,
+    /// Seconds to receive a request's whole body.
+    #[arg(long, env = "LIEGE_HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub(crate) http_body_timeout_secs: u64,
+    /// Most open HTTP connections; more are answered 503 and closed.
+    #[arg(long, env = "LIEGE_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub(crate) http_max_connections: usize,
+    /// Most HTTP requests handled at once; more get 503 with Retry-After.
+    #[arg(long, env = "LIEGE_HTTP_MAX_IN_FLIGHT", default_value_t = 4_096)]
+    pub(crate) http_max_in_flight: usize,
+}
+
+/// The HTTP settings from the flags; refuses an exposed API without a token.
+fn http_config(args: &NodeArgs) -> anyhow::Result<liege::http::HttpConfig> {
+    let token = match (&args.api_token, &args.api_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading API token file {}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    if token.as_deref().is_some_and(|t| t.len() < 16) {
+        bail!("the API token must be at least 16 bytes (make one with `liege secret`)");
+    }
+    if token.is_none() && !args.http.ip().is_loopback() && !args.allow_unauthenticated_http {
+        bail!(
+            "refusing to serve the HTTP API on {} without an API token: set --api-token-file \
+             (or LIEGE_API_TOKEN), bind it to loopback, or pass --allow-unauthenticated-http",
+            args.http
+        );
+    }
+    let config = liege::http::HttpConfig {
+        api_token: token.map(Into::into),
+        metrics_public: args.metrics_public,
+        header_timeout: Duration::from_secs(args.http_header_timeout_secs),
+        body_timeout: Duration::from_secs(args.http_body_timeout_secs),
+        max_connections: args.http_max_connections,
+        max_in_flight: args.http_max_in_flight,
+    };
+    config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(config)
 }
 
 pub(crate) fn init_logging(json: bool) {
@@ -145,6 +204,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tracing::error!(%sabotage, "SABOTAGE is on: this node breaks the guarantees on purpose");
     }
     let secret = secret(&args)?;
+    let http_config = http_config(&args)?;
     let url = store_url(args.store.as_deref())?;
     let options = StoreOptions {
         audit: args.audit,
@@ -187,7 +247,12 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     );
 
     let stop_http = CancellationToken::new();
-    let http_task = tokio::spawn(liege::http::serve(http, node.clone(), stop_http.clone()));
+    let http_task = tokio::spawn(liege::http::serve_configured(
+        http,
+        node.clone(),
+        http_config,
+        stop_http.clone(),
+    ));
 
     wait_for_signal().await?;
     tracing::info!("shutting down: handing off partitions and making state durable");

@@ -137,8 +137,45 @@ fn bad_inputs_get_json_errors_and_the_node_keeps_serving() {
             405,
             "method_not_allowed",
         ),
+        // A browser form or a no-cors fetch (CSRF) cannot send a JSON media type.
+        (
+            "POST",
+            "/demo/keys/good/inc".into(),
+            vec![("content-type", "text/plain")],
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/agents/counter/good".into(),
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            b"a=b".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        // Control characters in ids (NUL cannot be stored in PostgreSQL).
+        (
+            "POST",
+            "/demo/keys/a%00b/inc".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_id",
+        ),
+        (
+            "GET",
+            "/v1/agents/counter/line%0Abreak".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_id",
+        ),
     ];
-    for (method, path, headers, body, status, code) in cases {
+    for (method, path, mut headers, body, status, code) in cases {
+        if !body.is_empty() && !headers.iter().any(|(k, _)| *k == "content-type") {
+            headers.push(("content-type", "application/json"));
+        }
         let (got, json) = node.req(method, &path, &headers, &body);
         assert_eq!(
             got,

@@ -2,6 +2,7 @@
 
 mod api;
 mod cluster;
+mod http;
 mod mitm;
 mod secrets;
 mod single;

@@ -73,13 +73,30 @@ impl fmt::Display for Rev {
     }
 }
 
-/// The address of one agent: its kind and its id.
+/// The address of one agent: its kind and its id. Deserializing checks both like
+/// [`AgentKey::new`], so a key from the network or the store is as valid as one built here.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawAgentKey")]
 pub struct AgentKey {
     /// Registered agent kind, e.g. `counter`.
     pub kind: Arc<str>,
     /// Caller-chosen id, 1..=256 bytes of UTF-8.
     pub id: Arc<str>,
+}
+
+/// The unchecked wire and storage form of [`AgentKey`] (same fields, same layout).
+#[derive(Deserialize)]
+struct RawAgentKey {
+    kind: Arc<str>,
+    id: Arc<str>,
+}
+
+impl TryFrom<RawAgentKey> for AgentKey {
+    type Error = KeyError;
+
+    fn try_from(raw: RawAgentKey) -> Result<Self, KeyError> {
+        AgentKey::new(raw.kind, raw.id)
+    }
 }
 
 /// Why a kind or id was refused.
@@ -93,6 +110,15 @@ pub enum KeyError {
     IdTooLong {
         /// Length of the refused id, in bytes.
         len: usize,
+    },
+    /// The id holds a control character (NUL, newline, DEL, ...): such ids cannot be stored
+    /// everywhere (PostgreSQL refuses NUL) and break logs and headers.
+    #[error("agent id must not contain control characters (found U+{code:04X} at byte {at})")]
+    ControlCharacter {
+        /// The character's code point.
+        code: u32,
+        /// Its byte offset in the id.
+        at: usize,
     },
     /// The kind is empty, too long or has characters outside `[a-z0-9_-]`.
     #[error("agent kind {kind:?} is not a valid kind name")]
@@ -149,6 +175,12 @@ pub fn validate_id(id: &str) -> Result<(), KeyError> {
     if id.len() > MAX_ID_BYTES {
         return Err(KeyError::IdTooLong { len: id.len() });
     }
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(KeyError::ControlCharacter {
+            code: u32::from(c),
+            at,
+        });
+    }
     Ok(())
 }
 
@@ -165,6 +197,33 @@ pub fn validate_kind(kind: &str) -> Result<(), KeyError> {
         Err(KeyError::BadKind {
             kind: kind.chars().take(MAX_KIND_BYTES).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod control_character_tests {
+    use super::*;
+
+    #[test]
+    fn ids_with_control_characters_are_refused_everywhere() {
+        for bad in ["a\0b", "line\nbreak", "tab\there", "del\u{7f}", "c1\u{85}"] {
+            assert!(
+                matches!(validate_id(bad), Err(KeyError::ControlCharacter { .. })),
+                "{bad:?}"
+            );
+            assert!(AgentKey::new("counter", bad).is_err());
+            // Nor can one arrive over the wire or from the store.
+            let raw = postcard::to_allocvec(&("counter", bad)).expect("encode");
+            assert!(postcard::from_bytes::<AgentKey>(&raw).is_err(), "{bad:?}");
+        }
+        for good in ["tenant-7", "a b", "ünïcødé", "emoji-🦀", "x/y:z"] {
+            validate_id(good).expect(good);
+            let raw = postcard::to_allocvec(&("counter", good)).expect("encode");
+            assert_eq!(
+                postcard::from_bytes::<AgentKey>(&raw).expect("decodes"),
+                AgentKey::new("counter", good).expect("valid")
+            );
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! readiness and metrics. Every error is `{"error":{"code","message"}}` with a fitting status.
 
 mod error;
+mod guard;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use guard::HttpConfig;
 
 use crate::agent::Signal;
 use crate::cluster::{CallOptions, Node};
@@ -24,8 +26,14 @@ use crate::core::ids::{validate_id, AgentKey, KeyError};
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The API's routes for `node`.
+/// The API's routes for `node`, behind the default [`HttpConfig`] guard (no token).
 pub fn router(node: Node) -> Router {
+    router_with(node, HttpConfig::default())
+}
+
+/// The API's routes for `node`, behind [`guard::guard`] with `config`.
+pub fn router_with(node: Node, config: HttpConfig) -> Router {
+    let guard = guard::Guard::new(config);
     Router::new()
         .route("/demo/keys/{id}/inc", post(demo_inc))
         .route("/demo/keys/{id}/owner", get(demo_owner))
@@ -40,27 +48,51 @@ pub fn router(node: Node) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
         .with_state(node)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves the API on `listener` with the default [`HttpConfig`] until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_configured(listener, node, HttpConfig::default(), shutdown).await
+}
+
+/// Serves the API on `listener` with `config`'s limits and token until `shutdown` is
+/// cancelled; then lets open connections finish (a few seconds at most).
+pub async fn serve_configured(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    config: HttpConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let app = router_with(node, config.clone());
+    guard::serve_with(listener, app, &config, shutdown).await
 }
 
 fn key_from(kind: &str, id: &str) -> Result<AgentKey, ApiError> {
-    if let Err(e @ KeyError::IdTooLong { .. }) = validate_id(id) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "id_too_long",
-            e.to_string(),
-        ));
+    match validate_id(id) {
+        Err(e @ KeyError::IdTooLong { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "id_too_long",
+                e.to_string(),
+            ))
+        }
+        Err(e @ KeyError::ControlCharacter { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                e.to_string(),
+            ))
+        }
+        _ => {}
     }
     AgentKey::new(kind, id).map_err(|e| ApiError::bad_request(e.to_string()))
 }

@@ -1,0 +1,202 @@
+//! The HTTP API against hostile clients: tokens, exposure without one, slow headers and
+//! bodies, and the connection and in-flight caps.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::{try_request, NodeProcess};
+
+const TOKEN: &str = "api-token-for-tests-0123456789";
+
+/// Reads until the server closes or answers; returns what arrived and how long it took.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if got.windows(4).any(|w| w == b"\r\n\r\n") && started.elapsed() > Duration::ZERO {
+            // A whole response head (and, for our error answers, a short body) is enough.
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(n) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            break;
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_token_guards_every_route_but_health_and_readiness() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("liege.db");
+    let node = NodeProcess::start("a", "iad", &db, &["--api-token", TOKEN]);
+    let bearer = format!("Bearer {TOKEN}");
+    let ok = [("authorization", bearer.as_str())];
+    let wrong = [("authorization", "Bearer not-the-token-at-all-0000")];
+    for open in ["/healthz", "/readyz"] {
+        assert_eq!(node.req("GET", open, &[], b"").0, 200, "{open}");
+    }
+    for (method, path) in [
+        ("POST", "/demo/keys/k/inc"),
+        ("GET", "/v1/agents/counter/k"),
+        ("GET", "/demo/cluster/stats"),
+        ("GET", "/metrics"),
+        ("GET", "/no/such/route"),
+    ] {
+        let (status, body) = node.req(method, path, &[], b"");
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(node.req(method, path, &wrong, b"").0, 401, "{path}");
+    }
+    let (status, body) = node.req("POST", "/demo/keys/k/inc", &ok, b"");
+    assert_eq!((status, body["value"].as_i64()), (200, Some(1)));
+    assert_eq!(node.req("GET", "/metrics", &ok, b"").0, 200);
+    assert!(!node.log_text().contains(TOKEN), "the token was logged");
+    drop(node);
+
+    let public = NodeProcess::start("a", "iad", &db, &["--api-token", TOKEN, "--metrics-public"]);
+    assert_eq!(public.req("GET", "/metrics", &[], b"").0, 200);
+    assert_eq!(public.req("GET", "/demo/cluster/stats", &[], b"").0, 401);
+}
+
+#[test]
+fn an_exposed_api_without_a_token_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
+        .args([
+            "node",
+            "--name",
+            "a",
+            "--http",
+            "0.0.0.0:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("liege.db").display()))
+        .env_remove("LIEGE_API_TOKEN")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without an API token") && stderr.contains("--allow-unauthenticated-http"),
+        "{stderr}"
+    );
+    let short = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
+        .args([
+            "node",
+            "--name",
+            "a",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--api-token", "short"])
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("liege.db").display()))
+        .output()
+        .expect("runs");
+    assert_eq!(short.status.code(), Some(2));
+}
+
+#[test]
+fn slow_headers_and_slow_bodies_are_cut_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start(
+        "a",
+        "iad",
+        &dir.path().join("liege.db"),
+        &[
+            "--http-header-timeout-secs",
+            "1",
+            "--http-body-timeout-secs",
+            "1",
+        ],
+    );
+    // Headers that never finish: closed after about the header timeout.
+    let mut slow = TcpStream::connect(("127.0.0.1", node.http)).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let (_, took) = read_until_closed(&mut slow, Duration::from_secs(15));
+    assert!(took < Duration::from_secs(10), "still open after {took:?}");
+
+    // A body that stops after one byte: 408 after about the body timeout.
+    let mut stalled = TcpStream::connect(("127.0.0.1", node.http)).expect("connect");
+    stalled
+        .write_all(
+            b"POST /demo/keys/k/inc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 10\r\n\r\n{",
+        )
+        .expect("write");
+    let (answer, took) = read_until_closed(&mut stalled, Duration::from_secs(15));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Nothing was applied; the node still serves.
+    assert_eq!(node.inc("k", None), 1);
+}
+
+#[test]
+fn connections_and_requests_past_their_caps_get_503_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start(
+        "a",
+        "iad",
+        &dir.path().join("liege.db"),
+        &["--http-max-connections", "4", "--http-max-in-flight", "2"],
+    );
+    // Two requests whose bodies never come hold both in-flight places.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", node.http)).expect("connect");
+        s.write_all(
+            b"POST /demo/keys/k/inc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 10\r\n\r\n{",
+        )
+        .expect("write");
+        holders.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (status, body) = try_request(node.http, "GET", "/healthz", &[], b"").expect("answer");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("too_many_requests_in_flight"));
+    assert!(started.elapsed() < Duration::from_secs(2), "it queued");
+    // Two more idle connections fill the connection cap; the next is answered 503 and closed.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", node.http)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(("127.0.0.1", node.http)).expect("connect");
+    let (answer, _) = read_until_closed(&mut extra, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // Once the holders go, the node serves again.
+    drop(holders);
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_request(node.http, "GET", "/healthz", &[], b"")
+        .map(|r| r.0)
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "the node did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
