@@ -200,3 +200,40 @@ fn connections_and_requests_past_their_caps_get_503_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn clients_that_hang_up_mid_call_do_not_cost_the_activation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("a", "iad", &dir.path().join("liege.db"), &[]);
+    assert_eq!(node.inc("hot", None), 1);
+    // 300 increments whose clients close the connection right after sending: each handler
+    // is dropped by hyper, most while the turn waits for its durable commit.
+    for i in 0..300 {
+        let mut s = TcpStream::connect(("127.0.0.1", node.http)).expect("connect");
+        let req = format!(
+            "POST /demo/keys/hot/inc HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone-{i}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let value = node.inc("hot", None);
+    assert!(value >= 2, "{value}");
+    let (_, metrics) = try_request(node.http, "GET", "/metrics", &[], b"").expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let activated = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("liege_agents_activated_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("liege_agents_activated_total");
+    assert_eq!(activated, 1.0, "the hot key was re-activated:\n{metrics}");
+    // A retry of an abandoned call gets the first reply, not a second increment.
+    let retry = |k: &str| {
+        let (status, body) = node.req("POST", "/demo/keys/hot/inc", &[("idempotency-key", k)], b"");
+        assert_eq!(status, 200);
+        body["value"].as_i64().expect("value")
+    };
+    let first = retry("gone-299");
+    assert_eq!(retry("gone-299"), first);
+}

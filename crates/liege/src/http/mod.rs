@@ -76,6 +76,23 @@ pub async fn serve_configured(
     guard::serve_with(listener, app, &config, shutdown).await
 }
 
+/// Runs a call on its own task: a client that disconnects (hyper then drops this handler)
+/// does not cancel a turn that has started, so it completes, is persisted and deduplicated,
+/// and the client's retry with the same idempotency key gets its reply. A turn cancelled
+/// midway would otherwise cost the activation (it is killed rather than left half-changed).
+async fn detached<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<T, crate::error::CallError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(call).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the call's task failed: {e}"),
+        )),
+    }
+}
+
 fn key_from(kind: &str, id: &str) -> Result<AgentKey, ApiError> {
     match validate_id(id) {
         Err(e @ KeyError::IdTooLong { .. }) => {
@@ -173,7 +190,7 @@ async fn demo_inc(
     if let Some(k) = idempotency_key(&headers)? {
         signal = signal.with_id(k);
     }
-    let reply = node.call(&key, signal, CallOptions::default()).await?;
+    let reply = detached(async move { node.call(&key, signal, CallOptions::default()).await }).await?;
     Ok(Json(json!({
         "key": id,
         "value": reply.value.get("value").cloned().unwrap_or(Value::Null),
@@ -226,7 +243,7 @@ async fn agent_signal(
     let options = CallOptions {
         timeout: timeout_header(&headers)?,
     };
-    let reply = node.call(&key, signal, options).await?;
+    let reply = detached(async move { node.call(&key, signal, options).await }).await?;
     Ok(reply_response(reply))
 }
 
@@ -241,7 +258,7 @@ async fn agent_state(
     let options = CallOptions {
         timeout: timeout_header(&headers)?,
     };
-    let reply = node.get(&key, options).await?;
+    let reply = detached(async move { node.get(&key, options).await }).await?;
     Ok(reply_response(reply))
 }
 
@@ -252,7 +269,7 @@ async fn agent_stop(
     let (kind, id) = path(p)?;
     let key = key_from(&kind, &id)?;
     check_ready(&node)?;
-    node.stop(&key, CallOptions::default()).await?;
+    detached(async move { node.stop(&key, CallOptions::default()).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
