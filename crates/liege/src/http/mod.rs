@@ -190,7 +190,8 @@ async fn demo_inc(
     if let Some(k) = idempotency_key(&headers)? {
         signal = signal.with_id(k);
     }
-    let reply = detached(async move { node.call(&key, signal, CallOptions::default()).await }).await?;
+    let reply =
+        detached(async move { node.call(&key, signal, CallOptions::default()).await }).await?;
     Ok(Json(json!({
         "key": id,
         "value": reply.value.get("value").cloned().unwrap_or(Value::Null),

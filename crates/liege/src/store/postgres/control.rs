@@ -99,7 +99,7 @@ impl Store for PostgresStore {
     }
 
     async fn now(&self) -> StoreResult<StoreTime> {
-        let rows = self.query(NOW_SQL, &[]).await?;
+        let rows = self.control_query(NOW_SQL, &[]).await?;
         get(first(&rows)?, 0)
     }
 
@@ -115,7 +115,7 @@ impl Store for PostgresStore {
             &node.http_addr,
             &ttl,
         ];
-        let rows = self.query(JOIN_SQL, &params).await?;
+        let rows = self.control_query(JOIN_SQL, &params).await?;
         let row = first(&rows)?;
         if get::<bool>(row, 0)? {
             Ok(Lease {
@@ -134,7 +134,7 @@ impl Store for PostgresStore {
         let name: &str = &node.name;
         let inc = to_db_u64(node.incarnation);
         let ttl = ttl_to_db(ttl_ms);
-        let rows = self.query(RENEW_SQL, &[&name, &inc, &ttl]).await?;
+        let rows = self.control_query(RENEW_SQL, &[&name, &inc, &ttl]).await?;
         match rows.first() {
             Some(row) => Ok(Lease {
                 now: get(row, 0)?,
@@ -147,11 +147,13 @@ impl Store for PostgresStore {
     async fn leave(&self, node: &NodeId) -> StoreResult<()> {
         let name: &str = &node.name;
         let inc = to_db_u64(node.incarnation);
-        self.query(LEAVE_SQL, &[&name, &inc]).await.map(drop)
+        self.control_query(LEAVE_SQL, &[&name, &inc])
+            .await
+            .map(drop)
     }
 
     async fn nodes(&self) -> StoreResult<Membership> {
-        let rows = self.query(NODES_SQL, &[]).await?;
+        let rows = self.control_query(NODES_SQL, &[]).await?;
         let mut membership = Membership {
             now: get(first(&rows)?, 0)?,
             nodes: Vec::with_capacity(rows.len()),
@@ -175,7 +177,7 @@ impl Store for PostgresStore {
     }
 
     async fn directory(&self) -> StoreResult<Directory> {
-        let rows = self.query(DIRECTORY_SQL, &[]).await?;
+        let rows = self.control_query(DIRECTORY_SQL, &[]).await?;
         Ok(Directory {
             now: get(first(&rows)?, 0)?,
             partitions: partition_rows(&rows)?,
@@ -184,7 +186,7 @@ impl Store for PostgresStore {
 
     async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
         let after: i64 = since.map_or(-1, to_db_u64);
-        let rows = self.query(DIRECTORY_CHANGES_SQL, &[&after]).await?;
+        let rows = self.control_query(DIRECTORY_CHANGES_SQL, &[&after]).await?;
         let head = first(&rows)?;
         Ok(DirectoryChanges {
             now: get(head, 0)?,
@@ -202,7 +204,7 @@ impl Store for PostgresStore {
         let name: &str = &node.name;
         let inc = to_db_u64(node.incarnation);
         let ids: Vec<i64> = partitions.iter().map(|p| i64::from(p.0)).collect();
-        let rows = match self.query(CLAIM_SQL, &[&name, &inc, &ids]).await {
+        let rows = match self.control_query(CLAIM_SQL, &[&name, &inc, &ids]).await {
             Err(StoreError::LeaseLost { .. }) => {
                 return Err(StoreError::LeaseLost { node: node.clone() })
             }
@@ -229,7 +231,7 @@ impl Store for PostgresStore {
         let ids: Vec<i64> = partitions.iter().map(|(p, _)| i64::from(p.0)).collect();
         let epochs: Vec<i64> = partitions.iter().map(|(_, e)| to_db_u64(e.0)).collect();
         let rows = self
-            .query(RELEASE_SQL, &[&name, &inc, &ids, &epochs])
+            .control_query(RELEASE_SQL, &[&name, &inc, &ids, &epochs])
             .await?;
         let mut released = rows
             .iter()

@@ -114,7 +114,11 @@ impl PostgresOptions {
 /// gets its lock, reads the new owner and epoch and is fenced. Locks are taken in partition id
 /// order by both, so they cannot deadlock against each other.
 pub struct PostgresStore {
+    /// Checkpoint reads and writes, the audit, cluster creation.
     pool: Pool,
+    /// Leases, membership, the directory, claims and releases: never queued behind client
+    /// traffic, so a flood of reads or writes cannot starve a renewal.
+    control: Pool,
     options: PostgresOptions,
     changes: broadcast::Sender<StoreChange>,
     /// True while the listener's `LISTEN` is in effect.
@@ -122,6 +126,9 @@ pub struct PostgresStore {
     /// Stops the listener when the store is dropped.
     _listener: DropGuard,
 }
+
+/// Connections of the control pool: a renewal, a refresh and a claim can run at once.
+const CONTROL_POOL_SIZE: usize = 3;
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,15 +189,22 @@ impl PostgresStore {
         let (listening_tx, listening) = watch::channel(false);
         let cancel = CancellationToken::new();
         tokio::spawn(listen::run(
-            config,
-            connector,
+            config.clone(),
+            connector.clone(),
             options.connect_timeout,
             changes.clone(),
             listening_tx,
             cancel.clone(),
         ));
+        let control = Pool::new(
+            config.clone(),
+            connector.clone(),
+            CONTROL_POOL_SIZE,
+            options.connect_timeout,
+        );
         Ok(Self {
             pool,
+            control,
             options,
             changes,
             listening,
@@ -224,6 +238,19 @@ impl PostgresStore {
                 self.options.op_timeout
             ))),
         }
+    }
+
+    /// [`Self::query`] on the control pool (leases, membership, directory, claims).
+    async fn control_query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        self.timed(async {
+            let mut conn = self.control.get().await?;
+            conn.query(sql, params).await
+        })
+        .await
     }
 
     /// Runs one prepared statement under the deadline and returns its rows.

@@ -80,3 +80,67 @@ async fn a_store_outage_gives_unavailable_and_the_same_store_recovers_with_its_d
         vec![(PartitionId(1), Epoch(1))]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_and_claims_never_wait_behind_checkpoint_traffic() {
+    // Every connection of the data pool is stuck behind a row lock; leases, refreshes and
+    // claims have connections of their own and go through.
+    use liege::store::Store;
+    let Some(pg) = super::shared_server() else {
+        return;
+    };
+    let (url, store) = super::fresh_store(&pg, false).await;
+    store.init_cluster(&super::meta(4)).await.unwrap();
+    let a = super::record("a", 1);
+    store.join(&a, 60_000).await.unwrap();
+    store.claim(&a.id, &[liege::PartitionId(0)]).await.unwrap();
+    let k = super::key("hot");
+    store
+        .write(&[super::write(&k, 0, 1, &a.id, 0, Some(b"v"))])
+        .await
+        .unwrap();
+    let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    raw.batch_execute(
+        "BEGIN; SELECT 1 FROM liege_checkpoints WHERE kind = 'counter' AND id = 'hot' FOR UPDATE",
+    )
+    .await
+    .unwrap();
+    let store = std::sync::Arc::new(store);
+    let pool = store.options().pool_size;
+    let blocked: Vec<_> = (0..pool * 2)
+        .map(|_| {
+            let (store, k, a) = (store.clone(), k.clone(), a.id.clone());
+            tokio::spawn(async move {
+                store
+                    .write(&[super::write(&k, 0, 1, &a, 1, Some(b"w"))])
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    store
+        .renew(&a.id, 60_000)
+        .await
+        .expect("a renewal is not starved");
+    store
+        .nodes()
+        .await
+        .expect("a membership read is not starved");
+    store
+        .claim(&a.id, &[liege::PartitionId(1)])
+        .await
+        .expect("a claim is not starved");
+    // They went through while every data connection was still held: none of the blocked
+    // writes has given up yet.
+    assert!(
+        blocked.iter().all(|b| !b.is_finished()),
+        "the control operations waited for the checkpoint traffic"
+    );
+    raw.batch_execute("ROLLBACK").await.unwrap();
+    for b in blocked {
+        let _ = b.await;
+    }
+}
