@@ -289,3 +289,110 @@ fn garbage_on_the_cluster_port_is_refused_and_the_node_keeps_serving() {
         .sum();
     assert!(refused >= 3, "each bad peer was counted:\n{text}");
 }
+
+#[test]
+fn cloudevents_binary_and_batch_modes_are_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("ce", "local", &dir.path().join("liege.db"), &[]);
+    // Binary mode, as the CloudEvents SDKs send it: attributes in ce-* headers, data as body.
+    let binary = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "evt-1"),
+        ("ce-source", "/billing%2Feu"),
+        ("ce-type", "inc"),
+        ("ce-time", "2026-12-01T12:00:00Z"),
+        ("ce-tenant", "acme"),
+        ("content-type", "application/json"),
+    ];
+    let (s, b) = node.req("POST", "/v1/agents/counter/acct", &binary, br#"{"by":3}"#);
+    assert_eq!((s, &b), (200, &json!({"value": 3})), "{b}");
+    // Same ce-id again: deduplicated.
+    let (s, b) = node.req("POST", "/v1/agents/counter/acct", &binary, br#"{"by":3}"#);
+    assert_eq!((s, b), (200, json!({"value": 3})));
+    // No data is fine; a missing required attribute is not.
+    let no_data = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "evt-2"),
+        ("ce-source", "/b"),
+        ("ce-type", "inc"),
+    ];
+    let (s, b) = node.req("POST", "/v1/agents/counter/acct", &no_data, b"");
+    assert_eq!((s, b), (200, json!({"value": 4})));
+    let no_type = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "x"),
+        ("ce-source", "/b"),
+    ];
+    let (s, b) = node.req("POST", "/v1/agents/counter/acct", &no_type, b"");
+    assert_eq!(s, 400, "{b}");
+
+    // Batch mode: one result per event, in order; a bad event does not stop the others.
+    let batch = serde_json::to_vec(&json!([
+        {"specversion": "1.0", "id": "b1", "source": "/b", "type": "inc", "data": {"by": 10}},
+        {"specversion": "1.0", "id": "b2", "source": "/b", "type": "explode"},
+        {"specversion": "0.3", "id": "b3", "source": "/b", "type": "inc"},
+        {"specversion": "1.0", "id": "b4", "source": "/b", "type": "inc"},
+    ]))
+    .unwrap();
+    let ct = [("content-type", "application/cloudevents-batch+json")];
+    let (s, b) = node.req("POST", "/v1/agents/counter/acct", &ct, &batch);
+    assert_eq!(s, 200, "{b}");
+    let results = b.as_array().expect("an array");
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0], json!({"ok": {"value": 14}}));
+    assert_eq!(results[1]["error"]["code"], "unknown_signal");
+    assert_eq!(results[2]["error"]["code"], "bad_request");
+    assert_eq!(results[3], json!({"ok": {"value": 15}}));
+    // A malformed batch is refused as a whole.
+    let (s, _) = node.req(
+        "POST",
+        "/v1/agents/counter/acct",
+        &ct,
+        br#"{"not":"an array"}"#,
+    );
+    assert_eq!(s, 400);
+    let many: Vec<Value> = (0..101)
+        .map(
+            |i| json!({"specversion": "1.0", "id": format!("m{i}"), "source": "/b", "type": "inc"}),
+        )
+        .collect();
+    let (s, b) = node.req(
+        "POST",
+        "/v1/agents/counter/acct",
+        &ct,
+        &serde_json::to_vec(&many).unwrap(),
+    );
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("batch_too_large"))
+    );
+
+    // Field bounds.
+    let long_id = "i".repeat(257);
+    let too_long = json!({"specversion": "1.0", "id": long_id, "source": "/b", "type": "inc"});
+    let mut ext = serde_json::Map::new();
+    for (k, v) in [
+        ("specversion", "1.0"),
+        ("id", "e"),
+        ("source", "/b"),
+        ("type", "inc"),
+    ] {
+        ext.insert(k.into(), json!(v));
+    }
+    for i in 0..33 {
+        ext.insert(format!("x{i}"), json!("v"));
+    }
+    let st = [("content-type", "application/cloudevents+json")];
+    for bad in [too_long, Value::Object(ext)] {
+        let (s, b) = node.req(
+            "POST",
+            "/v1/agents/counter/acct",
+            &st,
+            &serde_json::to_vec(&bad).unwrap(),
+        );
+        assert_eq!(s, 400, "{b}");
+    }
+    // Nothing refused above was applied.
+    let (_, state) = node.req("GET", "/v1/agents/counter/acct", &[], b"");
+    assert_eq!(state, json!(15));
+}

@@ -8,6 +8,13 @@ use serde_json::{Map, Value};
 /// The CloudEvents spec version liege speaks.
 pub const SPEC_VERSION: &str = "1.0";
 
+/// Longest `id` and `type`, in bytes.
+pub const MAX_ID_TYPE_BYTES: usize = 256;
+/// Longest `source`, `subject`, `dataschema` and `time`, in bytes.
+pub const MAX_ATTRIBUTE_BYTES: usize = 1024;
+/// Most extension attributes on one event.
+pub const MAX_EXTENSIONS: usize = 32;
+
 /// A message to an agent: a CloudEvents 1.0 event.
 ///
 /// `id` identifies the signal for idempotency: a signal whose id the key has already applied
@@ -132,6 +139,12 @@ impl Signal {
             ));
         }
         let data = map.remove("data");
+        if map.len() > MAX_EXTENSIONS {
+            return Err(SignalError::Invalid(format!(
+                "{} extension attributes; at most {MAX_EXTENSIONS} are accepted",
+                map.len()
+            )));
+        }
         let mut extensions = BTreeMap::new();
         for (name, value) in map {
             let valid_name = !name.is_empty()
@@ -151,7 +164,7 @@ impl Signal {
             }
             extensions.insert(name, value);
         }
-        Ok(Self {
+        let signal = Self {
             id,
             source,
             ty,
@@ -161,7 +174,74 @@ impl Signal {
             dataschema,
             data,
             extensions,
-        })
+        };
+        signal.check_bounds()?;
+        Ok(signal)
+    }
+
+    /// Refuses attributes past their size bounds.
+    pub fn check_bounds(&self) -> Result<(), SignalError> {
+        let too_long = |name: &str, value: &str, max: usize| {
+            (value.len() > max).then(|| {
+                SignalError::Invalid(format!(
+                    "{name} is {} bytes; at most {max} are accepted",
+                    value.len()
+                ))
+            })
+        };
+        let checks = [
+            too_long("id", &self.id, MAX_ID_TYPE_BYTES),
+            too_long("type", &self.ty, MAX_ID_TYPE_BYTES),
+            too_long("source", &self.source, MAX_ATTRIBUTE_BYTES),
+            self.subject
+                .as_deref()
+                .and_then(|v| too_long("subject", v, MAX_ATTRIBUTE_BYTES)),
+            self.dataschema
+                .as_deref()
+                .and_then(|v| too_long("dataschema", v, MAX_ATTRIBUTE_BYTES)),
+            self.time
+                .as_deref()
+                .and_then(|v| too_long("time", v, MAX_ATTRIBUTE_BYTES)),
+        ];
+        match checks.into_iter().flatten().next() {
+            Some(e) => Err(e),
+            None if self.extensions.len() > MAX_EXTENSIONS => Err(SignalError::Invalid(format!(
+                "{} extension attributes; at most {MAX_EXTENSIONS} are accepted",
+                self.extensions.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads a CloudEvent in the HTTP binary mode: attributes in `ce-*` headers (values
+    /// percent-decoded), the body as `data` (JSON; empty means no data), its `Content-Type`
+    /// as `datacontenttype`. `headers` yields (lower-case name, value) pairs.
+    pub fn from_binary<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Self, SignalError> {
+        let mut map = Map::new();
+        for (name, value) in headers {
+            let Some(attr) = name.strip_prefix("ce-") else {
+                continue;
+            };
+            if attr == "data" || attr == "data_base64" || attr == "datacontenttype" {
+                return Err(SignalError::Invalid(format!(
+                    "ce-{attr} is not an attribute of the binary mode"
+                )));
+            }
+            map.insert(attr.to_string(), Value::String(percent_decode(value)?));
+        }
+        if let Some(ct) = content_type {
+            map.insert("datacontenttype".into(), Value::String(ct.to_string()));
+        }
+        if !body.is_empty() {
+            let data: Value = serde_json::from_slice(body)
+                .map_err(|e| SignalError::Json(format!("the body (the event's data): {e}")))?;
+            map.insert("data".into(), data);
+        }
+        Self::from_value(Value::Object(map))
     }
 
     /// The CloudEvents structured JSON object.
@@ -194,6 +274,31 @@ impl Signal {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(&self.to_value()).expect("a JSON value always serializes")
     }
+}
+
+/// Decodes `%XX` escapes of a binary-mode header value (UTF-8 after decoding).
+fn percent_decode(value: &str) -> Result<String, SignalError> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    SignalError::Invalid(format!("bad percent-encoding in header value {value:?}"))
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| SignalError::Invalid("a header value is not UTF-8 once decoded".into()))
 }
 
 fn required_string(value: Value, name: &str) -> Result<String, SignalError> {

@@ -224,6 +224,37 @@ async fn demo_stats(State(node): State<Node>) -> Json<Value> {
     Json(serde_json::to_value(stats).expect("stats serialize"))
 }
 
+/// Most events in one batch-mode request.
+pub const MAX_BATCH_EVENTS: usize = 100;
+
+/// How a request carries its CloudEvent(s) (CloudEvents 1.0 HTTP protocol binding).
+enum Mode {
+    /// One event as a JSON object (`application/cloudevents+json`, or plain JSON).
+    Structured,
+    /// Attributes in `ce-*` headers, data as the body.
+    Binary,
+    /// An array of structured events (`application/cloudevents-batch+json`).
+    Batch,
+}
+
+fn mode(headers: &HeaderMap) -> Mode {
+    let essence = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/cloudevents-batch+json") => Mode::Batch,
+        Some("application/cloudevents+json") => Mode::Structured,
+        _ if headers.contains_key("ce-specversion") => Mode::Binary,
+        _ => Mode::Structured,
+    }
+}
+
+fn bad_event(e: crate::agent::SignalError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
 async fn agent_signal(
     State(node): State<Node>,
     p: Result<Path<(String, String)>, PathRejection>,
@@ -236,14 +267,65 @@ async fn agent_signal(
     if !node.agents().contains(&kind) {
         return Err(crate::error::CallError::UnknownKind { kind }.into());
     }
-    let mut signal = Signal::from_json(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let options = CallOptions {
+        timeout: timeout_header(&headers)?,
+    };
+    let mut signal = match mode(&headers) {
+        Mode::Structured => Signal::from_json(&raw).map_err(bad_event)?,
+        Mode::Binary => {
+            let ce = headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+            let content_type = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            Signal::from_binary(ce, content_type, &raw).map_err(bad_event)?
+        }
+        Mode::Batch => {
+            if headers.contains_key("idempotency-key") {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key names one event; give each event of a batch its own id",
+                ));
+            }
+            let events: Vec<Value> = serde_json::from_slice(&raw).map_err(|e| {
+                ApiError::bad_request(format!("a batch must be a JSON array of events: {e}"))
+            })?;
+            if events.len() > MAX_BATCH_EVENTS {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch_too_large",
+                    format!(
+                        "{} events; a batch holds at most {MAX_BATCH_EVENTS}",
+                        events.len()
+                    ),
+                ));
+            }
+            check_ready(&node)?;
+            let results = detached(async move {
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    let outcome = match Signal::from_value(event) {
+                        Err(e) => Err(bad_event(e)),
+                        Ok(signal) => node
+                            .call(&key, signal, options.clone())
+                            .await
+                            .map_err(ApiError::from),
+                    };
+                    results.push(match outcome {
+                        Ok(reply) => json!({"ok": reply.value}),
+                        Err(e) => json!({"error": {"code": e.code, "message": e.message}}),
+                    });
+                }
+                Ok(results)
+            })
+            .await?;
+            return Ok(Json(Value::Array(results)).into_response());
+        }
+    };
     if let Some(k) = idempotency_key(&headers)? {
         signal.id = k;
     }
     check_ready(&node)?;
-    let options = CallOptions {
-        timeout: timeout_header(&headers)?,
-    };
     let reply = detached(async move { node.call(&key, signal, options).await }).await?;
     Ok(reply_response(reply))
 }
