@@ -54,6 +54,10 @@ pub(crate) struct NodeArgs {
     /// Mailbox bound per key.
     #[arg(long, env = "LIEGE_MAILBOX", default_value_t = 1024)]
     pub(crate) mailbox: usize,
+    /// Most activations held at once; past it the least recently used idle ones are
+    /// passivated.
+    #[arg(long, env = "LIEGE_MAX_ACTIVATIONS", default_value_t = 1_000_000)]
+    pub(crate) max_activations: usize,
     /// Placement policy (see docs/ARCHITECTURE.md), e.g. "regions=iad>ord,ord>iad".
     #[arg(long, env = "LIEGE_PLACEMENT")]
     pub(crate) placement: Option<String>,
@@ -229,6 +233,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.persistence = args.persistence;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     config.mailbox_capacity = args.mailbox;
+    config.max_activations = args.max_activations;
     config.sabotage = sabotage;
     if let Some(p) = &args.placement {
         config.placement = p.parse().map_err(|e| anyhow::anyhow!("--placement: {e}"))?;

@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub mailbox_capacity: usize,
     /// How many recent signal ids per key are remembered for idempotency.
     pub dedupe_window: usize,
+    /// Most activations held at once; past it the least recently used idle ones are
+    /// passivated (state written first), and new calls are still served.
+    pub max_activations: usize,
     /// Default deadline of a call, including retries during failover.
     pub call_timeout: Duration,
     /// Most checkpoint writes per group commit.
@@ -71,6 +74,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(300),
             mailbox_capacity: 1024,
             dedupe_window: 16,
+            max_activations: 1_000_000,
             call_timeout: Duration::from_secs(5),
             max_batch: 512,
             rebalance: RebalanceConfig::default(),
@@ -101,8 +105,8 @@ impl NodeConfig {
         if self.lease_ttl < Duration::from_millis(100) {
             return Err("lease TTL must be at least 100 ms".into());
         }
-        if self.mailbox_capacity == 0 || self.max_batch == 0 {
-            return Err("mailbox capacity and max batch must be positive".into());
+        if self.mailbox_capacity == 0 || self.max_batch == 0 || self.max_activations == 0 {
+            return Err("mailbox capacity, max batch and max activations must be positive".into());
         }
         if self.rebalance.max_per_tick == 0 {
             return Err("max migrations per tick must be positive".into());
@@ -135,6 +139,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("mailbox_capacity", &self.mailbox_capacity)
             .field("dedupe_window", &self.dedupe_window)
+            .field("max_activations", &self.max_activations)
             .field("call_timeout", &self.call_timeout)
             .field("max_batch", &self.max_batch)
             .field("rebalance", &self.rebalance)

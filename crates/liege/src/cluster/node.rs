@@ -210,6 +210,7 @@ impl Node {
                 mailbox_capacity: config.mailbox_capacity,
                 dedupe_window: config.dedupe_window,
                 seed: seed.rotate_left(17),
+                max_activations: config.max_activations,
             },
             agents,
             store.clone(),

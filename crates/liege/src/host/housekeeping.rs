@@ -23,6 +23,11 @@ pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: Cancella
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            () = host.over_cap.notified() => {
+                faults.gate().await;
+                evict_least_recently_used(&host).await;
+                continue;
+            }
             _ = tokio::time::sleep(tick) => {}
         }
         faults.gate().await;
@@ -52,10 +57,18 @@ async fn flush_dirty(host: &Arc<Host>) {
             if act.is_dead() {
                 return;
             }
-            if let Err(e) = host.flush_locked(&act, &mut turn).await {
-                tracing::warn!(key = %act.key, error = %e, "interval write failed; dropping activation");
-                drop(turn);
-                host.kill_activation(&act);
+            match host.flush_locked(&act, &mut turn).await {
+                Ok(()) => {}
+                // Unknown outcome or store unavailable: keep the state, try again next tick.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(key = %act.key, error = %e, "interval write failed; keeping the state to retry");
+                }
+                // Fenced: the partition moved; this copy must not be written again.
+                Err(e) => {
+                    tracing::warn!(key = %act.key, error = %e, "interval write refused; dropping activation");
+                    drop(turn);
+                    host.kill_activation(&act);
+                }
             }
         });
     }
@@ -82,9 +95,53 @@ async fn passivate_idle(host: &Arc<Host>, idle: Duration) {
         }
         let result = host.flush_locked(&act, &mut turn).await;
         drop(turn);
-        if let Err(e) = result {
-            tracing::warn!(key = %act.key, error = %e, "write on passivation failed");
+        match result {
+            Ok(()) => host.kill_activation(&act),
+            // Keep unwritten state and try at the next sweep.
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(key = %act.key, error = %e, "write on passivation failed; keeping the state to retry");
+            }
+            Err(e) => {
+                tracing::warn!(key = %act.key, error = %e, "write on passivation refused; dropping activation");
+                host.kill_activation(&act);
+            }
         }
-        host.kill_activation(&act);
+    }
+}
+
+/// Passivates the least recently used idle activations until at most 90 % of
+/// `max_activations` remain: dirty state is written first, busy ones are skipped.
+async fn evict_least_recently_used(host: &Arc<Host>) {
+    let max = host.config.max_activations;
+    let active = host.activations.active();
+    if active <= max {
+        return;
+    }
+    let target = max - max / 10;
+    let mut idle = host
+        .activations
+        .collect(|a| a.queued.load(Ordering::Acquire) == 0 && !a.is_dead());
+    idle.sort_by_key(|a| a.last_used.load(Ordering::Relaxed));
+    let mut excess = active.saturating_sub(target);
+    for act in idle {
+        if excess == 0 {
+            break;
+        }
+        let Ok(mut turn) = act.turn.try_lock() else {
+            continue;
+        };
+        if act.is_dead() || act.queued.load(Ordering::Acquire) > 0 {
+            continue;
+        }
+        let result = host.flush_locked(&act, &mut turn).await;
+        drop(turn);
+        match result {
+            Ok(()) => {
+                host.kill_activation(&act);
+                excess -= 1;
+            }
+            // Unwritten state stays in memory; a later sweep tries again.
+            Err(e) => tracing::warn!(key = %act.key, error = %e, "write before eviction failed"),
+        }
     }
 }

@@ -83,6 +83,9 @@ pub(crate) struct HostConfig {
     pub(crate) dedupe_window: usize,
     /// Seed of the activation table's hash (fixed in simulations).
     pub(crate) seed: u64,
+    /// Most activations held at once; past it the least recently used idle ones are
+    /// passivated.
+    pub(crate) max_activations: usize,
 }
 
 /// An admitted request: holds a mailbox slot until dropped.
@@ -126,6 +129,8 @@ pub(crate) struct Host {
     tasks: TaskTracker,
     /// Set when the node is killed (tests): everything answers `Unavailable`.
     killed: AtomicBool,
+    /// Woken when an activation is created past `max_activations` (housekeeping evicts).
+    pub(crate) over_cap: tokio::sync::Notify,
 }
 
 impl Host {
@@ -161,6 +166,7 @@ impl Host {
             kind_series,
             tasks,
             killed: AtomicBool::new(false),
+            over_cap: tokio::sync::Notify::new(),
         }
     }
 
@@ -282,9 +288,11 @@ impl Host {
                 .get_or_create(key, holding, writer, &agent, self.clock.now());
         if created {
             self.telemetry.agents_activated.inc();
-            self.telemetry
-                .agents_active
-                .set(self.activations.active() as i64);
+            let active = self.activations.active();
+            self.telemetry.agents_active.set(active as i64);
+            if active > self.config.max_activations {
+                self.over_cap.notify_one();
+            }
         }
         let before = act.queued.fetch_add(1, Ordering::AcqRel);
         let admitted = Admitted { act };
@@ -327,9 +335,23 @@ impl Host {
             self.load(&act, &mut turn).await?;
         }
         let result = match op {
-            LocalOp::Get => Ok(act
-                .agent
-                .to_json(turn.state.as_ref().expect("loaded above"))),
+            LocalOp::Get => {
+                let value = act
+                    .agent
+                    .to_json(turn.state.as_ref().expect("loaded above"));
+                // A read of a key that was never written keeps nothing: a flood of reads of
+                // new ids must not fill memory with empty activations.
+                if turn.rev == Rev(0)
+                    && !act.dirty.load(Ordering::Acquire)
+                    && act.queued.load(Ordering::Acquire) == 0
+                {
+                    guard.armed = false;
+                    drop(turn);
+                    self.kill_activation(&act);
+                    return Ok(value);
+                }
+                Ok(value)
+            }
             LocalOp::Stop => {
                 self.flush_locked(&act, &mut turn).await?;
                 guard.armed = false;

@@ -336,3 +336,54 @@ async fn a_node_with_another_placement_policy_refuses_to_join() {
     assert_eq!(value(&reply.value), 1);
     let _ = cluster.add_node("c", "iad").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_are_capped_and_reads_of_absent_keys_keep_nothing() {
+    init_tracing();
+    let cluster = TestCluster::builder()
+        .node("a", "iad")
+        .configure(|c| c.max_activations = 50)
+        .start()
+        .await;
+    let node = cluster.node("a");
+    // A flood of reads of keys nobody wrote: answered, and nothing stays active.
+    for i in 0..500 {
+        let state = node
+            .get(&counter(&format!("absent-{i}")), CallOptions::default())
+            .await
+            .expect("read");
+        assert_eq!(state.value, json!(0));
+    }
+    assert_eq!(node.local_stats().active_agents, 0);
+    // Writes to many keys: the least recently used idle activations are passivated (made
+    // durable first), and every call is still served.
+    for i in 0..300 {
+        node.call(
+            &counter(&format!("w-{i}")),
+            Signal::new("inc"),
+            CallOptions::default(),
+        )
+        .await
+        .expect("inc");
+    }
+    let mut active = node.local_stats().active_agents;
+    for _ in 0..100 {
+        if active <= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        active = node.local_stats().active_agents;
+    }
+    assert!(active <= 50, "{active} activations held past the cap of 50");
+    // Nothing was lost by passivation: each key reads back its one increment, and counts on.
+    for i in 0..300 {
+        let key = counter(&format!("w-{i}"));
+        let state = node.get(&key, CallOptions::default()).await.expect("read");
+        assert_eq!(state.value, json!(1), "w-{i}");
+    }
+    let again = node
+        .call(&counter("w-0"), Signal::new("inc"), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(value(&again.value), 2);
+}
