@@ -18,12 +18,16 @@ use crate::store::{StoreError, StoreResult};
 /// A unit of work for the connection thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Most jobs waiting for one connection; more fail at once with `Unavailable` (the caller
+/// retries) instead of queueing without bound.
+pub(super) const MAX_QUEUED_JOBS: usize = 1024;
+
 /// Handle to a connection thread. Dropping it ends the thread (after queued jobs) and closes
 /// the connection.
 pub(super) struct Worker {
     /// Role of this connection, for errors and the thread name.
     role: &'static str,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
     /// The store's write gate, taken around every write transaction of this connection.
     gate: Arc<WriteGate>,
     /// This connection's place in the gate's queue.
@@ -40,7 +44,7 @@ impl Worker {
         path: PathBuf,
         init: impl FnOnce(&mut Connection) -> StoreResult<()> + Send + 'static,
     ) -> StoreResult<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_QUEUED_JOBS);
         let (ready_tx, ready_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("liege-sqlite-{role}"))
@@ -72,17 +76,31 @@ impl Worker {
 
     /// Runs `f` on the connection thread and waits for its result.
     ///
-    /// If the caller stops waiting, `f` still runs to completion: a write's outcome is then
-    /// unknown to the caller, as the [`crate::store`] contract says.
+    /// A job whose caller stopped waiting before it started is skipped (nobody wants its
+    /// answer, and for a write the outcome is unknown to the caller either way, as the
+    /// [`crate::store`] contract says); once started it runs to completion. With
+    /// [`MAX_QUEUED_JOBS`] waiting, fails at once with [`StoreError::Unavailable`].
     pub(super) async fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(f(conn));
         });
-        self.jobs.send(job).map_err(|_| stopped(self.role))?;
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the sqlite {} connection has {MAX_QUEUED_JOBS} jobs waiting; try again",
+                    self.role
+                )))
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped(self.role)),
+        }
         rx.await.map_err(|_| stopped(self.role))?
     }
 
@@ -103,4 +121,86 @@ impl Worker {
 
 fn stopped(role: &str) -> StoreError {
     StoreError::Unavailable(format!("sqlite {role} connection thread stopped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn worker(dir: &std::path::Path) -> Worker {
+        Worker::spawn(
+            "test",
+            Priority::Data,
+            Arc::new(WriteGate::default()),
+            dir.join("w.db"),
+            |_| Ok(()),
+        )
+        .await
+        .expect("worker")
+    }
+
+    /// Holds the connection thread until the returned sender is dropped.
+    fn block(w: &Worker) -> std::sync::mpsc::Sender<()> {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let job: Job = Box::new(move |_| {
+            let _ = wait.recv();
+        });
+        w.jobs.try_send(job).expect("queued");
+        release
+    }
+
+    #[tokio::test]
+    async fn jobs_whose_caller_gave_up_are_skipped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let w = worker(dir.path()).await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let release = block(&w);
+        let counted = ran.clone();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            w.run(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the caller timed out");
+        drop(release);
+        let counted = ran.clone();
+        w.run(move |_| {
+            counted.fetch_add(10, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+        .expect("a later job runs");
+        assert_eq!(ran.load(Ordering::SeqCst), 10, "the abandoned job ran");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let w = Arc::new(worker(dir.path()).await);
+        let release = block(&w);
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_QUEUED_JOBS {
+            let w = w.clone();
+            waiting.push(tokio::spawn(async move { w.run(|_| Ok(())).await }));
+        }
+        // Let every job reach the queue.
+        while w.jobs.try_send(Box::new(|_| {})).is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let refused = w.run(|_| Ok(())).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("jobs waiting")),
+            "{refused:?}"
+        );
+        drop(release);
+        for job in waiting {
+            let _ = job.await;
+        }
+    }
 }
