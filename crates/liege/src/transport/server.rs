@@ -197,7 +197,13 @@ impl Connection {
                 }
                 Ok(Some(frame)) => {
                     bump(&self.config.counters.requests_received);
-                    tokio::spawn(self.answer(frame, peer.clone(), queue.clone(), permit));
+                    // Cheap requests finish on their first poll: answer them right here and
+                    // save a task hop; anything that has to wait gets a task of its own.
+                    let mut answer =
+                        Box::pin(self.answer(frame, peer.clone(), queue.clone(), permit));
+                    if futures_util::FutureExt::now_or_never(&mut answer).is_none() {
+                        tokio::spawn(answer);
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
