@@ -220,6 +220,27 @@ fn the_cloudevents_endpoint_honours_idempotency_keys() {
     );
     let (s, state) = node.req("GET", "/v1/agents/counter/acct", &[], b"");
     assert_eq!((s, state), (200, json!(5)));
+    // The same key with another payload is refused, not answered with the first reply.
+    let other = serde_json::to_vec(&json!({
+        "specversion": "1.0", "source": "/billing", "type": "inc", "data": {"by": 50}
+    }))
+    .unwrap();
+    let (s, b) = node.req("POST", "/v1/agents/counter/acct", &h, &other);
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["code"], "idempotency_key_reused");
+    let demo = [
+        ("idempotency-key", "order-9"),
+        ("content-type", "application/json"),
+    ];
+    let (s, _) = node.req("POST", "/demo/keys/acct/inc", &demo, br#"{"by":1}"#);
+    assert_eq!(s, 200);
+    let (s, b) = node.req("POST", "/demo/keys/acct/inc", &demo, br#"{"by":2}"#);
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    let (_, state) = node.req("GET", "/v1/agents/counter/acct", &[], b"");
+    assert_eq!(state, json!(6), "neither refused request was applied");
 }
 
 #[test]

@@ -407,7 +407,20 @@ impl Host {
         started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
         let id_hash = DedupeWindow::hash_id(&signal.id);
-        if let Some(reply) = turn.dedupe.get(id_hash) {
+        let fingerprint = DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
+        if let Some((seen, reply)) = turn.dedupe.get(id_hash) {
+            // The same id with another payload is a client bug, not a retry: say so rather
+            // than answer with a reply to something else.
+            if seen != checkpoint::UNKNOWN_FINGERPRINT && seen != fingerprint {
+                self.observe(act, "idempotency_key_reused", started);
+                return Err(CallError::Agent(crate::error::AgentError::new(
+                    "idempotency_key_reused",
+                    format!(
+                        "signal id {:?} was already applied to {} with another type or data",
+                        signal.id, act.key
+                    ),
+                )));
+            }
             let value = serde_json::from_slice(reply)
                 .map_err(|e| CallError::Internal(format!("corrupt dedupe entry: {e}")))?;
             self.observe(act, "duplicate", started);
@@ -427,8 +440,12 @@ impl Host {
             return Ok(reply);
         }
         let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
-        turn.dedupe
-            .record(id_hash, bytes.into_boxed_slice(), self.config.dedupe_window);
+        turn.dedupe.record(
+            id_hash,
+            fingerprint,
+            bytes.into_boxed_slice(),
+            self.config.dedupe_window,
+        );
         match self.config.persistence {
             Persistence::Durable => self.persist(act, turn).await?,
             Persistence::Interval(_) | Persistence::OnPassivate => {
