@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 /// Options of `liege node`. Every flag has a `LIEGE_*` environment fallback.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct NodeArgs {
-    /// Node name, unique among live nodes.
-    #[arg(long, env = "LIEGE_NAME", default_value = "local-1")]
-    pub(crate) name: String,
+    /// Node name, unique among live nodes (default: `REGION-FLY_MACHINE_ID` on Fly.io, else
+    /// `local-1`).
+    #[arg(long, env = "LIEGE_NAME")]
+    pub(crate) name: Option<String>,
     /// Region label (falls back to FLY_REGION, then "local").
     #[arg(long, env = "LIEGE_REGION")]
     pub(crate) region: Option<String>,
@@ -58,6 +59,12 @@ pub(crate) struct NodeArgs {
     /// passivated.
     #[arg(long, env = "LIEGE_MAX_ACTIVATIONS", default_value_t = 1_000_000)]
     pub(crate) max_activations: usize,
+    /// Least time between two batches of planned moves (rebalancing), in milliseconds.
+    #[arg(long, env = "LIEGE_REBALANCE_INTERVAL_MS", default_value_t = 250)]
+    pub(crate) rebalance_interval_ms: u64,
+    /// Most partitions moved per batch of planned moves (failover claims are never paced).
+    #[arg(long, env = "LIEGE_MAX_MIGRATIONS_PER_TICK", default_value_t = 256)]
+    pub(crate) max_migrations_per_tick: usize,
     /// Placement policy (see docs/ARCHITECTURE.md), e.g. "regions=iad>ord,ord>iad".
     #[arg(long, env = "LIEGE_PLACEMENT")]
     pub(crate) placement: Option<String>,
@@ -92,6 +99,22 @@ pub(crate) struct NodeArgs {
     /// Most HTTP requests handled at once; more get 503 with Retry-After.
     #[arg(long, env = "LIEGE_HTTP_MAX_IN_FLIGHT", default_value_t = 4_096)]
     pub(crate) http_max_in_flight: usize,
+}
+
+/// `--name`, else `REGION-MACHINE` on Fly.io (every machine of an app has the same
+/// environment, so a fixed default name would collide), else `local-1`.
+fn node_name(flag: Option<&str>, region: &str, fly_machine: Option<String>) -> String {
+    match (flag, fly_machine.filter(|m| !m.is_empty())) {
+        (Some(name), _) => name.to_string(),
+        (None, Some(machine)) => format!("{region}-{machine}"),
+        (None, None) => "local-1".to_string(),
+    }
+}
+
+/// On Fly.io, peers dial the machine's private (6PN, IPv6) address on the cluster port.
+fn fly_advertise(private_ip: Option<&str>, port: u16) -> Option<String> {
+    let ip: std::net::IpAddr = private_ip?.parse().ok()?;
+    (port != 0).then(|| std::net::SocketAddr::new(ip, port).to_string())
 }
 
 /// The HTTP settings from the flags; refuses an exposed API without a token.
@@ -223,9 +246,21 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding HTTP {}", args.http))?;
     let http_addr = http.local_addr()?;
 
-    let mut config = NodeConfig::new(args.name.clone(), region);
+    let name = node_name(
+        args.name.as_deref(),
+        &region,
+        std::env::var("FLY_MACHINE_ID").ok(),
+    );
+    let mut config = NodeConfig::new(name, region);
     config.cluster_listen = args.listen;
-    config.cluster_advertise = args.advertise.clone();
+    config.cluster_advertise = args.advertise.clone().or_else(|| {
+        fly_advertise(
+            std::env::var("FLY_PRIVATE_IP").ok().as_deref(),
+            args.listen.port(),
+        )
+    });
+    config.rebalance.interval = Duration::from_millis(args.rebalance_interval_ms);
+    config.rebalance.max_per_tick = args.max_migrations_per_tick;
     config.http_advertise = http_addr.to_string();
     config.secret = secret;
     config.partitions = args.partitions;
@@ -289,4 +324,30 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fly_machines_get_distinct_names_and_their_private_address() {
+        assert_eq!(node_name(Some("iad-1"), "iad", Some("m1".into())), "iad-1");
+        assert_eq!(
+            node_name(None, "ams", Some("3d8d9e1a".into())),
+            "ams-3d8d9e1a"
+        );
+        assert_eq!(node_name(None, "local", None), "local-1");
+        assert_eq!(
+            fly_advertise(Some("fdaa:0:1:a7b:1::2"), 7070).as_deref(),
+            Some("[fdaa:0:1:a7b:1::2]:7070")
+        );
+        assert_eq!(
+            fly_advertise(Some("10.0.0.5"), 7070).as_deref(),
+            Some("10.0.0.5:7070")
+        );
+        assert_eq!(fly_advertise(Some("not an ip"), 7070), None);
+        assert_eq!(fly_advertise(Some("10.0.0.5"), 0), None);
+        assert_eq!(fly_advertise(None, 7070), None);
+    }
 }

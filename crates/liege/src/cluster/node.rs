@@ -589,9 +589,17 @@ async fn bind(config: &NodeConfig) -> Result<(TcpListener, String), StartError> 
     if config.secret.is_none() {
         tracing::warn!(addr = %bound, "no cluster secret: the cluster port is bound to loopback only");
     }
-    let addr = config
-        .cluster_advertise
-        .clone()
-        .unwrap_or_else(|| bound.to_string());
+    let addr = match &config.cluster_advertise {
+        Some(addr) => addr.clone(),
+        // 0.0.0.0 or [::] is where we listen, not an address a peer can dial.
+        None if bound.ip().is_unspecified() => {
+            return Err(StartError::Config(format!(
+                "the cluster port is bound to {bound}, which peers cannot dial: set the \
+                 address to advertise (--advertise, LIEGE_ADVERTISE; on Fly.io the node uses \
+                 FLY_PRIVATE_IP)"
+            )))
+        }
+        None => bound.to_string(),
+    };
     Ok((listener, addr))
 }

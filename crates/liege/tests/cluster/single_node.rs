@@ -387,3 +387,27 @@ async fn activations_are_capped_and_reads_of_absent_keys_keep_nothing() {
         .unwrap();
     assert_eq!(value(&again.value), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_cluster_address_is_never_advertised() {
+    let store = liege::store::open(
+        &liege::store::StoreUrl::Memory,
+        liege::store::StoreOptions::default(),
+    )
+    .await
+    .expect("store");
+    let mut config = liege::cluster::NodeConfig::new("wild", "iad");
+    config.secret = Some(b"a-cluster-secret-of-32-bytes-ok!".to_vec());
+    config.cluster_listen = "0.0.0.0:0".parse().unwrap();
+    let err = liege::cluster::Node::start(config.clone(), store.clone(), Agents::with_builtins())
+        .await
+        .err()
+        .expect("refused: peers cannot dial 0.0.0.0");
+    assert!(err.to_string().contains("peers cannot dial"), "{err}");
+    config.cluster_advertise = Some("10.1.2.3:7070".into());
+    let node = liege::cluster::Node::start(config, store, Agents::with_builtins())
+        .await
+        .expect("with an address to advertise it starts");
+    assert_eq!(node.cluster_addr(), "10.1.2.3:7070");
+    node.shutdown().await;
+}
