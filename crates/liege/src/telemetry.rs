@@ -194,6 +194,10 @@ pub struct Telemetry {
     pub(crate) failover_duration: Histogram,
     pub(crate) lease_ok: Gauge,
     transport: Arc<TransportCounters>,
+    /// Local time of the ownership loop's last step (health).
+    pub(crate) last_step_ms: std::sync::atomic::AtomicU64,
+    /// Local time since which the lease has been invalid, 0 while it is valid (health).
+    pub(crate) lease_invalid_since_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -296,6 +300,8 @@ impl Telemetry {
             partitions_owned,
             failover_duration,
             lease_ok,
+            last_step_ms: std::sync::atomic::AtomicU64::new(0),
+            lease_invalid_since_ms: std::sync::atomic::AtomicU64::new(0),
             transport,
         }
     }

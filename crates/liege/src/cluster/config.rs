@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// Most activations held at once; past it the least recently used idle ones are
     /// passivated (state written first), and new calls are still served.
     pub max_activations: usize,
+    /// How long the node may go without a valid lease (not shutting down) before `/healthz`
+    /// reports it unhealthy.
+    pub unhealthy_without_lease: Duration,
     /// Default deadline of a call, including retries during failover.
     pub call_timeout: Duration,
     /// Most checkpoint writes per group commit.
@@ -75,6 +78,7 @@ impl NodeConfig {
             mailbox_capacity: 1024,
             dedupe_window: 16,
             max_activations: 1_000_000,
+            unhealthy_without_lease: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
             max_batch: 512,
             rebalance: RebalanceConfig::default(),
@@ -140,6 +144,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("mailbox_capacity", &self.mailbox_capacity)
             .field("dedupe_window", &self.dedupe_window)
             .field("max_activations", &self.max_activations)
+            .field("unhealthy_without_lease", &self.unhealthy_without_lease)
             .field("call_timeout", &self.call_timeout)
             .field("max_batch", &self.max_batch)
             .field("rebalance", &self.rebalance)

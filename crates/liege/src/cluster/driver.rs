@@ -204,9 +204,15 @@ impl Driver {
             observer.after_step(&self.engine.config().name, &self.engine, now);
         }
         let table = &self.engine.published().table;
-        self.telemetry
-            .lease_ok
-            .set(i64::from(table.lease_valid_at(now)));
+        let valid = table.lease_valid_at(now);
+        self.telemetry.lease_ok.set(i64::from(valid));
+        self.telemetry.last_step_ms.store(now, Ordering::Relaxed);
+        let since = &self.telemetry.lease_invalid_since_ms;
+        if valid {
+            since.store(0, Ordering::Relaxed);
+        } else if since.load(Ordering::Relaxed) == 0 {
+            since.store(now.max(1), Ordering::Relaxed);
+        }
         self.telemetry.partitions_owned.set(table.count() as i64);
     }
 

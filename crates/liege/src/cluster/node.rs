@@ -339,6 +339,58 @@ impl Node {
             && self.inner.published.table.ready_at(self.inner.host.now())
     }
 
+    /// Liveness, for `/healthz`: the checks and whether each passes. A node is unhealthy (and
+    /// worth restarting) when its ownership loop has not stepped for four lease TTLs (at
+    /// least 2 s; it steps at least every TTL/4), or it has been without a valid lease for
+    /// `unhealthy_without_lease` (30 s) while not shutting down (its store connection is
+    /// broken beyond what rejoining fixes, or the store is down: a restart is then harmless).
+    pub fn health(&self) -> Vec<(&'static str, bool, String)> {
+        let now = self.inner.host.now();
+        let ttl = self.inner.config.lease_ttl.as_millis() as u64;
+        let t = &self.inner.telemetry;
+        let last = t.last_step_ms.load(Ordering::Relaxed);
+        let stalled_after = (4 * ttl).max(2_000);
+        let loop_ok = now.saturating_sub(last) <= stalled_after;
+        let since = t.lease_invalid_since_ms.load(Ordering::Relaxed);
+        let without = if since == 0 {
+            0
+        } else {
+            now.saturating_sub(since)
+        };
+        let stopping = self.inner.stopping.load(Ordering::Relaxed);
+        let grace = self.inner.config.unhealthy_without_lease.as_millis() as u64;
+        let lease_ok = stopping || without <= grace;
+        vec![
+            (
+                "ownership_loop",
+                loop_ok,
+                format!(
+                    "last step {} ms ago (limit {stalled_after} ms)",
+                    now.saturating_sub(last)
+                ),
+            ),
+            (
+                "lease",
+                lease_ok,
+                if since == 0 {
+                    "valid".to_string()
+                } else {
+                    format!("invalid for {without} ms (limit {grace} ms)")
+                },
+            ),
+        ]
+    }
+
+    /// Readiness detail, for `/readyz`: (lease valid, directory loaded, stopping).
+    pub fn readiness(&self) -> (bool, bool, bool) {
+        let table = &self.inner.published.table;
+        (
+            table.lease_valid_at(self.inner.host.now()),
+            table.directory_loaded(),
+            self.inner.stopping.load(Ordering::Relaxed),
+        )
+    }
+
     /// Waits until the node is ready or `timeout` passes; returns readiness.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -381,13 +381,42 @@ fn reply_response(reply: crate::cluster::Reply) -> Response {
     resp
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz(State(node): State<Node>) -> Response {
+    let checks = node.health();
+    let healthy = checks.iter().all(|(_, ok, _)| *ok);
+    let detail: serde_json::Map<String, Value> = checks
+        .into_iter()
+        .map(|(name, ok, detail)| (name.to_string(), json!({"ok": ok, "detail": detail})))
+        .collect();
+    let body = Json(json!({
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "node": node.name(),
+        "checks": detail,
+    }));
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
 }
 
-async fn readyz(State(node): State<Node>) -> Result<Json<Value>, ApiError> {
-    check_ready(&node)?;
-    Ok(Json(json!({"status": "ready", "node": node.name()})))
+async fn readyz(State(node): State<Node>) -> Response {
+    let (lease_valid, directory_loaded, stopping) = node.readiness();
+    let ready = node.is_ready();
+    let body = Json(json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "node": node.name(),
+        "lease_valid": lease_valid,
+        "directory_loaded": directory_loaded,
+        "stopping": stopping,
+    }));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
 }
 
 async fn metrics(State(node): State<Node>) -> Response {

@@ -411,3 +411,40 @@ async fn a_wildcard_cluster_address_is_never_advertised() {
     assert_eq!(node.cluster_addr(), "10.1.2.3:7070");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_after_a_long_loss_of_the_store_and_recovers() {
+    init_tracing();
+    let cluster = TestCluster::builder()
+        .node("a", "iad")
+        .lease_ttl(Duration::from_millis(200))
+        .configure(|c| c.unhealthy_without_lease = Duration::from_millis(600))
+        .start()
+        .await;
+    let node = cluster.node("a");
+    let healthy = |n: &liege::cluster::Node| n.health().iter().all(|(_, ok, _)| *ok);
+    assert!(healthy(node), "{:?}", node.health());
+    assert_eq!(node.readiness(), (true, true, false));
+    cluster.cut_store("a", true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while healthy(node) {
+        assert!(tokio::time::Instant::now() < deadline, "still healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let checks = node.health();
+    let lease = checks
+        .iter()
+        .find(|(n, _, _)| *n == "lease")
+        .expect("lease check");
+    assert!(!lease.1 && lease.2.contains("invalid for"), "{checks:?}");
+    assert!(!node.is_ready());
+    assert!(!node.readiness().0, "the lease is reported invalid");
+    cluster.cut_store("a", false);
+    while !healthy(node) || !node.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "no recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -176,7 +176,7 @@ impl ServingTable {
     }
 
     /// True once a directory read since the last (re)join has been applied.
-    pub(super) fn directory_loaded(&self) -> bool {
+    pub fn directory_loaded(&self) -> bool {
         self.directory_loaded.load(Ordering::Acquire)
     }
 
