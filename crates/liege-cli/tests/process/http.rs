@@ -237,3 +237,47 @@ fn clients_that_hang_up_mid_call_do_not_cost_the_activation() {
     let first = retry("gone-299");
     assert_eq!(retry("gone-299"), first);
 }
+
+/// Raises this process's open-file limit to its hard limit (children inherit it); returns it.
+fn raise_fd_limit() -> u64 {
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur
+    }
+}
+
+#[test]
+fn five_thousand_idle_connections_leave_the_node_ready() {
+    const IDLE: usize = 5_000;
+    let limit = raise_fd_limit();
+    assert!(
+        limit >= (IDLE + 500) as u64,
+        "this machine allows {limit} open files; the test needs {}",
+        IDLE + 500
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("a", "iad", &dir.path().join("liege.db"), &[]);
+    // Connections that send nothing (within the header timeout, they are simply open).
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .map(|i| {
+            TcpStream::connect(("127.0.0.1", node.http))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    // The node still answers, and its store and peers (own file descriptors) still work.
+    let (status, body) = try_request(node.http, "GET", "/readyz", &[], b"").expect("readyz");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(node.inc("k", None), 1);
+    drop(idle);
+}
