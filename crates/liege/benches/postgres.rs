@@ -19,19 +19,25 @@ use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 const BATCH: usize = 256;
 const PARTITIONS: u32 = 64;
 
-/// A store on a fresh database, with node `bench` owning every partition at epoch 1.
-async fn setup(pg: &TempPostgres) -> (Arc<PostgresStore>, NodeId) {
+/// A store on a fresh database, its cluster created with `partitions`.
+async fn fresh(pg: &TempPostgres, partitions: u32) -> PostgresStore {
     let url = pg.create_database().await.expect("database");
     let store = PostgresStore::connect(&url, PostgresOptions::for_tests())
         .await
         .expect("store");
     let meta = ClusterMeta {
-        partitions: PARTITIONS,
+        partitions,
         secret_salt: vec![0],
         secret_verifier: vec![0],
         placement: None,
     };
     store.init_cluster(&meta).await.expect("init");
+    store
+}
+
+/// A store on a fresh database, with node `bench` owning every partition at epoch 1.
+async fn setup(pg: &TempPostgres) -> (Arc<PostgresStore>, NodeId) {
+    let store = fresh(pg, PARTITIONS).await;
     let node = NodeRecord {
         id: NodeId::new("bench", 1),
         region: "local".into(),
@@ -109,17 +115,7 @@ const CLUSTER_PARTITIONS: u32 = 1024;
 
 /// A store with 100 live nodes, each owning its share of 1,024 partitions.
 async fn cluster(pg: &TempPostgres) -> (Arc<PostgresStore>, Vec<NodeId>) {
-    let url = pg.create_database().await.expect("database");
-    let store = PostgresStore::connect(&url, PostgresOptions::for_tests())
-        .await
-        .expect("store");
-    let meta = ClusterMeta {
-        partitions: CLUSTER_PARTITIONS,
-        secret_salt: vec![0],
-        secret_verifier: vec![0],
-        placement: None,
-    };
-    store.init_cluster(&meta).await.expect("init");
+    let store = fresh(pg, CLUSTER_PARTITIONS).await;
     let mut ids = Vec::new();
     for i in 0..NODES {
         let node = NodeRecord {

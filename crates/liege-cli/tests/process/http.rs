@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::{try_request, NodeProcess};
+use crate::support::{liege, try_request, NodeProcess};
 
 const TOKEN: &str = "api-token-for-tests-0123456789";
 
@@ -72,42 +72,27 @@ fn a_token_guards_every_route_but_health_and_readiness() {
 #[test]
 fn an_exposed_api_without_a_token_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
-        .args([
+    let store = format!("sqlite:{}", dir.path().join("liege.db").display());
+    let node = |http: &'static str, extra: &[&str]| {
+        let base = [
             "node",
             "--name",
             "a",
             "--http",
-            "0.0.0.0:0",
+            http,
             "--listen",
             "127.0.0.1:0",
-        ])
-        .arg("--store")
-        .arg(format!("sqlite:{}", dir.path().join("liege.db").display()))
-        .env_remove("LIEGE_API_TOKEN")
-        .output()
-        .expect("runs");
+        ];
+        liege(&[&base[..], &["--store", &store], extra].concat(), &[])
+    };
+    let out = node("0.0.0.0:0", &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("without an API token") && stderr.contains("--allow-unauthenticated-http"),
         "{stderr}"
     );
-    let short = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
-        .args([
-            "node",
-            "--name",
-            "a",
-            "--http",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--api-token", "short"])
-        .arg("--store")
-        .arg(format!("sqlite:{}", dir.path().join("liege.db").display()))
-        .output()
-        .expect("runs");
+    let short = node("127.0.0.1:0", &["--api-token", "short"]);
     assert_eq!(short.status.code(), Some(2));
 }
 

@@ -2,19 +2,8 @@
 //! SQLite files, and no password in what a failed start prints.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
 
-use super::support::NodeProcess;
-
-fn liege(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_liege"))
-        .args(args)
-        .env_remove("LIEGE_SECRET")
-        .env_remove("LIEGE_SECRET_FILE")
-        .envs(env.iter().copied())
-        .output()
-        .expect("liege runs")
-}
+use super::support::{liege, NodeProcess};
 
 fn node_args(db: &std::path::Path) -> Vec<String> {
     vec![

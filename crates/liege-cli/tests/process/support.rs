@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Runs `liege ARGS` to completion with `env` added and no cluster secret or API token
+/// inherited from the test's environment.
+pub(crate) fn liege(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_liege"))
+        .args(args)
+        .env_remove("LIEGE_SECRET")
+        .env_remove("LIEGE_SECRET_FILE")
+        .env_remove("LIEGE_API_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("liege runs")
+}
+
 /// A free loopback port (bound, then released).
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -407,11 +407,12 @@ impl Host {
         started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
         let id_hash = DedupeWindow::hash_id(&signal.id);
-        let fingerprint = DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
+        // Computed only when needed: on a duplicate, and to record a state-changing signal.
+        let fingerprint = || DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
         if let Some((seen, reply)) = turn.dedupe.get(id_hash) {
             // The same id with another payload is a client bug, not a retry: say so rather
             // than answer with a reply to something else.
-            if seen != checkpoint::UNKNOWN_FINGERPRINT && seen != fingerprint {
+            if seen != checkpoint::UNKNOWN_FINGERPRINT && seen != fingerprint() {
                 self.observe(act, "idempotency_key_reused", started);
                 return Err(CallError::Agent(crate::error::AgentError::new(
                     "idempotency_key_reused",
@@ -442,7 +443,7 @@ impl Host {
         let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
         turn.dedupe.record(
             id_hash,
-            fingerprint,
+            fingerprint(),
             bytes.into_boxed_slice(),
             self.config.dedupe_window,
         );

@@ -214,19 +214,23 @@ impl TlsSettings {
             (SslMode::VerifyFull, Some(roots)) => {
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
-            (SslMode::VerifyCa, Some(roots)) => {
-                let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| StoreError::Other(format!("TLS setup: {e}")))?;
+            (mode, roots) => {
+                let chain = match roots.filter(|_| mode == SslMode::VerifyCa) {
+                    Some(roots) => Some(
+                        WebPkiServerVerifier::builder_with_provider(
+                            Arc::new(roots),
+                            provider.clone(),
+                        )
+                        .build()
+                        .map_err(|e| StoreError::Other(format!("TLS setup: {e}")))?,
+                    ),
+                    None => None,
+                };
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+                    .with_custom_certificate_verifier(Arc::new(Lax { chain, provider }))
                     .with_no_client_auth()
             }
-            _ => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unchecked { provider }))
-                .with_no_client_auth(),
         };
         Ok(MakeRustlsConnect::new(config))
     }
@@ -250,13 +254,18 @@ fn load_roots(path: &std::path::Path) -> StoreResult<RootCertStore> {
     Ok(roots)
 }
 
-/// `verify-ca`: the chain must lead to a trusted CA; the name is not checked.
+/// The server check of every mode but `verify-full` (which uses rustls's own verifier):
+/// with `chain` (`verify-ca`) the certificate must lead to a trusted CA, its name unchecked;
+/// without (`prefer`, `require`: libpq's behaviour; use `verify-full` against an active
+/// attacker) any certificate is taken. The handshake signature is checked either way, so the
+/// session key belongs to the certificate shown.
 #[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
+struct Lax {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lax {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -265,10 +274,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -282,7 +291,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -291,60 +301,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a root certificate: encrypted, but the server is not
-/// authenticated (libpq's behaviour; use `verify-full` against an active attacker). The
-/// handshake signature is still checked, so the session key belongs to the certificate shown.
-#[derive(Debug)]
-struct Unchecked {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
