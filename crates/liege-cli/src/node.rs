@@ -59,6 +59,14 @@ pub(crate) struct NodeArgs {
     /// passivated.
     #[arg(long, env = "LIEGE_MAX_ACTIVATIONS", default_value_t = 1_000_000)]
     pub(crate) max_activations: usize,
+    /// How long a signal id the caller chose (`Idempotency-Key`, a CloudEvent's `id`) is
+    /// remembered per key, e.g. `24h`, `90m`, `7d`.
+    #[arg(long, env = "LIEGE_DEDUPE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) dedupe_retention: Duration,
+    /// Caller-chosen signal ids each activation keeps in memory in front of the store
+    /// (older ones are looked up in the store).
+    #[arg(long, env = "LIEGE_DEDUPE_CACHE", default_value_t = 1024)]
+    pub(crate) dedupe_cache: usize,
     /// Least time between two batches of planned moves (rebalancing), in milliseconds.
     #[arg(long, env = "LIEGE_REBALANCE_INTERVAL_MS", default_value_t = 250)]
     pub(crate) rebalance_interval_ms: u64,
@@ -269,6 +277,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     config.mailbox_capacity = args.mailbox;
     config.max_activations = args.max_activations;
+    config.dedupe_retention = args.dedupe_retention;
+    config.dedupe_cache = args.dedupe_cache;
     config.sabotage = sabotage;
     if let Some(p) = &args.placement {
         config.placement = p.parse().map_err(|e| anyhow::anyhow!("--placement: {e}"))?;

@@ -12,8 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use liege::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use liege::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
-    NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
+    Membership, NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime,
+    WriteError,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -203,6 +204,12 @@ impl Store for SimStore {
     }
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         self.around(self.inner.write(batch)).await
+    }
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
+        self.around(self.inner.dedupe(key, signal)).await
+    }
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
+        self.around(self.inner.prune_dedupe(before_ms, limit)).await
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit().await

@@ -62,6 +62,7 @@ fn batch(writer: &NodeId, prefix: &str, n: u64) -> Vec<CheckpointWrite> {
                 writer: writer.clone(),
                 expected_rev: Rev(0),
                 data: Some(vec![7; 64]),
+                dedupe: Vec::new(),
             }
         })
         .collect()

@@ -13,8 +13,9 @@ use tokio::sync::watch;
 
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
-    NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
+    Membership, NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime,
+    WriteError,
 };
 
 /// Switchable faults of one node.
@@ -183,6 +184,16 @@ impl Store for FaultyStore {
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         self.enter().await?;
         let r = self.inner.write(batch).await;
+        self.leave_with(r).await
+    }
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
+        self.enter().await?;
+        let r = self.inner.dedupe(key, signal).await;
+        self.leave_with(r).await
+    }
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
+        self.enter().await?;
+        let r = self.inner.prune_dedupe(before_ms, limit).await;
         self.leave_with(r).await
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

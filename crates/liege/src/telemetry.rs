@@ -187,6 +187,8 @@ pub struct Telemetry {
     pub(crate) agents_active: Gauge,
     pub(crate) agents_activated: Counter,
     pub(crate) agents_passivated: Counter,
+    pub(crate) dedupe_lookups: Counter,
+    pub(crate) dedupe_pruned: Counter,
     pub(crate) commit_duration: Histogram,
     pub(crate) commit_batch: Histogram,
     pub(crate) commit_rows: Family<EventLabels, Counter>,
@@ -248,6 +250,18 @@ impl Telemetry {
             "Agent deactivations (idle, stop, handoff, fenced)",
             agents_passivated.clone(),
         );
+        let dedupe_lookups = Counter::default();
+        registry.register(
+            "dedupe_store_lookups",
+            "Caller-chosen signal ids looked up in the store (not in the activation's cache)",
+            dedupe_lookups.clone(),
+        );
+        let dedupe_pruned = Counter::default();
+        registry.register(
+            "dedupe_pruned",
+            "Expired dedupe records this node deleted from the store",
+            dedupe_pruned.clone(),
+        );
         let commit_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         registry.register(
             "store_commit_duration_seconds",
@@ -294,6 +308,8 @@ impl Telemetry {
             agents_active,
             agents_activated,
             agents_passivated,
+            dedupe_lookups,
+            dedupe_pruned,
             commit_duration,
             commit_batch,
             commit_rows,

@@ -2,6 +2,7 @@
 
 mod api;
 mod cluster;
+mod dedupe;
 mod http;
 mod mitm;
 mod secrets;

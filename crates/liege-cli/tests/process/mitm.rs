@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{try_request, NodeProcess};
+use crate::support::{metric, try_request, NodeProcess};
 
 const PASS: u8 = 0;
 const FLIP: u8 = 1;
@@ -118,14 +118,6 @@ fn inc_until_acked(node: &NodeProcess, key: &str, idem: &str) -> i64 {
         assert!(Instant::now() < deadline, "{key} never acknowledged");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn metric(node: &NodeProcess, name: &str) -> u64 {
-    let (_, body) = try_request(node.http, "GET", "/metrics", &[], b"").expect("metrics");
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 #[test]

@@ -1,14 +1,28 @@
-//! What a checkpoint holds: the agent's state plus the key's dedupe window, so that
-//! idempotency survives passivation and failover.
+//! What a checkpoint holds: the agent's state, the key's recent dedupe window, and until
+//! when the store may hold dedupe records of the key — so that idempotency survives
+//! passivation and failover.
+//!
+//! Two layers remember applied signal ids:
+//! - the **window** ([`DedupeWindow`]): the last few ids of every signal, inside each
+//!   checkpoint (bounded, so a hot key's checkpoint stays small); it answers the router's
+//!   own retries of ids liege made up;
+//! - the **retained ids** ([`RetainedIds`]): every id a caller chose (`Idempotency-Key`, a
+//!   CloudEvent's `id`, [`crate::Signal::with_id`]), kept for the dedupe retention as
+//!   [`DedupeRecord`]s in the store, written in the same fenced transaction as the
+//!   checkpoint, with an in-memory cache in front.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+
+use crate::store::DedupeRecord;
 
 use serde::{Deserialize, Serialize};
 
 /// Format tag of the first checkpoint envelope (first byte): entries without fingerprints.
 const FORMAT_V1: u8 = 1;
-/// Format tag of the current envelope: every entry carries its signal's fingerprint.
+/// Format tag of the second envelope: every entry carries its signal's fingerprint.
 const FORMAT_V2: u8 = 2;
+/// Format tag of the current envelope: version 2 plus `retained_until_ms`.
+const FORMAT_V3: u8 = 3;
 
 /// A fingerprint no signal has: entries read from a version-1 checkpoint, whose payload is
 /// unknown (a reused id then gets the first reply, as before).
@@ -74,6 +88,90 @@ impl DedupeWindow {
     }
 }
 
+/// The caller-chosen signal ids of one activation: a bounded cache of records, the records
+/// not yet written, and whether the cache knows every record the store may hold.
+#[derive(Debug, Default)]
+pub(crate) struct RetainedIds {
+    /// id hash → (fingerprint, reply).
+    cache: HashMap<u128, (u64, Box<[u8]>), xxhash_rust::xxh3::Xxh3Builder>,
+    /// Cache insertion order, for eviction (oldest first).
+    order: VecDeque<u128>,
+    /// True while every unexpired record of the key is in `cache`: a miss then needs no
+    /// store lookup. Set at load from `retained_until_ms`; cleared by the first eviction.
+    pub(crate) complete: bool,
+    /// Records applied in memory and not yet committed; written with the next checkpoint.
+    pub(crate) pending: Vec<DedupeRecord>,
+    /// Latest expiry of any record of the key, committed or pending (Unix ms); stored in
+    /// the checkpoint so a later activation knows whether the store may hold records.
+    pub(crate) retained_until_ms: i64,
+}
+
+impl RetainedIds {
+    /// After loading a checkpoint whose `retained_until_ms` is given (0: none, or no
+    /// checkpoint): complete iff every record the key ever had has expired by `now_ms`.
+    pub(crate) fn loaded(retained_until_ms: i64, now_ms: i64) -> Self {
+        Self {
+            complete: retained_until_ms <= now_ms,
+            retained_until_ms,
+            ..Self::default()
+        }
+    }
+
+    /// The cached fingerprint and reply of `id_hash`.
+    pub(crate) fn get(&self, id_hash: u128) -> Option<(u64, &[u8])> {
+        self.cache.get(&id_hash).map(|(f, r)| (*f, &r[..]))
+    }
+
+    /// Caches a record read from the store (already committed).
+    pub(crate) fn remember(&mut self, record: &DedupeRecord, capacity: usize) {
+        self.cache_insert(
+            record.signal,
+            record.fingerprint,
+            record.reply.clone().into_boxed_slice(),
+            capacity,
+        );
+    }
+
+    /// Records a signal just applied in memory: cached, and pending until the next write.
+    pub(crate) fn record(
+        &mut self,
+        id_hash: u128,
+        fingerprint: u64,
+        reply: &[u8],
+        expires_at_ms: i64,
+        capacity: usize,
+    ) {
+        self.pending.retain(|r| r.signal != id_hash);
+        self.pending.push(DedupeRecord {
+            signal: id_hash,
+            fingerprint,
+            reply: reply.to_vec(),
+            expires_at_ms,
+        });
+        self.retained_until_ms = self.retained_until_ms.max(expires_at_ms);
+        self.cache_insert(id_hash, fingerprint, reply.into(), capacity);
+    }
+
+    fn cache_insert(&mut self, id_hash: u128, fingerprint: u64, reply: Box<[u8]>, capacity: usize) {
+        if self.cache.insert(id_hash, (fingerprint, reply)).is_none() {
+            self.order.push_back(id_hash);
+        }
+        while self.cache.len() > capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.cache.remove(&oldest);
+            // The store now holds a record the cache does not: misses must look there.
+            self.complete = false;
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
 /// Version 1: entries without fingerprints (still read).
 #[derive(Serialize, Deserialize)]
 struct EnvelopeV1<'a> {
@@ -82,16 +180,37 @@ struct EnvelopeV1<'a> {
     dedupe: Vec<(u128, &'a [u8])>,
 }
 
-/// Version 2 (written): every entry with its payload fingerprint.
+/// Version 2: every entry with its payload fingerprint (still read).
 #[derive(Serialize, Deserialize)]
-struct Envelope<'a> {
+struct EnvelopeV2<'a> {
     #[serde(borrow)]
     state: &'a [u8],
     dedupe: Vec<(u128, u64, &'a [u8])>,
 }
 
-/// Encodes state bytes (the agent's JSON) and the dedupe window into checkpoint bytes.
-pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow) -> Vec<u8> {
+/// Version 3 (written): version 2 plus the latest expiry of the key's dedupe records.
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    state: &'a [u8],
+    dedupe: Vec<(u128, u64, &'a [u8])>,
+    retained_until_ms: i64,
+}
+
+/// What a checkpoint decodes to.
+#[derive(Debug)]
+pub(crate) struct Decoded<'a> {
+    /// The agent's state bytes.
+    pub(crate) state: &'a [u8],
+    /// The recent window.
+    pub(crate) window: DedupeWindow,
+    /// Latest expiry of any dedupe record of the key (0: none was ever written).
+    pub(crate) retained_until_ms: i64,
+}
+
+/// Encodes state bytes (the agent's JSON), the dedupe window and the latest retained-record
+/// expiry into checkpoint bytes.
+pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained_until_ms: i64) -> Vec<u8> {
     let env = Envelope {
         state,
         dedupe: dedupe
@@ -99,33 +218,55 @@ pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow) -> Vec<u8> {
             .iter()
             .map(|(h, f, r)| (*h, *f, &r[..]))
             .collect(),
+        retained_until_ms,
     };
-    let mut out = vec![FORMAT_V2];
+    let mut out = vec![FORMAT_V3];
     out.extend_from_slice(&postcard::to_allocvec(&env).expect("encoding to a Vec cannot fail"));
     out
 }
 
-/// Decodes checkpoint bytes (either format) into (state bytes, dedupe window).
-pub(crate) fn decode(bytes: &[u8]) -> Result<(&[u8], DedupeWindow), String> {
+fn window(entries: Vec<(u128, u64, &[u8])>) -> DedupeWindow {
+    DedupeWindow {
+        entries: entries
+            .into_iter()
+            .map(|(h, f, r)| (h, f, r.to_vec().into_boxed_slice()))
+            .collect(),
+    }
+}
+
+/// Decodes checkpoint bytes (any format).
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
     let corrupt = |e: postcard::Error| format!("corrupt checkpoint: {e}");
     match bytes.split_first() {
-        Some((&FORMAT_V2, rest)) => {
+        Some((&FORMAT_V3, rest)) => {
             let env: Envelope<'_> = postcard::from_bytes(rest).map_err(corrupt)?;
-            let entries = env
-                .dedupe
-                .into_iter()
-                .map(|(h, f, r)| (h, f, r.to_vec().into_boxed_slice()))
-                .collect();
-            Ok((env.state, DedupeWindow { entries }))
+            Ok(Decoded {
+                state: env.state,
+                window: window(env.dedupe),
+                retained_until_ms: env.retained_until_ms,
+            })
+        }
+        // Written before dedupe records existed: the store holds none for the key.
+        Some((&FORMAT_V2, rest)) => {
+            let env: EnvelopeV2<'_> = postcard::from_bytes(rest).map_err(corrupt)?;
+            Ok(Decoded {
+                state: env.state,
+                window: window(env.dedupe),
+                retained_until_ms: 0,
+            })
         }
         Some((&FORMAT_V1, rest)) => {
             let env: EnvelopeV1<'_> = postcard::from_bytes(rest).map_err(corrupt)?;
             let entries = env
                 .dedupe
                 .into_iter()
-                .map(|(h, r)| (h, UNKNOWN_FINGERPRINT, r.to_vec().into_boxed_slice()))
+                .map(|(h, r)| (h, UNKNOWN_FINGERPRINT, r))
                 .collect();
-            Ok((env.state, DedupeWindow { entries }))
+            Ok(Decoded {
+                state: env.state,
+                window: window(entries),
+                retained_until_ms: 0,
+            })
         }
         Some((tag, _)) => Err(format!("unknown checkpoint format {tag}")),
         None => Err("empty checkpoint".into()),
@@ -151,9 +292,10 @@ mod tests {
             b"{\"value\":2}".to_vec().into(),
             4,
         );
-        let bytes = encode(b"2", &w);
-        let (state, back) = decode(&bytes).unwrap();
-        assert_eq!(state, b"2");
+        let bytes = encode(b"2", &w, 1234);
+        let d = decode(&bytes).unwrap();
+        assert_eq!((d.state, d.retained_until_ms), (&b"2"[..], 1234));
+        let back = d.window;
         assert_eq!(back, w);
         assert_eq!(
             back.get(DedupeWindow::hash_id("a")),
@@ -169,12 +311,52 @@ mod tests {
         };
         let mut bytes = vec![FORMAT_V1];
         bytes.extend(postcard::to_allocvec(&v1).unwrap());
-        let (state, w) = decode(&bytes).unwrap();
-        assert_eq!(state, b"5");
+        let d = decode(&bytes).unwrap();
+        assert_eq!((d.state, d.retained_until_ms), (&b"5"[..], 0));
         assert_eq!(
-            w.get(DedupeWindow::hash_id("old")),
+            d.window.get(DedupeWindow::hash_id("old")),
             Some((UNKNOWN_FINGERPRINT, &b"{\"value\":5}"[..]))
         );
+    }
+
+    #[test]
+    fn version_2_checkpoints_are_read_with_no_retained_records() {
+        let v2 = EnvelopeV2 {
+            state: b"6",
+            dedupe: vec![(DedupeWindow::hash_id("x"), 9, &b"1"[..])],
+        };
+        let mut bytes = vec![FORMAT_V2];
+        bytes.extend(postcard::to_allocvec(&v2).unwrap());
+        let d = decode(&bytes).unwrap();
+        assert_eq!((d.state, d.retained_until_ms), (&b"6"[..], 0));
+        assert_eq!(
+            d.window.get(DedupeWindow::hash_id("x")),
+            Some((9, &b"1"[..]))
+        );
+    }
+
+    #[test]
+    fn retained_ids_stay_complete_until_the_cache_evicts() {
+        // Records that expired by now: complete; one still live: not.
+        assert!(RetainedIds::loaded(0, 1_000).complete);
+        assert!(RetainedIds::loaded(1_000, 1_000).complete);
+        assert!(!RetainedIds::loaded(1_001, 1_000).complete);
+
+        let mut r = RetainedIds::loaded(0, 1_000);
+        for i in 0..3 {
+            r.record(i, 5, b"r", 90_000 + i as i64, 3);
+        }
+        assert!(r.complete, "nothing evicted yet");
+        assert_eq!((r.pending.len(), r.retained_until_ms), (3, 90_002));
+        r.record(3, 5, b"r", 90_003, 3);
+        assert!(!r.complete, "record 0 left the cache");
+        assert_eq!(r.cached(), 3);
+        assert!(r.get(0).is_none());
+        assert_eq!(r.get(3), Some((5, &b"r"[..])));
+        // Recording the same id again replaces its pending record.
+        r.record(3, 6, b"s", 90_004, 3);
+        assert_eq!(r.pending.iter().filter(|p| p.signal == 3).count(), 1);
+        assert_eq!(r.pending.len(), 4);
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub const MAX_EXTENSIONS: usize = 32;
 /// A message to an agent: a CloudEvents 1.0 event.
 ///
 /// `id` identifies the signal for idempotency: a signal whose id the key has already applied
-/// (within its dedupe window) gets the first reply again and is not applied twice.
+/// gets the first reply again and is not applied twice. An id the caller chose (given in
+/// the event, or with [`Signal::with_id`]) is remembered for the node's dedupe retention
+/// (24 h by default) however many signals the key takes meanwhile, across passivation,
+/// restart and failover; an id liege made up (the event had none) only for the router's
+/// own retries (the key's last few signals).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Signal {
     /// Unique per source; defaults to a fresh UUIDv7.
@@ -39,6 +43,8 @@ pub struct Signal {
     pub data: Option<Value>,
     /// Extension attributes (lower-case alphanumeric names, string/number/bool values).
     pub extensions: BTreeMap<String, Value>,
+    /// Whether the caller chose `id` (then it is retained for the dedupe retention).
+    caller_id: bool,
 }
 
 /// Why a CloudEvent was refused.
@@ -65,7 +71,20 @@ impl Signal {
             dataschema: None,
             data: None,
             extensions: BTreeMap::new(),
+            caller_id: false,
         }
+    }
+
+    /// True if the caller chose the id (it is then retained for the dedupe retention); false
+    /// for an id liege generated.
+    pub fn has_caller_id(&self) -> bool {
+        self.caller_id
+    }
+
+    /// Marks the id as chosen by the caller or not: for a signal that crossed the wire,
+    /// whose JSON always carries an id.
+    pub(crate) fn set_caller_id(&mut self, caller_id: bool) {
+        self.caller_id = caller_id;
     }
 
     /// Sets `time` to now.
@@ -83,6 +102,7 @@ impl Signal {
     /// Sets the id (for idempotency: the same id is applied at most once per key).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
+        self.caller_id = true;
         self
     }
 
@@ -115,9 +135,9 @@ impl Signal {
             }
             None => return Err(SignalError::Invalid("specversion is required".into())),
         }
-        let id = match map.remove("id") {
-            None => new_signal_id(),
-            Some(v) => required_string(v, "id")?,
+        let (id, caller_id) = match map.remove("id") {
+            None => (new_signal_id(), false),
+            Some(v) => (required_string(v, "id")?, true),
         };
         let source = required_string(
             map.remove("source")
@@ -174,6 +194,7 @@ impl Signal {
             dataschema,
             data,
             extensions,
+            caller_id,
         };
         signal.check_bounds()?;
         Ok(signal)

@@ -40,8 +40,14 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// Mailbox bound per key: signals waiting beyond it get `Overloaded`.
     pub mailbox_capacity: usize,
-    /// How many recent signal ids per key are remembered for idempotency.
+    /// How many recent signal ids per key travel in its checkpoint (every id, including the
+    /// ones liege generated; they answer the router's own retries).
     pub dedupe_window: usize,
+    /// How long a signal id the caller chose is remembered per key (in the store, written
+    /// with the checkpoint), however many signals the key takes meanwhile.
+    pub dedupe_retention: Duration,
+    /// How many caller-chosen ids each activation keeps in memory in front of the store.
+    pub dedupe_cache: usize,
     /// Most activations held at once; past it the least recently used idle ones are
     /// passivated (state written first), and new calls are still served.
     pub max_activations: usize,
@@ -77,6 +83,8 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(300),
             mailbox_capacity: 1024,
             dedupe_window: 16,
+            dedupe_retention: Duration::from_secs(24 * 3600),
+            dedupe_cache: 1024,
             max_activations: 1_000_000,
             unhealthy_without_lease: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
@@ -112,6 +120,11 @@ impl NodeConfig {
         if self.mailbox_capacity == 0 || self.max_batch == 0 || self.max_activations == 0 {
             return Err("mailbox capacity, max batch and max activations must be positive".into());
         }
+        if self.dedupe_retention < Duration::from_secs(1)
+            || self.dedupe_retention > Duration::from_secs(3650 * 24 * 3600)
+        {
+            return Err("dedupe retention must be between 1 s and 3650 days".into());
+        }
         if self.rebalance.max_per_tick == 0 {
             return Err("max migrations per tick must be positive".into());
         }
@@ -143,6 +156,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("mailbox_capacity", &self.mailbox_capacity)
             .field("dedupe_window", &self.dedupe_window)
+            .field("dedupe_retention", &self.dedupe_retention)
+            .field("dedupe_cache", &self.dedupe_cache)
             .field("max_activations", &self.max_activations)
             .field("unhealthy_without_lease", &self.unhealthy_without_lease)
             .field("call_timeout", &self.call_timeout)

@@ -209,6 +209,8 @@ impl Node {
                 idle_timeout: config.idle_timeout,
                 mailbox_capacity: config.mailbox_capacity,
                 dedupe_window: config.dedupe_window,
+                dedupe_retention: config.dedupe_retention,
+                dedupe_cache: config.dedupe_cache,
                 seed: seed.rotate_left(17),
                 max_activations: config.max_activations,
             },

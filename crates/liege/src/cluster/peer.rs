@@ -39,8 +39,10 @@ impl RequestHandler for PeerHandler {
                     key,
                     signal_json,
                     delivery,
+                    caller_id,
                 } => match Signal::from_json(&signal_json) {
-                    Ok(signal) => {
+                    Ok(mut signal) => {
+                        signal.set_caller_id(caller_id);
                         let signal = Box::new(signal);
                         let op = match delivery {
                             Delivery::Call => LocalOp::Call(signal),

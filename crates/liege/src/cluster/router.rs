@@ -315,11 +315,13 @@ fn to_request(key: &AgentKey, op: &LocalOp) -> Request {
             key,
             signal_json: signal.to_json(),
             delivery: Delivery::Call,
+            caller_id: signal.has_caller_id(),
         },
         LocalOp::Cast(signal) => Request::Signal {
             key,
             signal_json: signal.to_json(),
             delivery: Delivery::Cast,
+            caller_id: signal.has_caller_id(),
         },
         LocalOp::Get => Request::Get { key },
         LocalOp::Lookup => Request::Lookup { key },

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::Xxh3Builder;
 
-use crate::agent::checkpoint::DedupeWindow;
+use crate::agent::checkpoint::{DedupeWindow, RetainedIds};
 use crate::agent::{AnyState, DynAgent};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -31,8 +31,10 @@ pub(crate) struct Turn {
     pub(crate) state: Option<AnyState>,
     /// Revision of the last committed checkpoint (0: none).
     pub(crate) rev: Rev,
-    /// Recently applied signal ids and their replies.
+    /// Recently applied signal ids and their replies (travels in the checkpoint).
     pub(crate) dedupe: DedupeWindow,
+    /// Caller-chosen ids: cache, unwritten records, and whether the store may hold more.
+    pub(crate) retained: RetainedIds,
 }
 
 /// One live agent instance on this node.
@@ -133,6 +135,7 @@ impl Activations {
                 state: None,
                 rev: Rev(0),
                 dedupe: DedupeWindow::default(),
+                retained: RetainedIds::default(),
             }),
             queued: AtomicU32::new(0),
             last_used: AtomicU64::new(now_ms),

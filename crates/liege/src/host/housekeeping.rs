@@ -1,4 +1,5 @@
-//! Housekeeping: passivate idle activations; write dirty state in `interval` mode.
+//! Housekeeping: passivate idle activations; write dirty state in `interval` mode; prune
+//! expired dedupe records.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +20,9 @@ pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: Cancella
         _ => sweep,
     };
     let mut last_sweep = tokio::time::Instant::now();
+    // Nodes started together should not prune in step: offset the first run by up to a period.
+    let mut next_prune =
+        tokio::time::Instant::now() + PRUNE_EVERY.mul_f64(0.1 + 0.9 * fastrand_unit(&host));
     loop {
         tokio::select! {
             biased;
@@ -41,7 +45,42 @@ pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: Cancella
             last_sweep = tokio::time::Instant::now();
             passivate_idle(&host, idle).await;
         }
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+            prune_dedupe(&host).await;
+        }
     }
+}
+
+/// How often each node deletes expired dedupe records.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Records deleted per statement (one short transaction each).
+const PRUNE_BATCH: u32 = 5_000;
+/// Statements per run at most: 100,000 records a minute per node; a backlog takes longer.
+const PRUNE_ROUNDS: u32 = 20;
+
+/// Deletes dedupe records that expired (by this node's clock), a bounded batch at a time.
+async fn prune_dedupe(host: &Arc<Host>) {
+    let now = super::unix_ms();
+    for _ in 0..PRUNE_ROUNDS {
+        match host.store.prune_dedupe(now, PRUNE_BATCH).await {
+            Ok(n) => {
+                host.telemetry.dedupe_pruned.inc_by(n);
+                if n < u64::from(PRUNE_BATCH) {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning expired dedupe records failed; trying again later");
+                return;
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) from the host's seed, so simulations stay deterministic.
+fn fastrand_unit(host: &Host) -> f64 {
+    (host.config.seed % 1_000) as f64 / 1_000.0
 }
 
 /// Writes every dirty activation (concurrently, so the writer batches them).

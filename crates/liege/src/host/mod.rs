@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::checkpoint::{self, DedupeWindow};
+use crate::agent::checkpoint::{self, DedupeWindow, RetainedIds};
 use crate::agent::{Agents, Context, Signal};
 use crate::core::engine::{Held, Move, NotServing, Published};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
@@ -79,8 +79,12 @@ pub(crate) struct HostConfig {
     pub(crate) idle_timeout: Duration,
     /// Mailbox bound per key.
     pub(crate) mailbox_capacity: usize,
-    /// Signal ids remembered per key.
+    /// Signal ids per key kept in its checkpoint.
     pub(crate) dedupe_window: usize,
+    /// How long caller-chosen signal ids are remembered.
+    pub(crate) dedupe_retention: Duration,
+    /// Caller-chosen ids cached per activation.
+    pub(crate) dedupe_cache: usize,
     /// Seed of the activation table's hash (fixed in simulations).
     pub(crate) seed: u64,
     /// Most activations held at once; past it the least recently used idle ones are
@@ -359,7 +363,14 @@ impl Host {
                 return Ok(Value::Null);
             }
             LocalOp::Call(signal) | LocalOp::Cast(signal) => {
-                self.handle_signal(&act, &mut turn, signal, started).await
+                match self.find_duplicate(&act, &mut turn, signal, started).await {
+                    // A retry, a reused id, or the store could not say: nothing changed.
+                    Some(answer) => {
+                        guard.armed = false;
+                        return answer;
+                    }
+                    None => self.handle_signal(&act, &mut turn, signal, started).await,
+                }
             }
             LocalOp::Lookup => Ok(Value::Null),
         };
@@ -386,17 +397,78 @@ impl Host {
                 turn.rev = Rev(0);
             }
             Some(cp) => {
-                let (state, dedupe) = checkpoint::decode(&cp.data).map_err(CallError::Internal)?;
+                let decoded = checkpoint::decode(&cp.data).map_err(CallError::Internal)?;
                 turn.state = Some(
                     act.agent
-                        .decode(Some(state))
+                        .decode(Some(decoded.state))
                         .map_err(|e| CallError::Internal(e.to_string()))?,
                 );
-                turn.dedupe = dedupe;
+                turn.dedupe = decoded.window;
+                turn.retained = RetainedIds::loaded(decoded.retained_until_ms, unix_ms());
                 turn.rev = cp.rev;
+                return Ok(());
             }
         }
+        // No checkpoint: no dedupe record either (records are only written with one, and the
+        // host never deletes checkpoints).
+        turn.retained = RetainedIds::loaded(0, unix_ms());
         Ok(())
+    }
+
+    /// The answer to a signal whose id the key has applied already: its first reply, or 422
+    /// `idempotency_key_reused` if the payload differs, or `Unavailable` if the store could
+    /// not be asked (nothing was applied; the caller may retry). `None`: a new id.
+    async fn find_duplicate(
+        &self,
+        act: &Arc<Activation>,
+        turn: &mut Turn,
+        signal: &Signal,
+        started: tokio::time::Instant,
+    ) -> Option<Result<Value, CallError>> {
+        let id_hash = DedupeWindow::hash_id(&signal.id);
+        let seen = match turn.dedupe.get(id_hash) {
+            Some(hit) => Some(hit),
+            None if signal.has_caller_id() => match turn.retained.get(id_hash) {
+                Some(hit) => Some(hit),
+                None if turn.retained.complete => None,
+                None => {
+                    self.telemetry.dedupe_lookups.inc();
+                    match self.store.dedupe(&act.key, id_hash).await {
+                        Err(e) => {
+                            return Some(Err(CallError::Unavailable(format!(
+                                "reading the dedupe record of {}: {e}",
+                                act.key
+                            ))))
+                        }
+                        Ok(Some(record)) => {
+                            turn.retained.remember(&record, self.config.dedupe_cache);
+                            turn.retained.get(id_hash)
+                        }
+                        Ok(None) => None,
+                    }
+                }
+            },
+            None => None,
+        };
+        let (fingerprint, reply) = seen?;
+        // The same id with another payload is a client bug, not a retry: say so rather than
+        // answer with a reply to something else.
+        if fingerprint != checkpoint::UNKNOWN_FINGERPRINT
+            && fingerprint != DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref())
+        {
+            self.observe(act, "idempotency_key_reused", started);
+            return Some(Err(CallError::Agent(crate::error::AgentError::new(
+                "idempotency_key_reused",
+                format!(
+                    "signal id {:?} was already applied to {} with another type or data",
+                    signal.id, act.key
+                ),
+            ))));
+        }
+        let value = serde_json::from_slice(reply)
+            .map_err(|e| CallError::Internal(format!("corrupt dedupe entry: {e}")));
+        self.observe(act, "duplicate", started);
+        Some(value)
     }
 
     async fn handle_signal(
@@ -406,27 +478,6 @@ impl Host {
         signal: &Signal,
         started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
-        let id_hash = DedupeWindow::hash_id(&signal.id);
-        // Computed only when needed: on a duplicate, and to record a state-changing signal.
-        let fingerprint = || DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
-        if let Some((seen, reply)) = turn.dedupe.get(id_hash) {
-            // The same id with another payload is a client bug, not a retry: say so rather
-            // than answer with a reply to something else.
-            if seen != checkpoint::UNKNOWN_FINGERPRINT && seen != fingerprint() {
-                self.observe(act, "idempotency_key_reused", started);
-                return Err(CallError::Agent(crate::error::AgentError::new(
-                    "idempotency_key_reused",
-                    format!(
-                        "signal id {:?} was already applied to {} with another type or data",
-                        signal.id, act.key
-                    ),
-                )));
-            }
-            let value = serde_json::from_slice(reply)
-                .map_err(|e| CallError::Internal(format!("corrupt dedupe entry: {e}")))?;
-            self.observe(act, "duplicate", started);
-            return Ok(value);
-        }
         let mut ctx = Context::new(&act.key);
         let state = turn.state.as_mut().expect("loaded before handling");
         let reply = match act.agent.handle(state, signal, &mut ctx).await {
@@ -441,9 +492,22 @@ impl Host {
             return Ok(reply);
         }
         let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
+        let id_hash = DedupeWindow::hash_id(&signal.id);
+        let fingerprint = DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
+        if signal.has_caller_id() {
+            let retention =
+                i64::try_from(self.config.dedupe_retention.as_millis()).unwrap_or(i64::MAX);
+            turn.retained.record(
+                id_hash,
+                fingerprint,
+                &bytes,
+                unix_ms().saturating_add(retention),
+                self.config.dedupe_cache,
+            );
+        }
         turn.dedupe.record(
             id_hash,
-            fingerprint(),
+            fingerprint,
             bytes.into_boxed_slice(),
             self.config.dedupe_window,
         );
@@ -467,7 +531,11 @@ impl Host {
     /// On any failure the caller MUST drop the activation (its memory is ahead of the store).
     async fn persist(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
         let state = turn.state.as_ref().expect("persist only after load");
-        let data = checkpoint::encode(&act.agent.encode(state), &turn.dedupe);
+        let data = checkpoint::encode(
+            &act.agent.encode(state),
+            &turn.dedupe,
+            turn.retained.retained_until_ms,
+        );
         let write = CheckpointWrite {
             key: act.key.clone(),
             partition: act.partition,
@@ -475,10 +543,14 @@ impl Host {
             writer: act.writer.clone(),
             expected_rev: turn.rev,
             data: Some(data),
+            // Kept until committed: a write of unknown outcome in a non-durable mode is retried
+            // with them (and a committed record written twice is only replaced).
+            dedupe: turn.retained.pending.clone(),
         };
         match self.writer.write(write).await {
             Ok(Ok(rev)) => {
                 turn.rev = rev;
+                turn.retained.pending.clear();
                 act.dirty.store(false, Ordering::Release);
                 Ok(())
             }
@@ -568,4 +640,13 @@ impl Host {
         self.telemetry.agents_active.set(0);
         n
     }
+}
+
+/// Wall-clock Unix milliseconds: the clock of dedupe record expiry (records live *at least*
+/// their retention as this node's clock counts it; see `docs/ARCHITECTURE.md`).
+pub(crate) fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }

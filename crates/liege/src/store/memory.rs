@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use super::rules::{self, ClaimDecision, LeaseState};
 use super::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership, NodeLease,
-    NodeRecord, PartitionRow, SharedStore, Store, StoreChange, StoreError, StoreOptions,
-    StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
+    Membership, NodeLease, NodeRecord, PartitionRow, SharedStore, Store, StoreChange, StoreError,
+    StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -60,6 +60,7 @@ struct Tables {
     /// Directory, index = partition id.
     partitions: Vec<PartitionRow>,
     checkpoints: HashMap<AgentKey, Checkpoint>,
+    dedupe: HashMap<(AgentKey, u128), DedupeRecord>,
     audit: Vec<AuditRecord>,
 }
 
@@ -122,6 +123,9 @@ impl MemoryStore {
             None => {
                 t.checkpoints.remove(&w.key);
             }
+        }
+        for r in &w.dedupe {
+            t.dedupe.insert((w.key.clone(), r.signal), r.clone());
         }
         if self.audit {
             let seq = t.audit.last().map_or(1, |r| r.seq + 1);
@@ -350,6 +354,26 @@ impl Store for MemoryStore {
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         let mut t = self.tables.lock();
         Ok(batch.iter().map(|w| self.apply(&mut t, w)).collect())
+    }
+
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
+        let t = self.tables.lock();
+        Ok(t.dedupe.get(&(key.clone(), signal)).cloned())
+    }
+
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
+        let mut t = self.tables.lock();
+        let expired: Vec<_> = t
+            .dedupe
+            .iter()
+            .filter(|(_, r)| r.expires_at_ms < before_ms)
+            .map(|(k, _)| k.clone())
+            .take(limit as usize)
+            .collect();
+        for k in &expired {
+            t.dedupe.remove(k);
+        }
+        Ok(expired.len() as u64)
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

@@ -184,6 +184,26 @@ pub struct CheckpointWrite {
     pub expected_rev: Rev,
     /// New state, or `None` to delete the checkpoint.
     pub data: Option<Vec<u8>>,
+    /// Signal ids applied since the key's last write, to remember for the dedupe retention.
+    /// Stored in the same transaction, iff this write commits.
+    pub dedupe: Vec<DedupeRecord>,
+}
+
+/// One signal id a key has applied, remembered by the store until `expires_at_ms` (and then
+/// pruned) so that a client's retry is answered with the first reply, not applied again.
+///
+/// Written only with a fenced checkpoint write of the same key, in its transaction: a record
+/// exists iff the state change it describes committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DedupeRecord {
+    /// 128-bit xxh3 hash of the signal id.
+    pub signal: u128,
+    /// Fingerprint of the signal's type and data (a reused id with another payload is refused).
+    pub fingerprint: u64,
+    /// The reply the signal got (JSON bytes).
+    pub reply: Vec<u8>,
+    /// When the record may be pruned: Unix milliseconds, the writer's clock.
+    pub expires_at_ms: i64,
 }
 
 /// Why one write of a batch did not commit. The other writes of the batch are unaffected.
@@ -362,6 +382,14 @@ pub trait Store: Send + Sync + 'static {
     /// which the next write must expect). With auditing on, each committed write appends an
     /// [`AuditRecord`] in the same transaction.
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>>;
+
+    /// The dedupe record of `signal` on `key`, if one committed and was not pruned yet
+    /// (an expired record may still be returned: records are kept *at least* their retention).
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>>;
+
+    /// Deletes at most `limit` dedupe records that expired before `before_ms` (Unix
+    /// milliseconds); returns how many it deleted. Safe to run from every node at once.
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64>;
 
     /// How many write batches the node's writer may have in flight at once. A backend that
     /// serializes writers anyway (SQLite) gains nothing from more than one; a server

@@ -17,6 +17,7 @@
 //! can point two independent handles (e.g. two processes' worth of connections) at one store.
 
 mod claims;
+mod dedupe;
 mod membership;
 mod races;
 mod writes;
@@ -25,6 +26,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use claims::*;
+pub use dedupe::*;
 pub use membership::*;
 pub use races::*;
 pub use writes::*;
@@ -84,6 +86,8 @@ define_cases!(
     same_key_twice_in_one_batch_sees_the_first_write,
     audit_records_exactly_the_committed_writes,
     audit_is_empty_when_auditing_is_off,
+    dedupe_records_commit_exactly_with_their_write,
+    prune_deletes_only_expired_dedupe_records,
     concurrent_claims_give_each_partition_exactly_one_owner,
     writers_cannot_commit_with_the_old_epoch_after_a_takeover,
 );
@@ -139,6 +143,8 @@ macro_rules! conformance_tests {
             same_key_twice_in_one_batch_sees_the_first_write,
             audit_records_exactly_the_committed_writes,
             audit_is_empty_when_auditing_is_off,
+            dedupe_records_commit_exactly_with_their_write,
+            prune_deletes_only_expired_dedupe_records,
             concurrent_claims_give_each_partition_exactly_one_owner,
             writers_cannot_commit_with_the_old_epoch_after_a_takeover,
         );
@@ -244,6 +250,7 @@ pub fn put(
         writer: writer.clone(),
         expected_rev: Rev(expected),
         data: data.map(<[u8]>::to_vec),
+        dedupe: Vec::new(),
     }
 }
 

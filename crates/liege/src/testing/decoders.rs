@@ -27,7 +27,7 @@ pub fn cloud_event(bytes: &[u8]) -> Result<Signal, SignalError> {
 
 /// Decodes a checkpoint envelope (state bytes and dedupe window).
 pub fn checkpoint(bytes: &[u8]) -> Result<usize, String> {
-    crate::agent::checkpoint::decode(bytes).map(|(state, _)| state.len())
+    crate::agent::checkpoint::decode(bytes).map(|d| d.state.len())
 }
 
 /// Parses and validates a placement policy's text form.

@@ -7,7 +7,7 @@ use crate::core::ids::AgentKey;
 use crate::error::CallError;
 
 /// Version of the message set below. A peer speaking another version is refused at handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// How a signal is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,9 @@ pub enum Request {
         signal_json: Vec<u8>,
         /// Call or cast.
         delivery: Delivery,
+        /// Whether the caller chose the signal's id (the receiver then retains it for the
+        /// dedupe retention) or liege generated it.
+        caller_id: bool,
     },
     /// Activate the key if needed and return its state (JSON).
     Get {

@@ -93,6 +93,7 @@ fn write(
         writer: writer.clone(),
         expected_rev: Rev(expected),
         data: data.map(<[u8]>::to_vec),
+        dedupe: Vec::new(),
     }
 }
 

@@ -10,9 +10,9 @@ use liege::store::sqlite::{
     self, members_path, SqliteStore, MEMBERS_SCHEMA_VERSION, SCHEMA_VERSION,
 };
 use liege::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
-    NodeRecord, SharedStore, Store, StoreError, StoreOptions, StoreResult, StoreTime, StoreUrl,
-    WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
+    Membership, NodeRecord, SharedStore, Store, StoreError, StoreOptions, StoreResult, StoreTime,
+    StoreUrl, WriteError,
 };
 use liege::testing::conformance::{self, join, key, partitions, put, LONG_TTL_MS};
 use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
@@ -357,6 +357,12 @@ impl Store for TempStore {
     }
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         self.inner.write(batch).await
+    }
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
+        self.inner.dedupe(key, signal).await
+    }
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
+        self.inner.prune_dedupe(before_ms, limit).await
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit().await

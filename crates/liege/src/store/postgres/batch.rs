@@ -32,16 +32,21 @@ use crate::store::{CheckpointWrite, StoreError, StoreResult, WriteError};
 /// data (NULL: delete), `$10` audit. One row per write: idx, status (0 committed with the new
 /// revision, 1 fenced with the directory's owner and epoch, 2 revision conflict with the
 /// stored revision), revision, owner name, owner incarnation, epoch.
-pub(super) fn write_sql(audit: bool, deletes: bool) -> &'static str {
-    static VARIANTS: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+///
+/// The variant with dedupe records takes five more: `$11` idx of the record's write, `$12`
+/// signal hash, `$13` fingerprint, `$14` reply, `$15` expiry; a record is inserted (or
+/// replaces an older one of the same signal) only if its write is among the committed ones.
+pub(super) fn write_sql(audit: bool, deletes: bool, dedupe: bool) -> &'static str {
+    static VARIANTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = VARIANTS.get_or_init(|| {
-        [(false, false), (false, true), (true, false), (true, true)]
-            .map(|(audit, deletes)| build_write_sql(audit, deletes))
+        (0..8)
+            .map(|i| build_write_sql(i & 4 != 0, i & 2 != 0, i & 1 != 0))
+            .collect()
     });
-    &variants[usize::from(audit) * 2 + usize::from(deletes)]
+    &variants[usize::from(audit) * 4 + usize::from(deletes) * 2 + usize::from(dedupe)]
 }
 
-fn build_write_sql(audit: bool, deletes: bool) -> String {
+fn build_write_sql(audit: bool, deletes: bool, dedupe: bool) -> String {
     let mut sql = String::from(
         "WITH fence AS MATERIALIZED (
     SELECT p.id, p.owner_name, p.owner_incarnation, p.epoch FROM liege_partitions p
@@ -94,6 +99,20 @@ fn build_write_sql(audit: bool, deletes: bool) -> String {
     FROM chk JOIN ({done}) w ON w.kind = chk.kind AND w.id = chk.kid
 )"
     ));
+    if dedupe {
+        sql.push_str(
+            ", ded AS (
+    INSERT INTO liege_dedupe (kind, id, signal, fingerprint, reply, expires_at)
+    SELECT d.kind, d.kid, x.sig, x.fp, x.reply, x.exp
+    FROM unnest($11::bigint[], $12::bytea[], $13::bigint[], $14::bytea[], $15::bigint[])
+        AS x (widx, sig, fp, reply, exp)
+    JOIN done d ON d.idx = x.widx
+    ORDER BY d.kind, d.kid, x.sig
+    ON CONFLICT (kind, id, signal) DO UPDATE SET fingerprint = excluded.fingerprint,
+        reply = excluded.reply, expires_at = excluded.expires_at
+)",
+        );
+    }
     if audit {
         sql.push_str(
             ", aud AS (
@@ -134,12 +153,23 @@ pub(super) struct Columns<'a> {
     pub(super) id: Vec<&'a str>,
     pub(super) expected_rev: Vec<i64>,
     pub(super) data: Vec<Option<&'a [u8]>>,
+    /// The round's dedupe records: idx of their write, then their fields.
+    pub(super) dedupe_idx: Vec<i64>,
+    pub(super) dedupe_signal: Vec<Vec<u8>>,
+    pub(super) dedupe_fingerprint: Vec<i64>,
+    pub(super) dedupe_reply: Vec<&'a [u8]>,
+    pub(super) dedupe_expires: Vec<i64>,
 }
 
 impl<'a> Columns<'a> {
     /// True if a write of the round deletes its key.
     pub(super) fn has_deletes(&self) -> bool {
         self.data.iter().any(Option::is_none)
+    }
+
+    /// True if the round carries dedupe records.
+    pub(super) fn has_dedupe(&self) -> bool {
+        !self.dedupe_idx.is_empty()
     }
 
     /// Splits `batch` into rounds: round n holds the n-th write of every key. A batch without
@@ -164,6 +194,17 @@ impl<'a> Columns<'a> {
             c.id.push(&w.key.id);
             c.expected_rev.push(to_db_u64(w.expected_rev.0));
             c.data.push(w.data.as_deref());
+            // One statement may not upsert a row twice: the last record of a signal wins.
+            let mut signals = std::collections::HashSet::new();
+            for r in w.dedupe.iter().rev() {
+                if signals.insert(r.signal) {
+                    c.dedupe_idx.push(i64::try_from(i + 1).map_err(too_big)?);
+                    c.dedupe_signal.push(r.signal.to_be_bytes().to_vec());
+                    c.dedupe_fingerprint.push(to_db_u64(r.fingerprint));
+                    c.dedupe_reply.push(&r.reply);
+                    c.dedupe_expires.push(r.expires_at_ms);
+                }
+            }
         }
         Ok(rounds)
     }
@@ -255,6 +296,7 @@ mod tests {
             writer: NodeId::new("a", 1),
             expected_rev: Rev(0),
             data: None,
+            dedupe: Vec::new(),
         }
     }
 

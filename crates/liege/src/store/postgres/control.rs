@@ -7,9 +7,9 @@ use super::batch::{self, get, partition_from_db, Columns};
 use super::{from_db_u64, to_db_u64, ttl_to_db, PostgresStore};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, DirectoryChanges, Lease,
-    Membership, NodeLease, NodeRecord, PartitionRow, Store, StoreChange, StoreError, StoreResult,
-    StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DirectoryChanges, Lease, Membership, NodeLease, NodeRecord, PartitionRow, Store, StoreChange,
+    StoreError, StoreResult, StoreTime, WriteError,
 };
 
 const INIT_SQL: &str =
@@ -40,6 +40,12 @@ const DIRECTORY_CHANGES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms
 const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
 const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
 const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
+const DEDUPE_SQL: &str = "SELECT fingerprint, reply, expires_at FROM liege_dedupe \
+     WHERE kind = $1 AND id = $2 AND signal = $3";
+/// Deletes a bounded number of expired records (oldest first) and counts them.
+const PRUNE_SQL: &str = "WITH gone AS (DELETE FROM liege_dedupe WHERE ctid IN (\
+     SELECT ctid FROM liege_dedupe WHERE expires_at < $1 ORDER BY expires_at LIMIT $2) \
+     RETURNING 1) SELECT count(*) FROM gone";
 const AUDIT_SQL: &str = "SELECT seq, kind, id, partition, epoch, writer_name, \
      writer_incarnation, rev FROM liege_audit ORDER BY seq";
 
@@ -263,8 +269,8 @@ impl Store for PostgresStore {
         fn params<'c>(
             c: &'c Columns<'_>,
             audit: &'c bool,
-        ) -> [&'c (dyn tokio_postgres::types::ToSql + Sync); 10] {
-            [
+        ) -> Vec<&'c (dyn tokio_postgres::types::ToSql + Sync)> {
+            let mut p: Vec<&'c (dyn tokio_postgres::types::ToSql + Sync)> = vec![
                 &c.idx,
                 &c.partition,
                 &c.epoch,
@@ -275,17 +281,22 @@ impl Store for PostgresStore {
                 &c.expected_rev,
                 &c.data,
                 audit,
-            ]
+            ];
+            if c.has_dedupe() {
+                p.extend([
+                    &c.dedupe_idx as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &c.dedupe_signal,
+                    &c.dedupe_fingerprint,
+                    &c.dedupe_reply,
+                    &c.dedupe_expires,
+                ]);
+            }
+            p
         }
+        let sql = |r: &Columns<'_>| batch::write_sql(audit, r.has_deletes(), r.has_dedupe());
         let rows = match rounds.as_slice() {
             // The batches a node forms: one statement, one transaction, one round trip.
-            [one] => {
-                self.query(
-                    batch::write_sql(audit, one.has_deletes()),
-                    &params(one, &audit),
-                )
-                .await?
-            }
+            [one] => self.query(sql(one), &params(one, &audit)).await?,
             // Repeated keys: one statement per round in one transaction; the first round's
             // share locks hold the fence until commit.
             many => {
@@ -294,8 +305,8 @@ impl Store for PostgresStore {
                     conn.simple("BEGIN").await?;
                     let mut rows = Vec::new();
                     for round in many {
-                        let sql = batch::write_sql(audit, round.has_deletes());
-                        rows.extend(conn.query(sql, &params(round, &audit)).await?);
+                        let params = params(round, &audit);
+                        rows.extend(conn.query(sql(round), &params).await?);
                     }
                     conn.simple("COMMIT").await?;
                     Ok(rows)
@@ -304,6 +315,28 @@ impl Store for PostgresStore {
             }
         };
         batch::decode(batch, &rows)
+    }
+
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
+        let (kind, id): (&str, &str) = (&key.kind, &key.id);
+        let hash = signal.to_be_bytes();
+        let rows = self.query(DEDUPE_SQL, &[&kind, &id, &&hash[..]]).await?;
+        rows.first()
+            .map(|row| {
+                Ok(DedupeRecord {
+                    signal,
+                    fingerprint: from_db_u64(get(row, 0)?),
+                    reply: get(row, 1)?,
+                    expires_at_ms: get(row, 2)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
+        let limit = i64::from(limit);
+        let rows = self.query(PRUNE_SQL, &[&before_ms, &limit]).await?;
+        Ok(from_db_u64(get(first(&rows)?, 0)?))
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_placement.sql")),
     (3, include_str!("migrations/0003_claim_clock.sql")),
     (4, include_str!("migrations/0004_directory_version.sql")),
+    (5, include_str!("migrations/0005_dedupe.sql")),
 ];
 
 /// Key of the advisory lock serializing migrations (an arbitrary constant: "liege" in ASCII).

@@ -7,7 +7,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use super::schema::{from_sql_u64, to_sql_u64, SqlResultExt};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
-use crate::store::{AuditRecord, Checkpoint, CheckpointWrite, StoreResult, WriteError};
+use crate::store::{
+    AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, StoreResult, WriteError,
+};
 
 pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
     conn.prepare_cached("SELECT rev, data FROM checkpoints WHERE kind = ?1 AND id = ?2")
@@ -120,6 +122,24 @@ fn apply(
                 .sql()?;
         }
     }
+    for r in &w.dedupe {
+        tx.prepare_cached(
+            "INSERT INTO dedupe (kind, id, signal, fingerprint, reply, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (kind, id, signal) DO UPDATE SET \
+             fingerprint = excluded.fingerprint, reply = excluded.reply, \
+             expires_at = excluded.expires_at",
+        )
+        .sql()?
+        .execute(rusqlite::params![
+            kind,
+            id,
+            &r.signal.to_be_bytes()[..],
+            to_sql_u64(r.fingerprint),
+            &r.reply,
+            r.expires_at_ms
+        ])
+        .sql()?;
+    }
     if audit {
         tx.prepare_cached(
             "INSERT INTO audit \
@@ -139,6 +159,44 @@ fn apply(
         .sql()?;
     }
     Ok(Ok(rev))
+}
+
+pub(super) fn dedupe(
+    conn: &mut Connection,
+    key: &AgentKey,
+    signal: u128,
+) -> StoreResult<Option<DedupeRecord>> {
+    conn.prepare_cached(
+        "SELECT fingerprint, reply, expires_at FROM dedupe \
+         WHERE kind = ?1 AND id = ?2 AND signal = ?3",
+    )
+    .sql()?
+    .query_row(
+        rusqlite::params![&*key.kind, &*key.id, &signal.to_be_bytes()[..]],
+        |r| {
+            Ok(DedupeRecord {
+                signal,
+                fingerprint: from_sql_u64(r.get(0)?),
+                reply: r.get(1)?,
+                expires_at_ms: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .sql()
+}
+
+/// Deletes at most `limit` records that expired before `before_ms`, oldest first.
+pub(super) fn prune_dedupe(conn: &mut Connection, before_ms: i64, limit: u32) -> StoreResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM dedupe WHERE rowid IN \
+             (SELECT rowid FROM dedupe WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)",
+        )
+        .sql()?
+        .execute(rusqlite::params![before_ms, limit])
+        .sql()?;
+    Ok(n as u64)
 }
 
 pub(super) fn audit(conn: &mut Connection) -> StoreResult<Vec<AuditRecord>> {

@@ -18,6 +18,7 @@ const MAIN: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_members_file.sql"),
     include_str!("migrations/0003_placement.sql"),
+    include_str!("migrations/0004_dedupe.sql"),
 ];
 
 /// Migrations of the members file, numbered the same way.

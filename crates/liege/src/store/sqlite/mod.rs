@@ -87,8 +87,8 @@ pub use schema::members_path;
 use worker::Worker;
 
 use super::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, Directory, Lease, Membership,
-    NodeRecord, SharedStore, Store, StoreOptions, StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
+    Membership, NodeRecord, SharedStore, Store, StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -263,6 +263,17 @@ impl Store for SqliteStore {
         let (audit, skip) = (self.audit, self.skip_fencing);
         self.data
             .run_write(move |c| data::write(c, &batch, audit, skip))
+            .await
+    }
+
+    async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
+        let key = key.clone();
+        self.data.run(move |c| data::dedupe(c, &key, signal)).await
+    }
+
+    async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
+        self.data
+            .run_write(move |c| data::prune_dedupe(c, before_ms, limit))
             .await
     }
 

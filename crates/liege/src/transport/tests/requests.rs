@@ -171,6 +171,7 @@ async fn an_oversized_request_fails_without_breaking_the_connection() {
         key: key("big"),
         signal_json: vec![b'x'; bytes],
         delivery: Delivery::Call,
+        caller_id: false,
     };
 
     let error = peers

@@ -13,21 +13,21 @@ fn bytes<T: serde::Serialize>(message: &T) -> Vec<u8> {
 
 #[test]
 fn the_protocol_version_is_the_documented_one() {
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
 }
 
 #[test]
 fn hello_is_magic_version_name_instance_and_nonce() {
     let hello = Hello {
         magic: MAGIC,
-        version: 2,
+        version: 3,
         node_name: "n1".into(),
         instance: 300,
         client_nonce: [0xaa; 32],
     };
     let mut expected = b"LIEGE".to_vec();
-    // version 2, name "n1", instance 300 = 0xac 0x02 (LEB128).
-    expected.extend([0x02, 0x02, b'n', b'1', 0xac, 0x02]);
+    // version 3, name "n1", instance 300 = 0xac 0x02 (LEB128).
+    expected.extend([0x03, 0x02, b'n', b'1', 0xac, 0x02]);
     expected.extend([0xaa; 32]);
     assert_eq!(bytes(&hello), expected);
     assert_eq!(expected.len(), 43);
@@ -36,13 +36,13 @@ fn hello_is_magic_version_name_instance_and_nonce() {
 #[test]
 fn server_messages_are_tagged_by_variant_index() {
     let challenge = ServerMessage::Challenge {
-        version: 2,
+        version: 3,
         node_name: "n2".into(),
         instance: 1,
         server_nonce: [0xbb; 32],
         server_proof: [0xcc; 32],
     };
-    let mut expected = vec![0x00, 0x02, 0x02, b'n', b'2', 0x01];
+    let mut expected = vec![0x00, 0x03, 0x02, b'n', b'2', 0x01];
     expected.extend([0xbb; 32]);
     expected.extend([0xcc; 32]);
     assert_eq!(bytes(&challenge), expected);
@@ -89,6 +89,25 @@ fn request_and_response_frames_have_varint_ids_and_deadlines() {
 }
 
 #[test]
+fn a_signal_request_ends_with_delivery_and_whether_the_caller_chose_the_id() {
+    let signal = RequestFrame {
+        id: 7,
+        deadline_ms: 9,
+        body: Request::Signal {
+            key: key("a"),
+            signal_json: b"{}".to_vec(),
+            delivery: crate::transport::Delivery::Cast,
+            caller_id: true,
+        },
+    };
+    // Signal is variant 0; key; signal_json as length + bytes; Cast = 1; caller_id true = 1.
+    assert_eq!(
+        bytes(&signal),
+        [&[7, 9, 0, 4][..], b"test", &[1], b"a", &[2], b"{}", &[1, 1]].concat()
+    );
+}
+
+#[test]
 fn trailing_bytes_after_a_message_are_refused() {
     let mut pong = bytes(&ResponseFrame {
         id: 1,
@@ -114,7 +133,7 @@ fn the_transcript_is_label_version_then_each_partys_name_instance_and_nonce() {
         },
     );
     let mut expected = b"liege/2".to_vec();
-    expected.extend([0x00, 0x02]); // version, u16 BE
+    expected.extend([0x00, 0x03]); // version, u16 BE
     expected.extend([0x00, 0x01, b'a', 0, 0, 0, 0, 0, 0, 0, 1]);
     expected.extend([0x11; 32]);
     expected.extend([0x00, 0x02, b'b', b'c', 1, 2, 3, 4, 5, 6, 7, 8]);
@@ -164,4 +183,4 @@ fn hex(b: &[u8]) -> String {
 /// The first client→server frame body for the fixed inputs above. Computed independently of
 /// this code with Python's `cryptography` package (HKDF + ChaCha20Poly1305, as documented in
 /// `docs/PROTOCOL.md`), so a change of construction, not just of output, fails here.
-const FIRST_SEALED_PING: &str = "d073284fd90457d69488bd565e6a9fbd072abb";
+const FIRST_SEALED_PING: &str = "2cd71328c54e0189f564f5cc3d45653f3b85f2";
