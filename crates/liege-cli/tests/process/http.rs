@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::{liege, try_request, NodeProcess};
+use crate::support::{liege, metric, try_request, KeepAlive, NodeProcess};
 
 const TOKEN: &str = "api-token-for-tests-0123456789";
 
@@ -265,4 +265,57 @@ fn five_thousand_idle_connections_leave_the_node_ready() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(node.inc("k", None), 1);
     drop(idle);
+}
+
+#[test]
+fn a_flood_of_distinct_reads_and_writes_stays_under_the_activation_cap() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("liege.db");
+    let node = NodeProcess::start("flood", "local", &db, &["--max-activations", "5000"]);
+    // 8,000 written keys (each keeps an activation until evicted), then 100,000 distinct
+    // reads: the 8,000 again (which activate from their checkpoints) and 92,000 never written.
+    let run = |range: std::ops::Range<u32>, write: bool| {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let port = node.http;
+                let range = range.clone();
+                std::thread::spawn(move || {
+                    let mut conn = KeepAlive::connect(port).expect("connect");
+                    for i in range.filter(|i| i % 8 == t) {
+                        let (status, body) = if write {
+                            conn.request("POST", &format!("/demo/keys/k{i}/inc"), b"")
+                        } else {
+                            conn.request("GET", &format!("/v1/agents/counter/k{i}"), b"")
+                        }
+                        .expect("request");
+                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                        if !write && i < 8_000 {
+                            assert_eq!(body, b"1", "k{i} kept its write");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("client thread");
+        }
+    };
+    run(0..8_000, true);
+    run(0..100_000, false);
+    // Eviction runs in the background: settle, then hold.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "liege_agents_active") > 5_000 {
+        assert!(Instant::now() < deadline, "activations never came under the cap");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric(&node, "liege_agents_passivated_total") >= 3_000);
+    assert_eq!(node.req("GET", "/readyz", &[], b"").0, 200);
+    // Evicted keys were written before they left.
+    let mut conn = KeepAlive::connect(node.http).expect("connect");
+    for i in [0, 1_234, 7_999] {
+        let (status, body) = conn
+            .request("GET", &format!("/v1/agents/counter/k{i}"), b"")
+            .expect("read");
+        assert_eq!((status, &body[..]), (200, &b"1"[..]));
+    }
 }

@@ -189,6 +189,19 @@ pub struct CheckpointWrite {
     pub dedupe: Vec<DedupeRecord>,
 }
 
+/// The store's row key of the dedupe record of `signal` on `key`: xxh3-128 over the kind,
+/// the id and the signal hash, separated by `0xff` (a byte no UTF-8 text contains). One
+/// 16-byte binary key indexes and compares far cheaper than (kind, id, signal).
+pub fn dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 16] {
+    let mut bytes = Vec::with_capacity(key.kind.len() + key.id.len() + 18);
+    bytes.extend_from_slice(key.kind.as_bytes());
+    bytes.push(0xff);
+    bytes.extend_from_slice(key.id.as_bytes());
+    bytes.push(0xff);
+    bytes.extend_from_slice(&signal.to_be_bytes());
+    xxhash_rust::xxh3::xxh3_128(&bytes).to_be_bytes()
+}
+
 /// One signal id a key has applied, remembered by the store until `expires_at_ms` (and then
 /// pruned) so that a client's retry is answered with the first reply, not applied again.
 ///

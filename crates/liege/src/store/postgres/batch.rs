@@ -34,8 +34,9 @@ use crate::store::{CheckpointWrite, StoreError, StoreResult, WriteError};
 /// stored revision), revision, owner name, owner incarnation, epoch.
 ///
 /// The variant with dedupe records takes five more: `$11` idx of the record's write, `$12`
-/// signal hash, `$13` fingerprint, `$14` reply, `$15` expiry; a record is inserted (or
-/// replaces an older one of the same signal) only if its write is among the committed ones.
+/// record key ([`crate::store::dedupe_record_key`]), `$13` fingerprint, `$14` reply, `$15`
+/// expiry; a record is inserted (or replaces an older one of the same signal) only if its
+/// write is among the committed ones.
 pub(super) fn write_sql(audit: bool, deletes: bool, dedupe: bool) -> &'static str {
     static VARIANTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = VARIANTS.get_or_init(|| {
@@ -102,13 +103,13 @@ fn build_write_sql(audit: bool, deletes: bool, dedupe: bool) -> String {
     if dedupe {
         sql.push_str(
             ", ded AS (
-    INSERT INTO liege_dedupe (kind, id, signal, fingerprint, reply, expires_at)
-    SELECT d.kind, d.kid, x.sig, x.fp, x.reply, x.exp
+    INSERT INTO liege_dedupe (record, fingerprint, reply, expires_at)
+    SELECT x.rec, x.fp, x.reply, x.exp
     FROM unnest($11::bigint[], $12::bytea[], $13::bigint[], $14::bytea[], $15::bigint[])
-        AS x (widx, sig, fp, reply, exp)
-    JOIN done d ON d.idx = x.widx
-    ORDER BY d.kind, d.kid, x.sig
-    ON CONFLICT (kind, id, signal) DO UPDATE SET fingerprint = excluded.fingerprint,
+        AS x (widx, rec, fp, reply, exp)
+    WHERE x.widx IN (SELECT d.idx FROM done d)
+    ORDER BY x.rec
+    ON CONFLICT (record) DO UPDATE SET fingerprint = excluded.fingerprint,
         reply = excluded.reply, expires_at = excluded.expires_at
 )",
         );
@@ -155,7 +156,7 @@ pub(super) struct Columns<'a> {
     pub(super) data: Vec<Option<&'a [u8]>>,
     /// The round's dedupe records: idx of their write, then their fields.
     pub(super) dedupe_idx: Vec<i64>,
-    pub(super) dedupe_signal: Vec<Vec<u8>>,
+    pub(super) dedupe_record: Vec<Vec<u8>>,
     pub(super) dedupe_fingerprint: Vec<i64>,
     pub(super) dedupe_reply: Vec<&'a [u8]>,
     pub(super) dedupe_expires: Vec<i64>,
@@ -199,7 +200,8 @@ impl<'a> Columns<'a> {
             for r in w.dedupe.iter().rev() {
                 if signals.insert(r.signal) {
                     c.dedupe_idx.push(i64::try_from(i + 1).map_err(too_big)?);
-                    c.dedupe_signal.push(r.signal.to_be_bytes().to_vec());
+                    c.dedupe_record
+                        .push(crate::store::dedupe_record_key(&w.key, r.signal).to_vec());
                     c.dedupe_fingerprint.push(to_db_u64(r.fingerprint));
                     c.dedupe_reply.push(&r.reply);
                     c.dedupe_expires.push(r.expires_at_ms);

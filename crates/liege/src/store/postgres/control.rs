@@ -40,11 +40,11 @@ const DIRECTORY_CHANGES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms
 const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
 const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
 const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
-const DEDUPE_SQL: &str = "SELECT fingerprint, reply, expires_at FROM liege_dedupe \
-     WHERE kind = $1 AND id = $2 AND signal = $3";
-/// Deletes a bounded number of expired records (oldest first) and counts them.
+const DEDUPE_SQL: &str =
+    "SELECT fingerprint, reply, expires_at FROM liege_dedupe WHERE record = $1";
+/// Deletes a bounded number of expired records (found through the BRIN index) and counts them.
 const PRUNE_SQL: &str = "WITH gone AS (DELETE FROM liege_dedupe WHERE ctid IN (\
-     SELECT ctid FROM liege_dedupe WHERE expires_at < $1 ORDER BY expires_at LIMIT $2) \
+     SELECT ctid FROM liege_dedupe WHERE expires_at < $1 LIMIT $2) \
      RETURNING 1) SELECT count(*) FROM gone";
 const AUDIT_SQL: &str = "SELECT seq, kind, id, partition, epoch, writer_name, \
      writer_incarnation, rev FROM liege_audit ORDER BY seq";
@@ -285,7 +285,7 @@ impl Store for PostgresStore {
             if c.has_dedupe() {
                 p.extend([
                     &c.dedupe_idx as &(dyn tokio_postgres::types::ToSql + Sync),
-                    &c.dedupe_signal,
+                    &c.dedupe_record,
                     &c.dedupe_fingerprint,
                     &c.dedupe_reply,
                     &c.dedupe_expires,
@@ -318,9 +318,8 @@ impl Store for PostgresStore {
     }
 
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
-        let (kind, id): (&str, &str) = (&key.kind, &key.id);
-        let hash = signal.to_be_bytes();
-        let rows = self.query(DEDUPE_SQL, &[&kind, &id, &&hash[..]]).await?;
+        let record = crate::store::dedupe_record_key(key, signal);
+        let rows = self.query(DEDUPE_SQL, &[&&record[..]]).await?;
         rows.first()
             .map(|row| {
                 Ok(DedupeRecord {

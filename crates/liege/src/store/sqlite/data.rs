@@ -8,7 +8,8 @@ use super::schema::{from_sql_u64, to_sql_u64, SqlResultExt};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
 use crate::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, StoreResult, WriteError,
+    dedupe_record_key, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, StoreResult,
+    WriteError,
 };
 
 pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
@@ -124,16 +125,14 @@ fn apply(
     }
     for r in &w.dedupe {
         tx.prepare_cached(
-            "INSERT INTO dedupe (kind, id, signal, fingerprint, reply, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (kind, id, signal) DO UPDATE SET \
+            "INSERT INTO dedupe (record, fingerprint, reply, expires_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (record) DO UPDATE SET \
              fingerprint = excluded.fingerprint, reply = excluded.reply, \
              expires_at = excluded.expires_at",
         )
         .sql()?
         .execute(rusqlite::params![
-            kind,
-            id,
-            &r.signal.to_be_bytes()[..],
+            &dedupe_record_key(&w.key, r.signal)[..],
             to_sql_u64(r.fingerprint),
             &r.reply,
             r.expires_at_ms
@@ -167,12 +166,11 @@ pub(super) fn dedupe(
     signal: u128,
 ) -> StoreResult<Option<DedupeRecord>> {
     conn.prepare_cached(
-        "SELECT fingerprint, reply, expires_at FROM dedupe \
-         WHERE kind = ?1 AND id = ?2 AND signal = ?3",
+        "SELECT fingerprint, reply, expires_at FROM dedupe WHERE record = ?1",
     )
     .sql()?
     .query_row(
-        rusqlite::params![&*key.kind, &*key.id, &signal.to_be_bytes()[..]],
+        [&dedupe_record_key(key, signal)[..]],
         |r| {
             Ok(DedupeRecord {
                 signal,
@@ -190,8 +188,8 @@ pub(super) fn dedupe(
 pub(super) fn prune_dedupe(conn: &mut Connection, before_ms: i64, limit: u32) -> StoreResult<u64> {
     let n = conn
         .prepare_cached(
-            "DELETE FROM dedupe WHERE rowid IN \
-             (SELECT rowid FROM dedupe WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)",
+            "DELETE FROM dedupe WHERE record IN \
+             (SELECT record FROM dedupe WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)",
         )
         .sql()?
         .execute(rusqlite::params![before_ms, limit])
