@@ -59,6 +59,10 @@ pub(crate) struct NodeArgs {
     /// passivated.
     #[arg(long, env = "LIEGE_MAX_ACTIVATIONS", default_value_t = 1_000_000)]
     pub(crate) max_activations: usize,
+    /// Most bytes of agent state held at once (checkpoint sizes), e.g. `1GiB`, `512MiB`,
+    /// `2000000`; past it the least recently used idle activations are passivated.
+    #[arg(long, env = "LIEGE_MAX_STATE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub(crate) max_state_bytes: usize,
     /// How long a signal id the caller chose (`Idempotency-Key`, a CloudEvent's `id`) is
     /// remembered per key, e.g. `24h`, `90m`, `7d`.
     #[arg(long, env = "LIEGE_DEDUPE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -277,6 +281,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     config.mailbox_capacity = args.mailbox;
     config.max_activations = args.max_activations;
+    config.max_state_bytes = args.max_state_bytes;
     config.dedupe_retention = args.dedupe_retention;
     config.dedupe_cache = args.dedupe_cache;
     config.sabotage = sabotage;
@@ -336,9 +341,48 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A byte count: digits, optionally followed by `K`, `M`, `G` (powers of 1000, also `KB`…)
+/// or `KiB`, `MiB`, `GiB` (powers of 1024), case-insensitive.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (e.g. 1GiB, 512MiB, 2000000)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_take_decimal_and_binary_units() {
+        assert_eq!(parse_bytes("2000000"), Ok(2_000_000));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512mib"), Ok(512 << 20));
+        assert_eq!(parse_bytes("3 KB"), Ok(3_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
 
     #[test]
     fn fly_machines_get_distinct_names_and_their_private_address() {

@@ -187,6 +187,7 @@ pub struct Telemetry {
     pub(crate) agents_active: Gauge,
     pub(crate) agents_activated: Counter,
     pub(crate) agents_passivated: Counter,
+    pub(crate) state_bytes: Gauge,
     pub(crate) dedupe_lookups: Counter,
     pub(crate) dedupe_pruned: Counter,
     pub(crate) commit_duration: Histogram,
@@ -250,6 +251,12 @@ impl Telemetry {
             "Agent deactivations (idle, stop, handoff, fenced)",
             agents_passivated.clone(),
         );
+        let state_bytes = Gauge::default();
+        registry.register(
+            "agents_state_bytes",
+            "Bytes of state held by this node's activations (checkpoint sizes)",
+            state_bytes.clone(),
+        );
         let dedupe_lookups = Counter::default();
         registry.register(
             "dedupe_store_lookups",
@@ -308,6 +315,7 @@ impl Telemetry {
             agents_active,
             agents_activated,
             agents_passivated,
+            state_bytes,
             dedupe_lookups,
             dedupe_pruned,
             commit_duration,

@@ -78,6 +78,9 @@ pub(crate) struct BenchArgs {
     /// Lease TTL of every node, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     lease_ttl_ms: u64,
+    /// `--max-activations` of every node (default: the node's own default).
+    #[arg(long)]
+    max_activations: Option<usize>,
     /// Partition count passed to the nodes.
     #[arg(long, default_value_t = 1024)]
     partitions: u32,
@@ -214,7 +217,13 @@ async fn start_cluster(
         partitions: args.partitions,
         run_dir: run_dir.to_path_buf(),
         audit: false,
-        extra: vec!["--persistence".into(), args.persistence.clone()],
+        extra: {
+            let mut extra = vec!["--persistence".into(), args.persistence.clone()];
+            if let Some(n) = args.max_activations {
+                extra.extend(["--max-activations".into(), n.to_string()]);
+            }
+            extra
+        },
     };
     let cluster = Cluster::start(&template, &args.regions, args.nodes_per_region, client).await?;
     let members: Vec<(String, SocketAddr)> = cluster

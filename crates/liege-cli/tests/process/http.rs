@@ -305,7 +305,10 @@ fn a_flood_of_distinct_reads_and_writes_stays_under_the_activation_cap() {
     // Eviction runs in the background: settle, then hold.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&node, "liege_agents_active") > 5_000 {
-        assert!(Instant::now() < deadline, "activations never came under the cap");
+        assert!(
+            Instant::now() < deadline,
+            "activations never came under the cap"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(metric(&node, "liege_agents_passivated_total") >= 3_000);

@@ -277,7 +277,8 @@ impl KeepAlive {
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
         use std::io::BufRead;
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
         if !body.is_empty() {
             req.push_str(&format!(

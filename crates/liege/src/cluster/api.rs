@@ -62,6 +62,9 @@ pub struct NodeStats {
     pub ready: bool,
     /// Activations hosted.
     pub active_agents: usize,
+    /// Bytes of state they hold (checkpoint sizes as last loaded or written).
+    #[serde(default)]
+    pub state_bytes: usize,
     /// Partitions held.
     pub partitions: usize,
     /// HTTP address.

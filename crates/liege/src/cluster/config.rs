@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// Most activations held at once; past it the least recently used idle ones are
     /// passivated (state written first), and new calls are still served.
     pub max_activations: usize,
+    /// Most bytes of agent state held at once (each activation counted for its checkpoint's
+    /// size as last loaded or written); past it the least recently used idle activations are
+    /// passivated, as for `max_activations`.
+    pub max_state_bytes: usize,
     /// How long the node may go without a valid lease (not shutting down) before `/healthz`
     /// reports it unhealthy.
     pub unhealthy_without_lease: Duration,
@@ -86,6 +90,7 @@ impl NodeConfig {
             dedupe_retention: Duration::from_secs(24 * 3600),
             dedupe_cache: 1024,
             max_activations: 1_000_000,
+            max_state_bytes: 1 << 30,
             unhealthy_without_lease: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
             max_batch: 512,
@@ -117,8 +122,15 @@ impl NodeConfig {
         if self.lease_ttl < Duration::from_millis(100) {
             return Err("lease TTL must be at least 100 ms".into());
         }
-        if self.mailbox_capacity == 0 || self.max_batch == 0 || self.max_activations == 0 {
-            return Err("mailbox capacity, max batch and max activations must be positive".into());
+        if self.mailbox_capacity == 0
+            || self.max_batch == 0
+            || self.max_activations == 0
+            || self.max_state_bytes == 0
+        {
+            return Err(
+                "mailbox capacity, max batch, max activations and max state bytes must be positive"
+                    .into(),
+            );
         }
         if self.dedupe_retention < Duration::from_secs(1)
             || self.dedupe_retention > Duration::from_secs(3650 * 24 * 3600)
@@ -155,6 +167,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("persistence", &self.persistence)
             .field("idle_timeout", &self.idle_timeout)
             .field("mailbox_capacity", &self.mailbox_capacity)
+            .field("max_state_bytes", &self.max_state_bytes)
             .field("dedupe_window", &self.dedupe_window)
             .field("dedupe_retention", &self.dedupe_retention)
             .field("dedupe_cache", &self.dedupe_cache)

@@ -213,6 +213,7 @@ impl Node {
                 dedupe_cache: config.dedupe_cache,
                 seed: seed.rotate_left(17),
                 max_activations: config.max_activations,
+                max_state_bytes: config.max_state_bytes,
             },
             agents,
             store.clone(),

@@ -216,6 +216,7 @@ impl Router {
             live: table.lease_valid_at(now),
             ready: table.ready_at(now),
             active_agents: self.host.active(),
+            state_bytes: self.host.state_bytes(),
             partitions: table.count(),
             http_addr: self.http_addr.clone(),
             cluster_addr: self.cluster_addr.clone(),

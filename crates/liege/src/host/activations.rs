@@ -56,6 +56,9 @@ pub(crate) struct Activation {
     pub(crate) dead: AtomicBool,
     /// State changed since the last committed checkpoint (non-durable modes).
     pub(crate) dirty: AtomicBool,
+    /// Size of the key's checkpoint as last loaded or written: what the activation is
+    /// counted for against the node's cap on bytes of state held.
+    pub(crate) state_bytes: AtomicUsize,
 }
 
 impl Activation {
@@ -79,6 +82,8 @@ pub(crate) struct Activations {
     shards: Box<[Shard]>,
     per_partition: Box<[AtomicU32]>,
     active: AtomicUsize,
+    /// Sum of `state_bytes` over live activations.
+    bytes: AtomicUsize,
 }
 
 impl Activations {
@@ -92,6 +97,7 @@ impl Activations {
                 .collect(),
             per_partition: (0..partitions).map(|_| AtomicU32::new(0)).collect(),
             active: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
         }
     }
 
@@ -141,6 +147,7 @@ impl Activations {
             last_used: AtomicU64::new(now_ms),
             dead: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            state_bytes: AtomicUsize::new(0),
         });
         shard.insert(key.clone(), act.clone());
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +173,34 @@ impl Activations {
                 c.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        self.uncount_bytes(act);
+    }
+
+    /// Takes `act`'s bytes out of the total (whoever swaps them out subtracts them: exact
+    /// however `forget` and [`Activations::set_bytes`] interleave).
+    fn uncount_bytes(&self, act: &Activation) {
+        let b = act.state_bytes.swap(0, Ordering::AcqRel);
+        self.bytes.fetch_sub(b, Ordering::AcqRel);
+    }
+
+    /// Records that `act`'s state now takes `n` bytes; returns the node's new total.
+    pub(crate) fn set_bytes(&self, act: &Activation, n: usize) -> usize {
+        if act.is_dead() {
+            return self.bytes();
+        }
+        let old = act.state_bytes.swap(n, Ordering::AcqRel);
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+        self.bytes.fetch_sub(old, Ordering::AcqRel);
+        if act.is_dead() {
+            // Killed meanwhile: `forget` may have run before the swap above.
+            self.uncount_bytes(act);
+        }
+        self.bytes()
+    }
+
+    /// Bytes of state held by live activations (as last loaded or written).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// Marks `act` dead and removes it (if it is still the one in the map). Returns true if

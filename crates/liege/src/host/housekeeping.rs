@@ -149,21 +149,21 @@ async fn passivate_idle(host: &Arc<Host>, idle: Duration) {
 }
 
 /// Passivates the least recently used idle activations until at most 90 % of
-/// `max_activations` remain: dirty state is written first, busy ones are skipped.
+/// `max_activations` remain and they hold at most 90 % of `max_state_bytes`: dirty state is
+/// written first, busy ones are skipped.
 async fn evict_least_recently_used(host: &Arc<Host>) {
-    let max = host.config.max_activations;
-    let active = host.activations.active();
-    if active <= max {
+    let (max, max_bytes) = (host.config.max_activations, host.config.max_state_bytes);
+    let over = |count: usize, bytes: usize| count > max || bytes > max_bytes;
+    if !over(host.activations.active(), host.activations.bytes()) {
         return;
     }
-    let target = max - max / 10;
+    let (target, target_bytes) = (max - max / 10, max_bytes - max_bytes / 10);
     let mut idle = host
         .activations
         .collect(|a| a.queued.load(Ordering::Acquire) == 0 && !a.is_dead());
     idle.sort_by_key(|a| a.last_used.load(Ordering::Relaxed));
-    let mut excess = active.saturating_sub(target);
     for act in idle {
-        if excess == 0 {
+        if host.activations.active() <= target && host.activations.bytes() <= target_bytes {
             break;
         }
         let Ok(mut turn) = act.turn.try_lock() else {
@@ -175,10 +175,7 @@ async fn evict_least_recently_used(host: &Arc<Host>) {
         let result = host.flush_locked(&act, &mut turn).await;
         drop(turn);
         match result {
-            Ok(()) => {
-                host.kill_activation(&act);
-                excess -= 1;
-            }
+            Ok(()) => host.kill_activation(&act),
             // Unwritten state stays in memory; a later sweep tries again.
             Err(e) => tracing::warn!(key = %act.key, error = %e, "write before eviction failed"),
         }

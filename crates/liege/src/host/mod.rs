@@ -90,6 +90,8 @@ pub(crate) struct HostConfig {
     /// Most activations held at once; past it the least recently used idle ones are
     /// passivated.
     pub(crate) max_activations: usize,
+    /// Most bytes of state (checkpoint sizes) held at once; past it likewise.
+    pub(crate) max_state_bytes: usize,
 }
 
 /// An admitted request: holds a mailbox slot until dropped.
@@ -189,6 +191,20 @@ impl Host {
     /// Activations hosted.
     pub(crate) fn active(&self) -> usize {
         self.activations.active()
+    }
+
+    /// Bytes of state the activations hold (checkpoint sizes as last loaded or written).
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.activations.bytes()
+    }
+
+    /// Counts `act` for `n` bytes of state; wakes eviction past the cap.
+    fn count_state_bytes(&self, act: &Activation, n: usize) {
+        let total = self.activations.set_bytes(act, n);
+        self.telemetry.state_bytes.set(total as i64);
+        if total > self.config.max_state_bytes {
+            self.over_cap.notify_one();
+        }
     }
 
     /// The local clock.
@@ -406,6 +422,7 @@ impl Host {
                 turn.dedupe = decoded.window;
                 turn.retained = RetainedIds::loaded(decoded.retained_until_ms, unix_ms());
                 turn.rev = cp.rev;
+                self.count_state_bytes(act, cp.data.len());
                 return Ok(());
             }
         }
@@ -536,6 +553,7 @@ impl Host {
             &turn.dedupe,
             turn.retained.retained_until_ms,
         );
+        let size = data.len();
         let write = CheckpointWrite {
             key: act.key.clone(),
             partition: act.partition,
@@ -551,6 +569,7 @@ impl Host {
             Ok(Ok(rev)) => {
                 turn.rev = rev;
                 turn.retained.pending.clear();
+                self.count_state_bytes(act, size);
                 act.dirty.store(false, Ordering::Release);
                 Ok(())
             }
@@ -589,6 +608,9 @@ impl Host {
             self.telemetry
                 .agents_active
                 .set(self.activations.active() as i64);
+            self.telemetry
+                .state_bytes
+                .set(self.activations.bytes() as i64);
         }
     }
 

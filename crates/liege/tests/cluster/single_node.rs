@@ -389,6 +389,52 @@ async fn activations_are_capped_and_reads_of_absent_keys_keep_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_of_state_held_are_capped() {
+    init_tracing();
+    let cluster = TestCluster::builder()
+        .node("a", "iad")
+        .configure(|c| c.max_state_bytes = 4_000)
+        .start()
+        .await;
+    let node = cluster.node("a");
+    // Each key's checkpoint is a few dozen bytes: 300 of them are well past 4,000.
+    for i in 0..300 {
+        node.call(
+            &counter(&format!("s-{i}")),
+            Signal::new("inc"),
+            CallOptions::default(),
+        )
+        .await
+        .expect("inc");
+    }
+    let mut stats = node.local_stats();
+    for _ in 0..100 {
+        if stats.state_bytes <= 4_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = node.local_stats();
+    }
+    assert!(
+        stats.state_bytes <= 4_000 && stats.state_bytes > 0,
+        "{} bytes of state held past the cap of 4,000",
+        stats.state_bytes
+    );
+    assert!(
+        stats.active_agents < 300,
+        "{} activations",
+        stats.active_agents
+    );
+    for i in 0..300 {
+        let state = node
+            .get(&counter(&format!("s-{i}")), CallOptions::default())
+            .await
+            .expect("read");
+        assert_eq!(state.value, json!(1), "s-{i} kept its write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_cluster_address_is_never_advertised() {
     let store = liege::store::open(
         &liege::store::StoreUrl::Memory,

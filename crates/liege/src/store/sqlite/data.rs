@@ -165,23 +165,18 @@ pub(super) fn dedupe(
     key: &AgentKey,
     signal: u128,
 ) -> StoreResult<Option<DedupeRecord>> {
-    conn.prepare_cached(
-        "SELECT fingerprint, reply, expires_at FROM dedupe WHERE record = ?1",
-    )
-    .sql()?
-    .query_row(
-        [&dedupe_record_key(key, signal)[..]],
-        |r| {
+    conn.prepare_cached("SELECT fingerprint, reply, expires_at FROM dedupe WHERE record = ?1")
+        .sql()?
+        .query_row([&dedupe_record_key(key, signal)[..]], |r| {
             Ok(DedupeRecord {
                 signal,
                 fingerprint: from_sql_u64(r.get(0)?),
                 reply: r.get(1)?,
                 expires_at_ms: r.get(2)?,
             })
-        },
-    )
-    .optional()
-    .sql()
+        })
+        .optional()
+        .sql()
 }
 
 /// Deletes at most `limit` records that expired before `before_ms`, oldest first.
