@@ -267,37 +267,65 @@ fn five_thousand_idle_connections_leave_the_node_ready() {
     drop(idle);
 }
 
+/// SQLite, then PostgreSQL: one after the other, because two floods at once on this 2-core VM
+/// stalled PostgreSQL commits (lease renewals included) for over a second.
 #[test]
 fn a_flood_of_distinct_reads_and_writes_stays_under_the_activation_cap() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("liege.db");
-    let node = NodeProcess::start("flood", "local", &db, &["--max-activations", "5000"]);
+    let store = format!("sqlite:{}", dir.path().join("liege.db").display());
+    flood_stays_under_the_activation_cap(&store, dir.path());
+    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("throwaway PostgreSQL")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    flood_stays_under_the_activation_cap(&pg.url(), dir.path());
+}
+
+/// Client threads of the flood: enough to keep the node busy, few enough to leave this
+/// 2-core machine's scheduler room for the node's lease renewals while another test runs.
+const CLIENTS: u32 = 4;
+
+fn flood_stays_under_the_activation_cap(store: &str, dir: &std::path::Path) {
+    // A 2 s lease: this test shares the VM's disk with other fsync-heavy tests, and a commit
+    // (of the renewal too) stalled for 400 ms there was seen to fence a node with the
+    // harness's 600 ms lease — by design, but not what this test is about.
+    let args = ["--max-activations", "5000", "--lease-ttl-ms", "2000"];
+    let node = NodeProcess::start_on("flood", "local", store, dir, &args);
     // 8,000 written keys (each keeps an activation until evicted), then 100,000 distinct
     // reads: the 8,000 again (which activate from their checkpoints) and 92,000 never written.
     let run = |range: std::ops::Range<u32>, write: bool| {
-        let threads: Vec<_> = (0..8)
+        let threads: Vec<_> = (0..CLIENTS)
             .map(|t| {
                 let port = node.http;
                 let range = range.clone();
                 std::thread::spawn(move || {
                     let mut conn = KeepAlive::connect(port).expect("connect");
-                    for i in range.filter(|i| i % 8 == t) {
+                    for i in range.filter(|i| i % CLIENTS == t) {
                         let (status, body) = if write {
                             conn.request("POST", &format!("/demo/keys/k{i}/inc"), b"")
                         } else {
                             conn.request("GET", &format!("/v1/agents/counter/k{i}"), b"")
                         }
                         .expect("request");
-                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                        if status != 200 {
+                            return Err(format!(
+                                "k{i}: {status} {}",
+                                String::from_utf8_lossy(&body)
+                            ));
+                        }
                         if !write && i < 8_000 {
                             assert_eq!(body, b"1", "k{i} kept its write");
                         }
                     }
+                    Ok(())
                 })
             })
             .collect();
         for t in threads {
-            t.join().expect("client thread");
+            if let Err(e) = t.join().expect("client thread") {
+                panic!("{e}; node log:\n{}", node.log_text());
+            }
         }
     };
     run(0..8_000, true);
@@ -313,6 +341,7 @@ fn a_flood_of_distinct_reads_and_writes_stays_under_the_activation_cap() {
     }
     assert!(metric(&node, "liege_agents_passivated_total") >= 3_000);
     assert_eq!(node.req("GET", "/readyz", &[], b"").0, 200);
+    assert_eq!(metric(&node, "liege_cluster_lease_valid"), 1);
     // Evicted keys were written before they left.
     let mut conn = KeepAlive::connect(node.http).expect("connect");
     for i in [0, 1_234, 7_999] {

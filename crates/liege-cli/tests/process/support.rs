@@ -70,9 +70,11 @@ impl NodeProcess {
             format!("127.0.0.1:{cluster}"),
             "--store".into(),
             store.into(),
-            "--lease-ttl-ms".into(),
-            "600".into(),
         ];
+        // A short lease (fast failover tests) unless the test chose its own.
+        if !extra.contains(&"--lease-ttl-ms") {
+            args.extend(["--lease-ttl-ms".into(), "600".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = log_dir.join(format!("{name}.log"));
         let mut node = NodeProcess {

@@ -441,6 +441,11 @@ impl Engine {
                 .table
                 .set_lease(Some(until), self.me.incarnation);
         }
+        let took = now.saturating_sub(sent_at);
+        if took > self.lease.ttl_ms() / 2 {
+            // Slow renewals are how a lease lapses without any error: say so.
+            tracing::warn!(took_ms = took, ok = result.is_ok(), "slow lease renewal");
+        }
         match result {
             Ok(_) => {}
             Err(StoreError::LeaseLost { .. }) if self.deadline_enforced() => {
