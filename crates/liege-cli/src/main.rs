@@ -1,6 +1,7 @@
-//! `liege`: run a node, the multi-region chaos drill, the benchmark, or the small admin
-//! commands (`placement`, `secret`).
+//! `liege`: run a node, the multi-region chaos drill, the benchmark, the operator's controls
+//! (`admin`), or the small commands (`placement`, `secret`).
 
+mod admin;
 mod bench;
 mod drill;
 mod node;
@@ -22,6 +23,9 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// Run the multi-region chaos drill: real nodes, a fault, a pass/fail verdict.
     Drill(Box<drill::DrillArgs>),
+    /// The operator's controls against a running cluster: status, drain, undrain, down,
+    /// rebalance pause|resume.
+    Admin(admin::AdminArgs),
     /// Show the cluster's placement policy, or change it while no node runs.
     Placement(placement::PlacementArgs),
     /// Print a new random cluster secret (32 bytes, hex) for --secret, LIEGE_SECRET or
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => node::run(*args).await,
             Command::Drill(args) => drill::run(*args).await,
             Command::Placement(args) => placement::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
             Command::Secret => node::new_secret().map(|s| {
                 println!("{s}");

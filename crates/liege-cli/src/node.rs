@@ -154,6 +154,7 @@ fn http_config(args: &NodeArgs) -> anyhow::Result<liege::http::HttpConfig> {
     let config = liege::http::HttpConfig {
         api_token: token.map(Into::into),
         metrics_public: args.metrics_public,
+        admin_without_token: args.http.ip().is_loopback(),
         header_timeout: Duration::from_secs(args.http_header_timeout_secs),
         body_timeout: Duration::from_secs(args.http_body_timeout_secs),
         max_connections: args.http_max_connections,

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use liege::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use liege::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime,
-    WriteError,
+    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreChange, StoreError,
+    StoreResult, StoreTime, WriteError,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -210,6 +210,12 @@ impl Store for SimStore {
     }
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         self.around(self.inner.prune_dedupe(before_ms, limit)).await
+    }
+    async fn settings(&self) -> StoreResult<Settings> {
+        self.around(self.inner.settings()).await
+    }
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
+        self.around(self.inner.set_setting(setting, on)).await
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit().await

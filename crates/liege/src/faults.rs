@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime,
-    WriteError,
+    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreChange, StoreError,
+    StoreResult, StoreTime, WriteError,
 };
 
 /// Switchable faults of one node.
@@ -194,6 +194,16 @@ impl Store for FaultyStore {
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         self.enter().await?;
         let r = self.inner.prune_dedupe(before_ms, limit).await;
+        self.leave_with(r).await
+    }
+    async fn settings(&self) -> StoreResult<Settings> {
+        self.enter().await?;
+        let r = self.inner.settings().await;
+        self.leave_with(r).await
+    }
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
+        self.enter().await?;
+        let r = self.inner.set_setting(setting, on).await;
         self.leave_with(r).await
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

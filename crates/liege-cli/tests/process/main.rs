@@ -1,5 +1,6 @@
 //! Process tests: real `liege node` processes on real ports and a real SQLite file.
 
+mod admin;
 mod api;
 mod cluster;
 mod dedupe;

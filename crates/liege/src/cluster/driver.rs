@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::core::engine::{Command, Engine, Input, LocalMs, Settings, Snapshot};
+use crate::core::engine::{Command, Engine, Input, LocalMs, Snapshot};
 use crate::core::ids::PartitionId;
 use crate::env::Clock;
 use crate::faults::Faults;
@@ -312,13 +312,14 @@ impl Driver {
     }
 }
 
-/// One refresh: membership, then the directory.
+/// One refresh: membership and the operator settings, then the directory.
 async fn read(store: &SharedStore, cache: &DirectoryCache) -> Result<Snapshot, StoreError> {
     let membership = store.nodes().await?;
+    let settings = store.settings().await?;
     let directory = cache.refresh(store).await?;
     Ok(Snapshot {
         membership,
         directory,
-        settings: Settings::default(),
+        settings,
     })
 }

@@ -7,6 +7,7 @@
 //!      └──▶ router.rs, peer.rs ─────────────────────────────────┘
 //! ```
 
+mod admin;
 mod api;
 mod config;
 mod driver;
@@ -14,6 +15,7 @@ mod node;
 mod peer;
 mod router;
 
+pub use admin::AdminError;
 pub use api::{
     CallOptions, ClusterStats, NodeStats, OwnerInfo, Reply, StartError, UnreachableNode,
 };

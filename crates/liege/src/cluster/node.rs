@@ -74,6 +74,7 @@ impl std::fmt::Debug for Environment {
 
 struct NodeShared {
     config: NodeConfig,
+    store: SharedStore,
     cluster_addr: String,
     router: Arc<Router>,
     host: Arc<Host>,
@@ -291,6 +292,7 @@ impl Node {
         ));
         Ok(Node {
             inner: Arc::new(NodeShared {
+                store: store.clone(),
                 config,
                 cluster_addr,
                 router,
@@ -314,6 +316,16 @@ impl Node {
             self.inner.config.name.as_str(),
             self.inner.published.table.incarnation(),
         )
+    }
+
+    /// The store this node runs on.
+    pub(crate) fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// Asks the ownership loop to re-read the store now.
+    pub(crate) fn refresh_soon(&self) {
+        self.inner.driver.stale();
     }
 
     /// This node's name.

@@ -33,6 +33,9 @@ pub struct HttpConfig {
     pub api_token: Option<Arc<str>>,
     /// Serve `/metrics` without the token.
     pub metrics_public: bool,
+    /// Serve `/admin/` without a token when none is configured. Set it only for a listener
+    /// on loopback: without a token and without this, `/admin/` answers 403.
+    pub admin_without_token: bool,
     /// Longest time to receive a request's headers; also how long a keep-alive connection
     /// may sit idle before the next request.
     pub header_timeout: Duration,
@@ -50,6 +53,7 @@ impl Default for HttpConfig {
         Self {
             api_token: None,
             metrics_public: false,
+            admin_without_token: false,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 10_000,
@@ -148,6 +152,17 @@ pub(crate) async fn guard(State(g): State<Guard>, request: Request, next: Next) 
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    if g.config.api_token.is_none()
+        && !g.config.admin_without_token
+        && request.uri().path().starts_with("/admin/")
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_needs_token",
+            "the /admin/ routes need the node's --api-token when its HTTP port is not on loopback",
+        )
+        .into_response();
+    }
     if let Some(expected) = &g.config.api_token {
         if !open_route(request.uri().path(), &g.config) {
             let presented = request

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): the demo endpoints, the generic CloudEvents endpoint, health,
 //! readiness and metrics. Every error is `{"error":{"code","message"}}` with a fitting status.
 
+mod admin;
 mod error;
 mod guard;
 
@@ -42,6 +43,12 @@ pub fn router_with(node: Node, config: HttpConfig) -> Router {
             "/v1/agents/{kind}/{id}",
             post(agent_signal).get(agent_state).delete(agent_stop),
         )
+        .route("/admin/status", get(admin::status))
+        .route("/admin/drain", post(admin::drain))
+        .route("/admin/undrain", post(admin::undrain))
+        .route("/admin/down", post(admin::down))
+        .route("/admin/rebalance/pause", post(admin::pause))
+        .route("/admin/rebalance/resume", post(admin::resume))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

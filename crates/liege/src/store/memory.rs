@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::rules::{self, ClaimDecision, LeaseState};
 use super::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeLease, NodeRecord, PartitionRow, SharedStore, Store, StoreChange, StoreError,
-    StoreOptions, StoreResult, StoreTime, WriteError,
+    Membership, NodeLease, NodeRecord, OperatorSetting, PartitionRow, Settings, SharedStore, Store,
+    StoreChange, StoreError, StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -61,6 +61,7 @@ struct Tables {
     partitions: Vec<PartitionRow>,
     checkpoints: HashMap<AgentKey, Checkpoint>,
     dedupe: HashMap<(AgentKey, u128), DedupeRecord>,
+    settings: std::collections::BTreeSet<String>,
     audit: Vec<AuditRecord>,
 }
 
@@ -265,6 +266,30 @@ impl Store for MemoryStore {
             now: self.clock(),
             partitions: t.partitions.clone(),
         })
+    }
+
+    async fn settings(&self) -> StoreResult<Settings> {
+        let keys = self
+            .tables
+            .lock()
+            .settings
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        Ok(OperatorSetting::settings_from_keys(keys))
+    }
+
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
+        {
+            let mut t = self.tables.lock();
+            if on {
+                t.settings.insert(setting.key());
+            } else {
+                t.settings.remove(&setting.key());
+            }
+        }
+        self.notify(StoreChange::Membership);
+        Ok(())
     }
 
     async fn claim(

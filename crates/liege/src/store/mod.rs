@@ -189,6 +189,49 @@ pub struct CheckpointWrite {
     pub dedupe: Vec<DedupeRecord>,
 }
 
+pub use crate::core::engine::Settings;
+
+/// One operator setting, recorded in the store so that every node honours it and it
+/// survives restarts: a drained node or region hands off its partitions and receives none;
+/// paused rebalancing stops planned moves (failover claims go on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorSetting {
+    /// Drain the node with this name.
+    DrainNode(String),
+    /// Drain every node of this region.
+    DrainRegion(String),
+    /// Pause planned moves.
+    RebalancePaused,
+}
+
+impl OperatorSetting {
+    /// The setting's row key in the store: `node:NAME`, `region:NAME` or `rebalance-paused`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::DrainNode(n) => format!("node:{n}"),
+            Self::DrainRegion(r) => format!("region:{r}"),
+            Self::RebalancePaused => "rebalance-paused".into(),
+        }
+    }
+
+    /// The settings the stored keys describe (unknown keys, from a newer build, are ignored).
+    pub fn settings_from_keys(keys: impl IntoIterator<Item = String>) -> Settings {
+        let mut s = Settings::default();
+        for key in keys {
+            if let Some(n) = key.strip_prefix("node:") {
+                s.drained_nodes.push(n.to_string());
+            } else if let Some(r) = key.strip_prefix("region:") {
+                s.drained_regions.push(r.to_string());
+            } else if key == "rebalance-paused" {
+                s.rebalance_paused = true;
+            }
+        }
+        s.drained_nodes.sort();
+        s.drained_regions.sort();
+        s
+    }
+}
+
 /// The store's row key of the dedupe record of `signal` on `key`: xxh3-128 over the kind,
 /// the id and the signal hash, separated by `0xff` (a byte no UTF-8 text contains). One
 /// 16-byte binary key indexes and compares far cheaper than (kind, id, signal).
@@ -366,6 +409,12 @@ pub trait Store: Send + Sync + 'static {
             version: None,
         })
     }
+
+    /// The operator settings: drains and whether rebalancing is paused.
+    async fn settings(&self) -> StoreResult<Settings>;
+
+    /// Switches one operator setting on or off (idempotent) and notifies watchers.
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()>;
 
     /// Claims every listed partition that is unowned, or whose owner's lease has expired
     /// (or whose owner incarnation no longer has a row), setting owner = `node` and

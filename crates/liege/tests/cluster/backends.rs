@@ -77,4 +77,9 @@ on_every_store!(
     a_paused_owner_that_resumes_commits_nothing_and_serves_nothing_stale,
     a_node_cut_off_from_the_store_stops_serving_and_others_take_over,
     a_node_cut_off_from_its_peers_still_serves_its_own_keys_and_others_route_around,
+    draining_a_node_and_a_region_under_load_moves_every_partition_without_errors,
+    bad_drains_are_refused_and_change_nothing,
+    paused_rebalancing_makes_no_planned_move_until_resumed,
+    declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease,
+    a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale,
 );

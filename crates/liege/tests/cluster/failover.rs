@@ -11,6 +11,14 @@ use liege::{AgentKey, Signal};
 
 use crate::common::{counter, inc, init_tracing, value};
 
+pub(crate) use crate::admin::{
+    a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale,
+    bad_drains_are_refused_and_change_nothing,
+    declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease,
+    draining_a_node_and_a_region_under_load_moves_every_partition_without_errors,
+    paused_rebalancing_makes_no_planned_move_until_resumed,
+};
+
 fn long() -> CallOptions {
     CallOptions {
         timeout: Some(Duration::from_secs(15)),

@@ -1,6 +1,7 @@
 //! Cluster integration tests: in-process nodes over a shared store (and, for the process
 //! tests, real `liege` processes).
 
+mod admin;
 mod backends;
 mod common;
 mod failover;

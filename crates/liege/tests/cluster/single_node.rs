@@ -494,3 +494,34 @@ async fn health_fails_after_a_long_loss_of_the_store_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_without_a_token_are_served_only_where_allowed() {
+    use tower::ServiceExt as _;
+    init_tracing();
+    let cluster = TestCluster::builder().node("a", "iad").start().await;
+    let node = cluster.node("a").clone();
+    let status = |config: liege::http::HttpConfig| {
+        let app = liege::http::router_with(node.clone(), config);
+        async move {
+            let request = axum::http::Request::get("/admin/status")
+                .body(axum::body::Body::empty())
+                .expect("request");
+            app.oneshot(request).await.expect("answer").status()
+        }
+    };
+    // No token, and the listener is not known to be loopback: refused.
+    assert_eq!(status(Default::default()).await, 403);
+    let loopback = liege::http::HttpConfig {
+        admin_without_token: true,
+        ..Default::default()
+    };
+    assert_eq!(status(loopback).await, 200);
+    // With a token, the token decides (whatever the listener).
+    let guarded = liege::http::HttpConfig {
+        api_token: Some("a-token-of-16-bytes+".into()),
+        admin_without_token: true,
+        ..Default::default()
+    };
+    assert_eq!(status(guarded).await, 401);
+}

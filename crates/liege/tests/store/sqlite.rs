@@ -11,8 +11,8 @@ use liege::store::sqlite::{
 };
 use liege::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, SharedStore, Store, StoreError, StoreOptions, StoreResult, StoreTime,
-    StoreUrl, WriteError,
+    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreError,
+    StoreOptions, StoreResult, StoreTime, StoreUrl, WriteError,
 };
 use liege::testing::conformance::{self, join, key, partitions, put, LONG_TTL_MS};
 use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
@@ -363,6 +363,12 @@ impl Store for TempStore {
     }
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         self.inner.prune_dedupe(before_ms, limit).await
+    }
+    async fn settings(&self) -> StoreResult<Settings> {
+        self.inner.settings().await
+    }
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
+        self.inner.set_setting(setting, on).await
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit().await

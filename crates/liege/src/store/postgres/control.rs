@@ -8,8 +8,8 @@ use super::{from_db_u64, to_db_u64, ttl_to_db, PostgresStore};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DirectoryChanges, Lease, Membership, NodeLease, NodeRecord, PartitionRow, Store, StoreChange,
-    StoreError, StoreResult, StoreTime, WriteError,
+    DirectoryChanges, Lease, Membership, NodeLease, NodeRecord, OperatorSetting, PartitionRow,
+    Settings, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
 };
 
 const INIT_SQL: &str =
@@ -40,6 +40,11 @@ const DIRECTORY_CHANGES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms
 const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
 const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
 const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
+const SETTINGS_SQL: &str = "SELECT name FROM liege_operator_settings";
+const SETTING_ON_SQL: &str = "WITH i AS (INSERT INTO liege_operator_settings (name) VALUES ($1) \
+     ON CONFLICT DO NOTHING RETURNING 1) SELECT pg_notify('liege_changes', 'membership')";
+const SETTING_OFF_SQL: &str = "WITH d AS (DELETE FROM liege_operator_settings WHERE name = $1 \
+     RETURNING 1) SELECT pg_notify('liege_changes', 'membership')";
 const DEDUPE_SQL: &str =
     "SELECT fingerprint, reply, expires_at FROM liege_dedupe WHERE record = $1";
 /// Deletes a bounded number of expired records (found through the BRIN index) and counts them.
@@ -180,6 +185,21 @@ impl Store for PostgresStore {
             });
         }
         Ok(membership)
+    }
+
+    async fn settings(&self) -> StoreResult<Settings> {
+        let rows = self.control_query(SETTINGS_SQL, &[]).await?;
+        let keys = rows
+            .iter()
+            .map(|r| get::<String>(r, 0))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(OperatorSetting::settings_from_keys(keys))
+    }
+
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
+        let key = setting.key();
+        let sql = if on { SETTING_ON_SQL } else { SETTING_OFF_SQL };
+        self.control_query(sql, &[&key]).await.map(drop)
     }
 
     async fn directory(&self) -> StoreResult<Directory> {

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_claim_clock.sql")),
     (4, include_str!("migrations/0004_directory_version.sql")),
     (5, include_str!("migrations/0005_dedupe.sql")),
+    (6, include_str!("migrations/0006_operator_settings.sql")),
 ];
 
 /// Key of the advisory lock serializing migrations (an arbitrary constant: "liege" in ASCII).

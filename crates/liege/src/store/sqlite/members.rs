@@ -12,7 +12,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use super::schema::{from_sql_u64, to_sql_u64, wall_clock, SqlResultExt};
 use crate::core::ids::NodeId;
 use crate::store::rules::{self, LeaseState};
-use crate::store::{Lease, Membership, NodeLease, NodeRecord, StoreError, StoreResult, StoreTime};
+use crate::store::{
+    Lease, Membership, NodeLease, NodeRecord, OperatorSetting, Settings, StoreError, StoreResult,
+    StoreTime,
+};
 
 /// Every lease as of one instant, for a claim: taken under the members file's write lock, so
 /// no renewal or join is half-way between its clock reading and its commit.
@@ -111,6 +114,29 @@ pub(super) fn leave(conn: &mut Connection, node: &NodeId) -> StoreResult<()> {
         to_sql_u64(node.incarnation)
     ])
     .sql()?;
+    tx.commit().sql()
+}
+
+pub(super) fn settings(conn: &mut Connection) -> StoreResult<Settings> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name FROM operator_settings")
+        .sql()?;
+    let keys = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .sql()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .sql()?;
+    Ok(OperatorSetting::settings_from_keys(keys))
+}
+
+pub(super) fn set_setting(conn: &mut Connection, key: &str, on: bool) -> StoreResult<()> {
+    let tx = immediate(conn)?;
+    let sql = if on {
+        "INSERT INTO operator_settings (name) VALUES (?1) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM operator_settings WHERE name = ?1"
+    };
+    tx.prepare_cached(sql).sql()?.execute([key]).sql()?;
     tx.commit().sql()
 }
 

@@ -22,7 +22,10 @@ const MAIN: &[&str] = &[
 ];
 
 /// Migrations of the members file, numbered the same way.
-const MEMBERS: &[&str] = &[include_str!("migrations/members/0001_nodes.sql")];
+const MEMBERS: &[&str] = &[
+    include_str!("migrations/members/0001_nodes.sql"),
+    include_str!("migrations/members/0002_operator_settings.sql"),
+];
 
 /// The schema version of the main file this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: u32 = MAIN.len() as u32;

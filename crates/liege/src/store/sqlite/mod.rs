@@ -88,7 +88,8 @@ use worker::Worker;
 
 use super::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, SharedStore, Store, StoreOptions, StoreResult, StoreTime, WriteError,
+    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreOptions,
+    StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -216,6 +217,17 @@ impl Store for SqliteStore {
 
     async fn nodes(&self) -> StoreResult<Membership> {
         self.members.run(members::nodes).await
+    }
+
+    async fn settings(&self) -> StoreResult<Settings> {
+        self.members.run(members::settings).await
+    }
+
+    async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
+        let key = setting.key();
+        self.members
+            .run(move |c| members::set_setting(c, &key, on))
+            .await
     }
 
     async fn directory(&self) -> StoreResult<Directory> {
