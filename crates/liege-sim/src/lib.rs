@@ -417,6 +417,12 @@ async fn final_value(world: &Arc<World>, key: &AgentKey) -> Option<i64> {
                 timeout: Some(Duration::from_secs(2)),
             };
             if let Ok(reply) = node.get(key, options).await {
+                world.trace.log(format!(
+                    "final {key} = {} via {} (asked {})",
+                    reply.value,
+                    reply.node,
+                    node.name()
+                ));
                 return reply.value.as_i64();
             }
         }

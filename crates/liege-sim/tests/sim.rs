@@ -38,7 +38,9 @@ fn seeds_that_once_broke_the_engine_now_hold() {
     // 7596: a late claim answer re-installed a partition released since (two servers).
     // 21180: a late claim answer made a partition being handed off serving again.
     // 85021: a stale read re-adopted a partition whose release had an unknown outcome.
-    for seed in [7596, 21180, 85021] {
+    // 2907: an activation loaded its key while the write of an activation dropped before it
+    // (its caller gave up mid-commit) was still in flight, and served the older state.
+    for seed in [7596, 21180, 85021, 2907] {
         let outcome = liege_sim::run(&SimConfig::new(seed));
         assert!(
             outcome.violation.is_none(),

@@ -129,3 +129,113 @@ fn a_node_with_another_secret_refuses_to_join() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("secret differs"), "{stderr}");
 }
+
+#[test]
+fn a_second_node_with_a_live_nodes_name_fails_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("liege.db");
+    let secret = ["--secret", "name-clash-cluster-secret-01"];
+    let _first = NodeProcess::start("a", "iad", &db, &secret);
+    let started = std::time::Instant::now();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
+        .args([
+            "node",
+            "--name",
+            "a",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--store")
+        .arg(format!("sqlite:{}", db.display()))
+        .args(secret)
+        .args(["--lease-ttl-ms", "600"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // A dead predecessor's lease would end within one TTL; a live holder keeps renewing.
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(15) {
+            let _ = second.kill();
+            panic!("the second `a` was still waiting after 15 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("held by a live node"), "{stderr}");
+}
+
+#[test]
+fn on_fly_nodes_name_themselves_and_form_a_cluster_over_ipv6() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite:{}", dir.path().join("liege.db").display());
+    let secret = "fly-ipv6-cluster-secret-000001";
+    // What Fly sets on every machine; the private address is IPv6 (here, loopback).
+    let start = |machine: &str, region: &str| {
+        let port = crate::support::free_port_v6();
+        let listen = format!("[::1]:{port}");
+        let node = NodeProcess::start_with_env(
+            "",
+            "",
+            &store,
+            dir.path(),
+            &["--secret", secret, "--listen", &listen],
+            &[
+                ("FLY_MACHINE_ID", machine),
+                ("FLY_REGION", region),
+                ("FLY_PRIVATE_IP", "::1"),
+            ],
+        );
+        (node, listen)
+    };
+    let (ord, ord_addr) = start("3d8e1a2b", "ord");
+    let (iad, iad_addr) = start("91c4f07e", "iad");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let stats = loop {
+        let (_, stats) = ord.req("GET", "/demo/cluster/stats", &[], b"");
+        let owners = stats["partitions_by_owner"]
+            .as_object()
+            .map_or(0, |o| o.len());
+        if owners == 2 && stats["partitions_orphaned"] == 0 {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "no cluster: {stats}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let nodes: BTreeMap<String, (String, String)> = stats["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                (
+                    n["region"].as_str().unwrap_or_default().to_string(),
+                    n["cluster_addr"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        BTreeMap::from([
+            ("iad-91c4f07e".to_string(), ("iad".to_string(), iad_addr)),
+            ("ord-3d8e1a2b".to_string(), ("ord".to_string(), ord_addr)),
+        ]),
+        "names REGION-FLY_MACHINE_ID, regions FLY_REGION, addresses [FLY_PRIVATE_IP]:port"
+    );
+    // Every key through both nodes: calls cross the IPv6 transport in both directions.
+    for (i, node) in [&ord, &iad, &ord].iter().enumerate() {
+        for k in 0..20 {
+            assert_eq!(node.inc(&format!("k{k}"), None), i as i64 + 1);
+        }
+    }
+}

@@ -29,6 +29,14 @@ pub(crate) fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A free IPv6 loopback port (bound, then released).
+pub(crate) fn free_port_v6() -> u16 {
+    TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free IPv6 port")
+}
+
 /// A `liege node` child process, killed on drop.
 pub(crate) struct NodeProcess {
     pub(crate) name: String,
@@ -37,6 +45,8 @@ pub(crate) struct NodeProcess {
     pub(crate) cluster: u16,
     child: Option<Child>,
     args: Vec<String>,
+    /// Extra environment of the process.
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -56,33 +66,57 @@ impl NodeProcess {
         log_dir: &Path,
         extra: &[&str],
     ) -> NodeProcess {
+        Self::start_with_env(name, region, store, log_dir, extra, &[])
+    }
+
+    /// Like [`NodeProcess::start_on`] with extra environment variables. `--name` is passed
+    /// only when `name` is not empty (so the node's own default can be tested; the log is
+    /// then `node.log`), and `--listen` only when `extra` has none.
+    pub(crate) fn start_with_env(
+        name: &str,
+        region: &str,
+        store: &str,
+        log_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         let http = free_port();
         let cluster = free_port();
-        let mut args: Vec<String> = vec![
-            "node".into(),
-            "--name".into(),
-            name.into(),
-            "--region".into(),
-            region.into(),
+        let mut args: Vec<String> = vec!["node".into()];
+        if !name.is_empty() {
+            args.extend(["--name".into(), name.into()]);
+        }
+        if !region.is_empty() {
+            args.extend(["--region".into(), region.into()]);
+        }
+        args.extend([
             "--http".into(),
             format!("127.0.0.1:{http}"),
-            "--listen".into(),
-            format!("127.0.0.1:{cluster}"),
             "--store".into(),
             store.into(),
-        ];
+        ]);
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".into(), format!("127.0.0.1:{cluster}")]);
+        }
         // A short lease (fast failover tests) unless the test chose its own.
         if !extra.contains(&"--lease-ttl-ms") {
             args.extend(["--lease-ttl-ms".into(), "600".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = log_dir.join(format!("{name}.log"));
+        let log = log_dir.join(format!(
+            "{}.log",
+            if name.is_empty() { "node" } else { name }
+        ));
         let mut node = NodeProcess {
             name: name.into(),
             http,
             cluster,
             child: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log,
         };
         node.spawn();
@@ -99,6 +133,7 @@ impl NodeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_liege"))
             .args(&self.args)
             .env("LIEGE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -77,6 +77,8 @@ pub(crate) struct Driver {
     pub(crate) stopped: watch::Sender<bool>,
     /// The directory as last read, patched by incremental reads.
     pub(crate) directory: Arc<DirectoryCache>,
+    /// The lease TTL (to tell a live holder of this node's name from a dead predecessor).
+    pub(crate) lease_ttl_ms: u64,
 }
 
 /// The directory as of the last read and the store's version of it: a refresh reads only
@@ -129,6 +131,9 @@ impl Driver {
     ) {
         let mut watch = self.store.watch();
         let mut out = Vec::new();
+        // The first join: when another incarnation holds the name, the local time its lease
+        // was first seen to end. A dead predecessor's end stays put; a live node's moves on.
+        let mut name_held_until: Option<LocalMs> = None;
         self.step(Input::Tick, &mut out);
         loop {
             for command in out.drain(..) {
@@ -169,7 +174,18 @@ impl Driver {
             };
             if let (true, Input::Joined { result, .. }) = (first_join.is_some(), &input) {
                 match result {
-                    Err(StoreError::NameInUse { .. }) => {}
+                    Err(e @ StoreError::NameInUse { remaining_ms, .. }) => {
+                        let until = self.clock.now() + (*remaining_ms).max(0) as u64;
+                        match name_held_until {
+                            None => name_held_until = Some(until),
+                            // Renewed since the first answer: a live node holds the name.
+                            Some(first) if until > first + self.lease_ttl_ms / 2 => {
+                                let _ = first_join.take().map(|tx| tx.send(Err(e.clone())));
+                                return;
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     Ok(_) => {
                         let _ = first_join.take().map(|tx| tx.send(Ok(())));
                     }

@@ -27,7 +27,7 @@ use crate::env::{Clock, TokioClock};
 use crate::error::CallError;
 use crate::faults::{Faults, FaultyStore};
 use crate::host::{housekeeping, writer, Answer, Host, HostConfig, LocalOp};
-use crate::store::{ClusterMeta, SharedStore};
+use crate::store::{ClusterMeta, SharedStore, StoreError};
 use crate::telemetry::{Event, Telemetry};
 use crate::transport::{self, Network, Peers, RequestHandler, TransportConfig, TransportCounters};
 
@@ -251,6 +251,7 @@ impl Node {
             shutdown: shutdown.child_token(),
             stopped: stopped_tx,
             directory: Arc::default(),
+            lease_ttl_ms: config.lease_ttl.as_millis() as u64,
         };
         let (joined_tx, joined) = oneshot::channel();
         tasks.spawn(driver.run(handle.clone(), inbox, Some(joined_tx)));
@@ -266,6 +267,13 @@ impl Node {
                     shutdown.cancel();
                     return Err(e);
                 }
+            }
+            Ok(Err(StoreError::NameInUse { name, .. })) => {
+                shutdown.cancel();
+                return Err(StartError::Config(format!(
+                    "the node name {name:?} is held by a live node (its lease keeps being \
+                     renewed): give this node another --name, or stop the other one"
+                )));
             }
             Ok(Err(e)) => {
                 shutdown.cancel();

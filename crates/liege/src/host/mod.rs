@@ -398,6 +398,9 @@ impl Host {
     }
 
     async fn load(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+        // An earlier activation of this key may have left a write in flight (its caller gave
+        // up mid-commit): read only once it has committed or failed.
+        self.writer.quiesce(&act.key).await;
         let cp = self
             .store
             .read(&act.key)

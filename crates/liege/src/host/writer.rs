@@ -5,13 +5,15 @@
 //! is queued (up to `max_batch`) while the previous batch commits, so under load a batch
 //! carries many keys for the price of one transaction (and one fsync).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::ids::Rev;
+use crate::core::ids::{AgentKey, Rev};
 use crate::store::{CheckpointWrite, SharedStore, StoreError, WriteError};
 use crate::telemetry::Telemetry;
 
@@ -22,23 +24,86 @@ pub(crate) type WriteOutcome = Result<Result<Rev, WriteError>, StoreError>;
 struct Job {
     write: CheckpointWrite,
     reply: oneshot::Sender<WriteOutcome>,
+    /// Counts the write as in flight for its key until the job is answered or dropped.
+    _in_flight: InFlight,
+}
+
+/// Writes submitted and not yet answered, per key.
+#[derive(Default)]
+struct Pending {
+    keys: Mutex<HashMap<AgentKey, usize>>,
+    /// Woken whenever a key's count drops.
+    done: Notify,
+}
+
+/// One in-flight write of a key; decrements its count when dropped (answered, or dropped
+/// with an unfinished writer), even if the caller stopped waiting long before.
+struct InFlight {
+    pending: Arc<Pending>,
+    key: AgentKey,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut keys = self.pending.keys.lock();
+        if let Some(n) = keys.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(&self.key);
+            }
+        }
+        drop(keys);
+        self.pending.done.notify_waiters();
+    }
 }
 
 /// Handle to submit writes to the node's writer task.
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Job>,
+    pending: Arc<Pending>,
 }
 
 impl WriterHandle {
     /// Submits one write and waits for its outcome.
     pub(crate) async fn write(&self, write: CheckpointWrite) -> WriteOutcome {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job { write, reply }).await.is_err() {
+        *self
+            .pending
+            .keys
+            .lock()
+            .entry(write.key.clone())
+            .or_insert(0) += 1;
+        let in_flight = InFlight {
+            pending: self.pending.clone(),
+            key: write.key.clone(),
+        };
+        let job = Job {
+            write,
+            reply,
+            _in_flight: in_flight,
+        };
+        if self.tx.send(job).await.is_err() {
             return Err(StoreError::Unavailable("checkpoint writer stopped".into()));
         }
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("checkpoint writer stopped".into())))
+    }
+
+    /// Waits until no write of `key` submitted by this node is still unanswered. A load
+    /// must not read the store while an earlier activation's write of the key (one whose
+    /// caller gave up, so the activation was dropped) may still commit: it would start
+    /// from the state before that write and serve it.
+    pub(crate) async fn quiesce(&self, key: &AgentKey) {
+        loop {
+            let done = self.pending.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.pending.keys.lock().contains_key(key) {
+                return;
+            }
+            done.await;
+        }
     }
 }
 
@@ -123,7 +188,10 @@ pub(crate) fn spawn_writer(
         // Wait for the batches still committing.
         let _ = permits.acquire_many(concurrency as u32).await;
     });
-    WriterHandle { tx }
+    WriterHandle {
+        tx,
+        pending: Arc::default(),
+    }
 }
 
 /// Commits one batch and answers each job with its own outcome.

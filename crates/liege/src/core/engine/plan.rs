@@ -85,9 +85,10 @@ pub(crate) fn reconcile(ctx: &Context<'_>) -> Plan {
 ///
 /// Only the desired owner claims, and only an orphan: unowned, or owned by an incarnation
 /// whose lease has expired by the estimated store clock. A *young* node (joined less than a
-/// TTL ago) takes only unowned partitions and its own name's previous ones: after a store
-/// outage every node rejoins within about a TTL, and each should take back its own rather
-/// than grab the partitions of a node that is about to return.
+/// TTL ago) takes only unowned partitions, its own name's previous ones and those of nodes
+/// that left (gracefully, or declared down): after a store outage every node rejoins within
+/// about a TTL, and each should take back its own rather than grab the partitions of a node
+/// that is about to return — but a node that left is not about to return.
 pub(crate) fn claimable(ctx: &Context<'_>, p: PartitionId) -> Option<Option<NodeId>> {
     if ctx.table.held(p) != Held::No {
         return None;
@@ -100,7 +101,7 @@ pub(crate) fn claimable(ctx: &Context<'_>, p: PartitionId) -> Option<Option<Node
         // Our own previous incarnation's partition: take it back even if the desired owner
         // is another node now (rebalancing moves it later); it serves sooner this way.
         Some(o) if o.name == ctx.me.name => Some(Some(o.clone())),
-        Some(_) if ctx.young || !mine => None,
+        Some(o) if (ctx.young && !ctx.view.has_left(o)) || !mine => None,
         Some(o) => Some(Some(o.clone())),
     }
 }

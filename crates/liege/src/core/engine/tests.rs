@@ -356,6 +356,37 @@ fn a_young_node_takes_back_its_own_partitions_first_and_the_others_after_a_ttl()
     );
 }
 
+#[test]
+fn a_young_node_takes_the_partitions_of_a_node_that_left_at_once() {
+    let mut b = Bench::new("a", 2);
+    let me = b.joined();
+    let other = NodeId::new("b", 2);
+    // b left (declared down by an operator, or a graceful leave): it will not come back as
+    // this incarnation, so the young-node wait does not apply to its partitions.
+    let mut snap = snapshot(
+        5000,
+        &[(&me, 6000), (&other, 4000)],
+        &[(None, 3), (Some(&other), 3)],
+    );
+    for n in &mut snap.membership.nodes {
+        if n.record.id == other {
+            n.left = true;
+        }
+    }
+    let out = b.at(
+        10,
+        Input::Read {
+            sent_at: 10,
+            result: Ok(snap),
+        },
+    );
+    assert_eq!(
+        claim_of(&out),
+        Some(vec![PartitionId(0), PartitionId(1)]),
+        "the unowned one and the one of the node that left"
+    );
+}
+
 fn serving_everything(b: &mut Bench, me: &NodeId, n: u32) {
     b.live_at(2 * TTL);
     let owners: Vec<(Option<&NodeId>, u64)> = (0..n).map(|_| (Some(me), 1)).collect();

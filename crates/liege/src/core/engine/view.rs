@@ -75,6 +75,14 @@ impl View {
             .is_some_and(|n| n.record.id == *node && n.lease_expires_at > store_now)
     }
 
+    /// True if this incarnation's row says it left (a graceful leave, or declared down by
+    /// an operator): it will not come back under this incarnation.
+    pub fn has_left(&self, node: &NodeId) -> bool {
+        self.nodes
+            .get(&node.name)
+            .is_some_and(|n| n.record.id == *node && n.left)
+    }
+
     /// The row of the node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodeLease> {
         self.nodes.get(name)
