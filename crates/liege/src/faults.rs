@@ -206,6 +206,9 @@ impl Store for FaultyStore {
         let r = self.inner.set_setting(setting, on).await;
         self.leave_with(r).await
     }
+    fn health(&self) -> Result<(), String> {
+        self.inner.health()
+    }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit().await
     }

@@ -383,7 +383,13 @@ impl Node {
         let stopping = self.inner.stopping.load(Ordering::Relaxed);
         let grace = self.inner.config.unhealthy_without_lease.as_millis() as u64;
         let lease_ok = stopping || without <= grace;
+        let store = self.store_health();
         vec![
+            (
+                "store",
+                store.is_ok(),
+                store.err().unwrap_or_else(|| "ok".to_string()),
+            ),
             (
                 "ownership_loop",
                 loop_ok,
@@ -412,6 +418,12 @@ impl Node {
             table.directory_loaded(),
             self.inner.stopping.load(Ordering::Relaxed),
         )
+    }
+
+    /// `Err` with the reason if the store's machinery in this process is broken (a dead
+    /// connection thread); see [`crate::store::Store::health`].
+    pub fn store_health(&self) -> Result<(), String> {
+        self.inner.store.health()
     }
 
     /// Waits until the node is ready or `timeout` passes; returns readiness.

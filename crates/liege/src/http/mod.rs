@@ -410,13 +410,15 @@ async fn healthz(State(node): State<Node>) -> Response {
 
 async fn readyz(State(node): State<Node>) -> Response {
     let (lease_valid, directory_loaded, stopping) = node.readiness();
-    let ready = node.is_ready();
+    let store = node.store_health();
+    let ready = node.is_ready() && store.is_ok();
     let body = Json(json!({
         "status": if ready { "ready" } else { "not_ready" },
         "node": node.name(),
         "lease_valid": lease_valid,
         "directory_loaded": directory_loaded,
         "stopping": stopping,
+        "store": store.err().unwrap_or_else(|| "ok".to_string()),
     }));
     let status = if ready {
         StatusCode::OK

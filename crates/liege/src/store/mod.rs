@@ -453,6 +453,13 @@ pub trait Store: Send + Sync + 'static {
     /// milliseconds); returns how many it deleted. Safe to run from every node at once.
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64>;
 
+    /// `Err` with the reason if the store's machinery in this process is broken beyond
+    /// retrying (e.g. a connection thread died): `/healthz` then fails so the platform
+    /// restarts the node. Network errors are not reported here (they are retried).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// How many write batches the node's writer may have in flight at once. A backend that
     /// serializes writers anyway (SQLite) gains nothing from more than one; a server
     /// (Postgres) overlaps their round trips and fsyncs.

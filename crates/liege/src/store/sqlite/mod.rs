@@ -289,6 +289,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn health(&self) -> Result<(), String> {
+        self.data.health()?;
+        self.control.health()?;
+        self.members.health()
+    }
+
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.data.run(data::audit).await
     }

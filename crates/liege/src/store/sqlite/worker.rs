@@ -6,6 +6,7 @@
 //! renewals) on one queue and large write batches on another.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use rusqlite::Connection;
@@ -32,6 +33,17 @@ pub(super) struct Worker {
     gate: Arc<WriteGate>,
     /// This connection's place in the gate's queue.
     priority: Priority,
+    /// False once the thread ended (a job panicked, or the connection could not continue).
+    alive: Arc<AtomicBool>,
+}
+
+/// Marks the worker dead when its thread ends, however it ends (a panic unwinds through it).
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Worker {
@@ -46,9 +58,12 @@ impl Worker {
     ) -> StoreResult<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_QUEUED_JOBS);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
         std::thread::Builder::new()
             .name(format!("liege-sqlite-{role}"))
             .spawn(move || {
+                let _guard = guard;
                 let mut conn = match schema::connect(&path).and_then(|mut c| {
                     init(&mut c)?;
                     Ok(c)
@@ -71,7 +86,20 @@ impl Worker {
             jobs,
             gate,
             priority,
+            alive,
         })
+    }
+
+    /// `Err` naming the connection if its thread has ended.
+    pub(super) fn health(&self) -> Result<(), String> {
+        if self.alive.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the sqlite {} connection's thread has stopped",
+                self.role
+            ))
+        }
     }
 
     /// Runs `f` on the connection thread and waits for its result.
@@ -177,6 +205,27 @@ mod tests {
         .await
         .expect("a later job runs");
         assert_eq!(ran.load(Ordering::SeqCst), 10, "the abandoned job ran");
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_thread_died_reports_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let w = worker(dir.path()).await;
+        assert_eq!(w.health(), Ok(()));
+        // A job that panics takes the connection thread down with it.
+        let job: Job = Box::new(|_| panic!("a bug inside a job"));
+        w.jobs.try_send(job).expect("queued");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while w.health().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "never noticed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let err = w.health().expect_err("dead");
+        assert!(err.contains("test connection"), "{err}");
+        assert!(
+            w.run(|_| Ok(())).await.is_err(),
+            "and jobs fail instead of hanging"
+        );
     }
 
     #[tokio::test]
