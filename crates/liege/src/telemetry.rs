@@ -92,6 +92,8 @@ pub enum Event {
         from: String,
         /// Desired owner.
         to: String,
+        /// This node's region.
+        region: String,
     },
     /// A planned move finished: state durable and partition released.
     MigrationSucceeded {
@@ -101,6 +103,8 @@ pub enum Event {
         from: String,
         /// Desired owner.
         to: String,
+        /// This node's region.
+        region: String,
         /// How long the handoff took.
         duration_ms: u64,
     },
@@ -112,6 +116,10 @@ pub enum Event {
         from: String,
         /// Desired owner.
         to: String,
+        /// This node's region.
+        region: String,
+        /// From the start of the move to its failure.
+        duration_ms: u64,
         /// Why.
         reason: String,
     },
@@ -123,6 +131,8 @@ pub enum Event {
         from: String,
         /// Desired owner.
         to: String,
+        /// This node's region.
+        region: String,
         /// Why.
         reason: String,
     },

@@ -337,3 +337,52 @@ pub(crate) async fn a_node_declared_down_while_paused_fences_on_resume_and_commi
     }
     cluster.check_audit().await.expect("no stale commit");
 }
+
+pub(crate) async fn a_drain_emits_one_started_then_one_succeeded_per_partition(store: TestStore) {
+    let cluster = TestCluster::builder()
+        .store(store)
+        .partitions(32)
+        .node("a", "iad")
+        .node("b", "ord")
+        .start()
+        .await;
+    assert!(cluster.wait_converged(Duration::from_secs(20)).await);
+    let held = owners(&cluster).await.get("a").copied().unwrap_or(0);
+    assert!(held > 0);
+    let mut events = cluster.node("a").subscribe();
+    cluster
+        .node("b")
+        .set_operator_setting(OperatorSetting::DrainNode("a".into()), true)
+        .await
+        .expect("drain a");
+    wait_until(&cluster, "a drained", |o| !o.contains_key("a")).await;
+    let mut seen: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+    while let Ok(event) = events.try_recv() {
+        use liege::telemetry::Event;
+        let (partition, region) = match &event {
+            Event::MigrationStarted {
+                partition, region, ..
+            }
+            | Event::MigrationSucceeded {
+                partition, region, ..
+            }
+            | Event::MigrationFailed {
+                partition, region, ..
+            }
+            | Event::MigrationSkipped {
+                partition, region, ..
+            } => (*partition, region.clone()),
+            _ => continue,
+        };
+        assert_eq!(region, "iad", "{event:?}");
+        seen.entry(partition).or_default().push(event.name());
+    }
+    assert_eq!(seen.len(), held, "every partition a held moved: {seen:?}");
+    for (p, names) in &seen {
+        assert_eq!(
+            names,
+            &vec!["migration_started", "migration_succeeded"],
+            "p{p}"
+        );
+    }
+}

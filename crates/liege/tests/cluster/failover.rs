@@ -12,6 +12,7 @@ use liege::{AgentKey, Signal};
 use crate::common::{counter, inc, init_tracing, value};
 
 pub(crate) use crate::admin::{
+    a_drain_emits_one_started_then_one_succeeded_per_partition,
     a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale,
     bad_drains_are_refused_and_change_nothing,
     declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease,

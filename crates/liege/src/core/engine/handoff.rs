@@ -47,11 +47,20 @@ pub(crate) struct Handoffs {
     released: BTreeMap<PartitionId, Released>,
 }
 
-fn failed(m: &Move, from: &str, reason: String) -> Command {
+/// Who is moving partitions: this node's name and region (carried by every migration event).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mover<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) region: &'a str,
+}
+
+fn failed(m: &Move, who: Mover<'_>, duration_ms: u64, reason: String) -> Command {
     Command::Emit(Event::MigrationFailed {
         partition: m.partition.0,
-        from: from.to_string(),
+        from: who.name.to_string(),
         to: m.to.to_string(),
+        region: who.region.to_string(),
+        duration_ms,
         reason,
     })
 }
@@ -88,7 +97,7 @@ impl Handoffs {
         &mut self,
         moves: Vec<Move>,
         table: &ServingTable,
-        from: &str,
+        who: Mover<'_>,
         now: LocalMs,
         interval_ms: u64,
         out: &mut Vec<Command>,
@@ -97,8 +106,9 @@ impl Handoffs {
             table.set(m.partition, Held::Draining(m.epoch));
             out.push(Command::Emit(Event::MigrationStarted {
                 partition: m.partition.0,
-                from: from.to_string(),
+                from: who.name.to_string(),
                 to: m.to.to_string(),
+                region: who.region.to_string(),
             }));
         }
         self.started = Some(now);
@@ -114,9 +124,11 @@ impl Handoffs {
         moves: Vec<(Move, Result<(), String>)>,
         table: &ServingTable,
         me: Option<&NodeId>,
-        from: &str,
+        who: Mover<'_>,
+        now: LocalMs,
         out: &mut Vec<Command>,
     ) -> bool {
+        let took = now.saturating_sub(self.started.unwrap_or(now));
         let mut release = Vec::new();
         for (m, result) in moves {
             let still_draining = table.held(m.partition) == Held::Draining(m.epoch);
@@ -124,14 +136,15 @@ impl Handoffs {
                 Ok(()) if still_draining && me.is_some() => release.push(m),
                 Ok(()) => out.push(failed(
                     &m,
-                    from,
+                    who,
+                    took,
                     "the partition was lost while its state was made durable".into(),
                 )),
                 Err(reason) => {
                     if still_draining {
                         table.set(m.partition, Held::Serving(m.epoch));
                     }
-                    out.push(failed(&m, from, reason));
+                    out.push(failed(&m, who, took, reason));
                 }
             }
         }
@@ -160,11 +173,12 @@ impl Handoffs {
         ours: bool,
         table: &ServingTable,
         view: &mut View,
-        from: &str,
+        who: Mover<'_>,
         now: LocalMs,
         out: &mut Vec<Command>,
     ) {
         let started = self.started.take().unwrap_or(now);
+        let took = now.saturating_sub(started);
         for m in moves {
             if ours && table.held(m.partition) == Held::Draining(m.epoch) {
                 table.set(m.partition, Held::No);
@@ -187,17 +201,24 @@ impl Handoffs {
                     }));
                     out.push(Command::Emit(Event::MigrationSucceeded {
                         partition: m.partition.0,
-                        from: from.to_string(),
+                        from: who.name.to_string(),
                         to: m.to.to_string(),
-                        duration_ms: now.saturating_sub(started),
+                        region: who.region.to_string(),
+                        duration_ms: took,
                     }));
                 }
                 Ok(_) => out.push(failed(
                     &m,
-                    from,
+                    who,
+                    took,
                     "the store no longer gave this node the partition at that epoch".into(),
                 )),
-                Err(e) => out.push(failed(&m, from, format!("release outcome unknown: {e}"))),
+                Err(e) => out.push(failed(
+                    &m,
+                    who,
+                    took,
+                    format!("release outcome unknown: {e}"),
+                )),
             }
         }
     }

@@ -60,7 +60,7 @@ use crate::sabotage::Sabotage;
 use crate::store::{Lease, Membership, NodeRecord, StoreError};
 use crate::telemetry::Event;
 use claims::Claims;
-use handoff::Handoffs;
+use handoff::{Handoffs, Mover};
 use lease::LeaseState;
 
 /// Milliseconds of a node's local monotonic clock, since the node started.
@@ -161,6 +161,8 @@ pub struct Engine {
     lease: LeaseState,
     claims: Claims,
     handoffs: Handoffs,
+    /// Planned moves reported skipped while rebalancing is paused (each reported once).
+    skipped: std::collections::BTreeSet<PartitionId>,
     read_in_flight: bool,
     read_again: bool,
     next_read: LocalMs,
@@ -213,6 +215,7 @@ impl Engine {
             lease: LeaseState::new(cfg.lease_ttl, now),
             claims: Claims::default(),
             handoffs: Handoffs::default(),
+            skipped: Default::default(),
             read_in_flight: false,
             read_again: false,
             next_read: now,
@@ -297,7 +300,11 @@ impl Engine {
             Input::Flushed { moves } => {
                 let me = self.is_member().then_some(&self.me);
                 let table = &self.shared.table;
-                if self.handoffs.flushed(moves, table, me, &self.cfg.name, out) {
+                let who = Mover {
+                    name: &self.cfg.name,
+                    region: &self.cfg.region,
+                };
+                if self.handoffs.flushed(moves, table, me, who, now, out) {
                     self.leave_step(now, out);
                 }
             }
@@ -309,16 +316,12 @@ impl Engine {
                 let ours = node == self.me;
                 let view = Arc::make_mut(&mut self.view);
                 let table = &self.shared.table;
-                self.handoffs.released_answer(
-                    moves,
-                    result,
-                    ours,
-                    table,
-                    view,
-                    &self.cfg.name,
-                    now,
-                    out,
-                );
+                let who = Mover {
+                    name: &self.cfg.name,
+                    region: &self.cfg.region,
+                };
+                self.handoffs
+                    .released_answer(moves, result, ours, table, view, who, now, out);
                 self.next_read = self.next_read.min(now);
                 self.leave_step(now, out);
             }
@@ -623,7 +626,10 @@ impl Engine {
         let rb = &self.cfg.rebalance;
         let drained = self.drained();
         let paused = self.settings.rebalance_paused && !drained;
-        if !(rb.enabled || drained) || paused || !self.handoffs.may_start(now) {
+        if !paused {
+            self.skipped.clear();
+        }
+        if !(rb.enabled || drained) || !self.handoffs.may_start(now) {
             return;
         }
         let moves = plan::handoffs(
@@ -635,11 +641,29 @@ impl Engine {
             self.lease.ttl_ms(),
             rb.max_per_tick.max(1),
         );
+        if paused {
+            // Say once per partition what the pause holds back.
+            for m in moves {
+                if self.skipped.insert(m.partition) {
+                    out.push(Command::Emit(Event::MigrationSkipped {
+                        partition: m.partition.0,
+                        from: self.cfg.name.to_string(),
+                        to: m.to.to_string(),
+                        region: self.cfg.region.clone(),
+                        reason: "rebalancing is paused".into(),
+                    }));
+                }
+            }
+            return;
+        }
         if !moves.is_empty() {
             let interval = rb.interval.as_millis() as u64;
             let table = &self.shared.table;
-            self.handoffs
-                .start(moves, table, &self.cfg.name, now, interval, out);
+            let who = Mover {
+                name: &self.cfg.name,
+                region: &self.cfg.region,
+            };
+            self.handoffs.start(moves, table, who, now, interval, out);
         }
     }
 
@@ -749,8 +773,11 @@ impl Engine {
             })
             .collect();
         if !moves.is_empty() {
-            self.handoffs
-                .start(moves, table, &self.cfg.name, now, 0, out);
+            let who = Mover {
+                name: &self.cfg.name,
+                region: &self.cfg.region,
+            };
+            self.handoffs.start(moves, table, who, now, 0, out);
         } else if !self.leave_sent {
             self.leave_sent = true;
             out.push(Command::Leave(self.me.clone()));

@@ -387,6 +387,44 @@ fn a_young_node_takes_the_partitions_of_a_node_that_left_at_once() {
     );
 }
 
+#[test]
+fn a_paused_rebalance_reports_each_held_back_move_once_then_makes_it_on_resume() {
+    let mut b = Bench::new("a", 8);
+    let me = b.joined();
+    serving_everything(&mut b, &me, 8);
+    let newcomer = NodeId::new("b", 1);
+    let owners: Vec<(Option<&NodeId>, u64)> = (0..8).map(|_| (Some(&me), 1)).collect();
+    let snap = |t, paused: bool| {
+        let mut s = snapshot(t, &[(&me, 99_000), (&newcomer, 99_000)], &owners);
+        s.settings.rebalance_paused = paused;
+        s
+    };
+    let named = |out: &[Command], name: &str| {
+        out.iter()
+            .filter(|c| matches!(c, Command::Emit(e) if e.name() == name))
+            .count()
+    };
+    b.read(2000, snap(0, true));
+    b.live_at(2000 + TTL);
+    let out = b.read(b.now, snap(1000, true));
+    let skipped = named(&out, "migration_skipped");
+    assert!(skipped > 0, "the moves the pause holds back are reported");
+    assert!(!out.iter().any(|c| matches!(c, Command::Handoff(_))));
+    assert!(out.iter().all(|c| match c {
+        Command::Emit(Event::MigrationSkipped { region, reason, .. }) =>
+            region == "r" && reason.contains("paused"),
+        _ => true,
+    }));
+    let out = b.read(b.now, snap(1000, true));
+    assert_eq!(named(&out, "migration_skipped"), 0, "once per partition");
+    let out = b.read(b.now, snap(1000, false));
+    assert!(
+        named(&out, "migration_started") > 0,
+        "resumed: the moves start"
+    );
+    assert_eq!(named(&out, "migration_skipped"), 0);
+}
+
 fn serving_everything(b: &mut Bench, me: &NodeId, n: u32) {
     b.live_at(2 * TTL);
     let owners: Vec<(Option<&NodeId>, u64)> = (0..n).map(|_| (Some(me), 1)).collect();
