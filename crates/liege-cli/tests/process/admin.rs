@@ -72,6 +72,12 @@ fn admin_drains_pauses_and_declares_down_a_running_cluster() {
         .iter()
         .any(|n| n["name"] == "b" && n["drained"] == true));
     assert_eq!(b.inc("via-b", None), 1, "a drained node forwards");
+    let (status, ready) = b.req("GET", "/readyz", &[], b"");
+    assert_eq!(
+        (status, &ready["drained"]),
+        (200, &Value::Bool(true)),
+        "{ready}"
+    );
     // The drain is in the store: a restarted b stays drained.
     b.restart();
     std::thread::sleep(Duration::from_secs(2));
@@ -83,6 +89,7 @@ fn admin_drains_pauses_and_declares_down_a_running_cluster() {
     let (code, _, err) = admin(&b, &["undrain", "--node", "b"], None);
     assert_eq!(code, 0, "{err}");
     wait_status(&a, "b undrained", |s| partitions_of(s, "b") > 0);
+    assert_eq!(b.req("GET", "/readyz", &[], b"").1["drained"], false);
 
     // A typo is refused, nothing changes (exit 1, the node's reason on stderr).
     let (code, _, err) = admin(&a, &["drain", "--region", "nowhere"], None);

@@ -420,6 +420,12 @@ impl Node {
         )
     }
 
+    /// True if the operator settings as last read drain this node: it hands its partitions
+    /// off, receives none, and keeps answering by forwarding (so it stays ready).
+    pub fn drained(&self) -> bool {
+        self.inner.published.drained()
+    }
+
     /// `Err` with the reason if the store's machinery in this process is broken (a dead
     /// connection thread); see [`crate::store::Store::health`].
     pub fn store_health(&self) -> Result<(), String> {

@@ -419,6 +419,7 @@ async fn readyz(State(node): State<Node>) -> Response {
         "directory_loaded": directory_loaded,
         "stopping": stopping,
         "store": store.err().unwrap_or_else(|| "ok".to_string()),
+        "drained": node.drained(),
     }));
     let status = if ready {
         StatusCode::OK

@@ -119,9 +119,16 @@ pub struct Published {
     pub table: ServingTable,
     view: RwLock<Arc<View>>,
     changed: tokio::sync::Notify,
+    /// The operator settings as last read drain this node (it hands everything off).
+    drained: std::sync::atomic::AtomicBool,
 }
 
 impl Published {
+    /// True if the operator settings as last read drain this node (by name or region).
+    pub fn drained(&self) -> bool {
+        self.drained.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The latest routing view.
     pub fn view(&self) -> Arc<View> {
         self.view.read().clone()
@@ -205,6 +212,7 @@ impl Engine {
             table,
             view: RwLock::new(view.clone()),
             changed: tokio::sync::Notify::new(),
+            drained: Default::default(),
         });
         Self {
             rng,
@@ -513,6 +521,9 @@ impl Engine {
         }
         self.note_expiries(&snapshot.membership, now, out);
         self.settings = snapshot.settings;
+        self.shared
+            .drained
+            .store(self.drained(), std::sync::atomic::Ordering::Relaxed);
         let excluded = self.excluded(&snapshot.membership);
         let view = Arc::make_mut(&mut self.view);
         view.update(snapshot.membership, snapshot.directory, sent_at);
