@@ -82,12 +82,7 @@ enum RebalanceAction {
 pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --token-file {}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        ),
+        (None, Some(path)) => Some(crate::node::read_secret_file(path, "--token-file")?),
         (None, None) => None,
     };
     let (method, path, body) = match &args.command {

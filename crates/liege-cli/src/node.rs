@@ -129,16 +129,19 @@ fn fly_advertise(private_ip: Option<&str>, port: u16) -> Option<String> {
     (port != 0).then(|| std::net::SocketAddr::new(ip, port).to_string())
 }
 
+/// The contents of a secret or token file, without its trailing newline; `what` names it in
+/// the error.
+pub(crate) fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// The HTTP settings from the flags; refuses an exposed API without a token.
 fn http_config(args: &NodeArgs) -> anyhow::Result<liege::http::HttpConfig> {
     let token = match (&args.api_token, &args.api_token_file) {
         (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading API token file {}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        ),
+        (None, Some(path)) => Some(read_secret_file(path, "API token file")?),
         (None, None) => None,
     };
     if token.as_deref().is_some_and(|t| t.len() < 16) {
@@ -210,9 +213,7 @@ fn secret(args: &NodeArgs) -> anyhow::Result<Option<Vec<u8>>> {
             Ok(Some(s.as_bytes().to_vec()))
         }
         (None, Some(path)) => {
-            let s = std::fs::read_to_string(path)
-                .with_context(|| format!("reading secret file {}", path.display()))?;
-            let s = s.trim_end_matches(['\n', '\r']);
+            let s = read_secret_file(path, "secret file")?;
             check_secret(s.as_bytes(), &format!("secret file {}", path.display()))?;
             Ok(Some(s.as_bytes().to_vec()))
         }

@@ -298,27 +298,18 @@ impl Signal {
 }
 
 /// Decodes `%XX` escapes of a binary-mode header value (UTF-8 after decoding).
+/// Strict percent-decoding of a `ce-*` header value: every `%` must start an escape.
 fn percent_decode(value: &str) -> Result<String, SignalError> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    SignalError::Invalid(format!("bad percent-encoding in header value {value:?}"))
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let bad = || SignalError::Invalid(format!("bad percent-encoding in header value {value:?}"));
+    let mut escapes = value.split('%').skip(1);
+    if !escapes
+        .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit))
+    {
+        return Err(bad());
     }
-    String::from_utf8(out)
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|s| s.into_owned())
         .map_err(|_| SignalError::Invalid("a header value is not UTF-8 once decoded".into()))
 }
 
@@ -404,6 +395,16 @@ mod tests {
         assert_eq!(signal.to_value(), input);
         let again = Signal::from_json(&signal.to_json()).unwrap();
         assert_eq!(again, signal);
+    }
+
+    #[test]
+    fn binary_header_values_are_percent_decoded_strictly() {
+        assert_eq!(percent_decode("a%20b%C3%A9").unwrap(), "a bé");
+        assert_eq!(percent_decode("plain").unwrap(), "plain");
+        for bad in ["50%", "%2", "%zz", "a%%41"] {
+            assert!(percent_decode(bad).is_err(), "{bad}");
+        }
+        assert!(percent_decode("%FF").is_err(), "not UTF-8 once decoded");
     }
 
     #[test]

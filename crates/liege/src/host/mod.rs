@@ -379,13 +379,20 @@ impl Host {
                 return Ok(Value::Null);
             }
             LocalOp::Call(signal) | LocalOp::Cast(signal) => {
-                match self.find_duplicate(&act, &mut turn, signal, started).await {
+                let id_hash = DedupeWindow::hash_id(&signal.id);
+                match self
+                    .find_duplicate(&act, &mut turn, signal, id_hash, started)
+                    .await
+                {
                     // A retry, a reused id, or the store could not say: nothing changed.
                     Some(answer) => {
                         guard.armed = false;
                         return answer;
                     }
-                    None => self.handle_signal(&act, &mut turn, signal, started).await,
+                    None => {
+                        self.handle_signal(&act, &mut turn, signal, id_hash, started)
+                            .await
+                    }
                 }
             }
             LocalOp::Lookup => Ok(Value::Null),
@@ -443,9 +450,9 @@ impl Host {
         act: &Arc<Activation>,
         turn: &mut Turn,
         signal: &Signal,
+        id_hash: u128,
         started: tokio::time::Instant,
     ) -> Option<Result<Value, CallError>> {
-        let id_hash = DedupeWindow::hash_id(&signal.id);
         let seen = match turn.dedupe.get(id_hash) {
             Some(hit) => Some(hit),
             None if signal.has_caller_id() => match turn.retained.get(id_hash) {
@@ -496,6 +503,7 @@ impl Host {
         act: &Arc<Activation>,
         turn: &mut Turn,
         signal: &Signal,
+        id_hash: u128,
         started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
         let mut ctx = Context::new(&act.key);
@@ -512,7 +520,6 @@ impl Host {
             return Ok(reply);
         }
         let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
-        let id_hash = DedupeWindow::hash_id(&signal.id);
         let fingerprint = DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
         if signal.has_caller_id() {
             let retention =

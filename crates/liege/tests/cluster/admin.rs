@@ -247,11 +247,10 @@ pub(crate) async fn paused_rebalancing_makes_no_planned_move_until_resumed(store
     .await;
 }
 
-pub(crate) async fn declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease(
-    store: TestStore,
-) {
-    // A long lease: without the hook, survivors would wait 10 s.
-    let mut cluster = TestCluster::builder()
+/// Nodes `a` and `b` (32 partitions) with a 10 s lease: without the hook, survivors would
+/// wait 10 s for a dead node's partitions.
+async fn two_nodes_with_a_long_lease(store: TestStore) -> TestCluster {
+    let cluster = TestCluster::builder()
         .store(store)
         .partitions(32)
         .lease_ttl(Duration::from_secs(10))
@@ -260,6 +259,13 @@ pub(crate) async fn declaring_a_killed_node_down_moves_its_partitions_without_wa
         .start()
         .await;
     assert!(cluster.wait_converged(Duration::from_secs(30)).await);
+    cluster
+}
+
+pub(crate) async fn declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease(
+    store: TestStore,
+) {
+    let mut cluster = two_nodes_with_a_long_lease(store).await;
     for i in 0..20 {
         cluster
             .node("a")
@@ -294,15 +300,7 @@ pub(crate) async fn declaring_a_killed_node_down_moves_its_partitions_without_wa
 pub(crate) async fn a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale(
     store: TestStore,
 ) {
-    let cluster = TestCluster::builder()
-        .store(store)
-        .partitions(32)
-        .lease_ttl(Duration::from_secs(10))
-        .node("a", "iad")
-        .node("b", "iad")
-        .start()
-        .await;
-    assert!(cluster.wait_converged(Duration::from_secs(30)).await);
+    let cluster = two_nodes_with_a_long_lease(store).await;
     let before = cluster.node("b").id().incarnation;
     cluster.pause("b", true);
     cluster.node("a").declare_down("b").await.expect("down");
