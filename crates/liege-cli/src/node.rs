@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Args, Debug, Clone)]
 pub(crate) struct NodeArgs {
     /// Node name, unique among live nodes (default: `REGION-FLY_MACHINE_ID` on Fly.io, else
-    /// `local-1`).
+    /// the host name, else `local-1`).
     #[arg(long, env = "LIEGE_NAME")]
     pub(crate) name: Option<String>,
     /// Region label (falls back to FLY_REGION, then "local").
@@ -114,13 +114,36 @@ pub(crate) struct NodeArgs {
 }
 
 /// `--name`, else `REGION-MACHINE` on Fly.io (every machine of an app has the same
-/// environment, so a fixed default name would collide), else `local-1`.
-fn node_name(flag: Option<&str>, region: &str, fly_machine: Option<String>) -> String {
-    match (flag, fly_machine.filter(|m| !m.is_empty())) {
-        (Some(name), _) => name.to_string(),
-        (None, Some(machine)) => format!("{region}-{machine}"),
-        (None, None) => "local-1".to_string(),
+/// environment, so a fixed default name would collide), else the host name (distinct per
+/// machine wherever containers or VMs are named), else `local-1`.
+fn node_name(
+    flag: Option<&str>,
+    region: &str,
+    fly_machine: Option<String>,
+    host: Option<String>,
+) -> String {
+    match (flag, fly_machine.filter(|m| !m.is_empty()), host) {
+        (Some(name), _, _) => name.to_string(),
+        (None, Some(machine), _) => format!("{region}-{machine}"),
+        (None, None, Some(host)) => host,
+        (None, None, None) => "local-1".to_string(),
     }
+}
+
+/// This machine's host name, if it has a usable one (printable ASCII, 1..=128 bytes).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    let usable = (1..=128).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_graphic())
+        && name != "localhost";
+    usable.then(|| name.to_string())
 }
 
 /// On Fly.io, peers dial the machine's private (6PN, IPv6) address on the cluster port.
@@ -264,6 +287,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         args.name.as_deref(),
         &region,
         std::env::var("FLY_MACHINE_ID").ok(),
+        host_name(),
     );
     let mut config = NodeConfig::new(name, region);
     config.cluster_listen = args.listen;
@@ -387,13 +411,26 @@ mod tests {
     }
 
     #[test]
+    fn the_default_name_is_this_machines_host_name() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+        let kernel = kernel.trim();
+        let expected = (kernel != "localhost" && !kernel.is_empty()).then(|| kernel.to_string());
+        assert_eq!(host_name(), expected);
+    }
+
+    #[test]
     fn fly_machines_get_distinct_names_and_their_private_address() {
-        assert_eq!(node_name(Some("iad-1"), "iad", Some("m1".into())), "iad-1");
+        let host = || Some("web-7".to_string());
         assert_eq!(
-            node_name(None, "ams", Some("3d8d9e1a".into())),
+            node_name(Some("iad-1"), "iad", Some("m1".into()), host()),
+            "iad-1"
+        );
+        assert_eq!(
+            node_name(None, "ams", Some("3d8d9e1a".into()), host()),
             "ams-3d8d9e1a"
         );
-        assert_eq!(node_name(None, "local", None), "local-1");
+        assert_eq!(node_name(None, "local", None, host()), "web-7");
+        assert_eq!(node_name(None, "local", None, None), "local-1");
         assert_eq!(
             fly_advertise(Some("fdaa:0:1:a7b:1::2"), 7070).as_deref(),
             Some("[fdaa:0:1:a7b:1::2]:7070")

@@ -2,6 +2,7 @@
 //! the node's [`subscribe`](crate::cluster::Node::subscribe) stream. One [`Telemetry`] (and one
 //! metrics registry) per node; no globals.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +165,21 @@ pub(crate) struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FromRegionLabels {
+    from_region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CallLabels {
     pub(crate) kind: String,
     pub(crate) outcome: &'static str,
@@ -206,11 +222,24 @@ pub struct Telemetry {
     pub(crate) partitions_owned: Gauge,
     pub(crate) failover_duration: Histogram,
     pub(crate) lease_ok: Gauge,
+    /// Keys' first successful turns after a failover, from the failed owner's lease end.
+    recovery: Family<FromRegionLabels, Histogram>,
+    /// Calls that failed at least once and then succeeded, from the first failure.
+    router_recovery: Histogram,
+    /// Failed routing attempts, by reason.
+    routing_errors: Family<ReasonLabels, Counter>,
     transport: Arc<TransportCounters>,
+    /// `node="…",region="…"`: the constant labels of the hand-rendered series.
+    const_labels: String,
     /// Local time of the ownership loop's last step (health).
     pub(crate) last_step_ms: std::sync::atomic::AtomicU64,
     /// Local time since which the lease has been invalid, 0 while it is valid (health).
     pub(crate) lease_invalid_since_ms: std::sync::atomic::AtomicU64,
+    /// Local time the last membership and directory read answered, 0 before the first (health).
+    pub(crate) last_read_answer_ms: std::sync::atomic::AtomicU64,
+    /// Local time the last membership and directory read succeeded, 0 before the first
+    /// (readiness: the store is reachable).
+    pub(crate) last_read_ok_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -220,9 +249,32 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
-    /// A fresh registry with every liege series registered.
-    pub fn new(transport: Arc<TransportCounters>) -> Self {
-        let mut registry = Registry::with_prefix("liege");
+    /// A fresh registry with every liege series registered. Every series carries the node's
+    /// `node` and `region` as constant labels (see `docs/OPERATIONS.md`, "Metrics").
+    pub fn new(transport: Arc<TransportCounters>, node: &str, region: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "liege",
+            [
+                (Cow::Borrowed("node"), Cow::Owned(node.to_string())),
+                (Cow::Borrowed("region"), Cow::Owned(region.to_string())),
+            ]
+            .into_iter(),
+        );
+        let const_labels = format!(
+            "node=\"{}\",region=\"{}\"",
+            escape_label(node),
+            escape_label(region)
+        );
+        let info = Family::<InfoLabels, Gauge>::default();
+        registry.register(
+            "node_info",
+            "Always 1: this node's name and region (constant labels) and liege version",
+            info.clone(),
+        );
+        info.get_or_create(&InfoLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "cluster_events",
@@ -315,6 +367,30 @@ impl Telemetry {
             "1 while this node holds a valid lease",
             lease_ok.clone(),
         );
+        let recovery = Family::<FromRegionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 12))
+        });
+        registry.register(
+            "recovery_duration_seconds",
+            "Per key taken over from a failed owner (label from_region: the owner's region): \
+             from the end of that owner's lease (expiry or declared down) to the key's first \
+             successful turn here",
+            recovery.clone(),
+        );
+        let router_recovery = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "router_recovery_duration_seconds",
+            "Calls routed by this node that failed and then succeeded within their deadline: \
+             from the first failed attempt to the success",
+            router_recovery.clone(),
+        );
+        let routing_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "routing_errors",
+            "Failed routing attempts by reason (retried ones included; deadline_exceeded and \
+             the final errors are the ones callers saw)",
+            routing_errors.clone(),
+        );
         let (events_tx, _) = broadcast::channel(1024);
         Self {
             registry,
@@ -334,8 +410,14 @@ impl Telemetry {
             partitions_owned,
             failover_duration,
             lease_ok,
+            recovery,
+            router_recovery,
+            routing_errors,
+            const_labels,
             last_step_ms: std::sync::atomic::AtomicU64::new(0),
             lease_invalid_since_ms: std::sync::atomic::AtomicU64::new(0),
+            last_read_answer_ms: std::sync::atomic::AtomicU64::new(0),
+            last_read_ok_ms: std::sync::atomic::AtomicU64::new(0),
             transport,
         }
     }
@@ -397,6 +479,28 @@ impl Telemetry {
         }
     }
 
+    /// Records a key's first successful turn after a failover claim, `seconds` after the
+    /// failed owner's lease ended.
+    pub(crate) fn recovered(&self, from_region: &str, seconds: f64) {
+        self.recovery
+            .get_or_create(&FromRegionLabels {
+                from_region: from_region.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records a routed call that succeeded `seconds` after its first failed attempt.
+    pub(crate) fn routed_after_failure(&self, seconds: f64) {
+        self.router_recovery.observe(seconds);
+    }
+
+    /// Counts a failed routing attempt (its [`CallError::code`](crate::error::CallError::code)).
+    pub(crate) fn routing_error(&self, reason: &'static str) {
+        self.routing_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// Records the outcome of a checkpoint write.
     pub(crate) fn write_outcome(&self, outcome: &'static str) {
         self.commit_rows
@@ -415,6 +519,10 @@ impl Telemetry {
         let mut counter = |name: &str, help: &str, values: &[(&str, u64)]| {
             extra.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n"));
             for (labels, v) in values {
+                let labels = match labels.strip_prefix('{') {
+                    Some(rest) => format!("{{{},{rest}", self.const_labels),
+                    None => format!("{{{}}}", self.const_labels),
+                };
                 extra.push_str(&format!("{name}_total{labels} {v}\n"));
             }
         };
@@ -459,4 +567,11 @@ impl Telemetry {
         out.insert_str(eof, &extra);
         out
     }
+}
+
+/// A label value as the text exposition wants it (backslash, quote and newline escaped).
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

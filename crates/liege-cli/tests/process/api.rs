@@ -250,6 +250,20 @@ fn health_readiness_owner_stats_and_metrics_answer() {
     node.inc("m", None);
     let (s, h) = node.req("GET", "/healthz", &[], b"");
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
+    for check in ["store", "ownership_loop", "directory_loop", "lease"] {
+        assert_eq!(h["checks"][check]["ok"], true, "{check}: {h}");
+    }
+    let (s, r) = node.req("GET", "/readyz", &[], b"");
+    assert_eq!(s, 200);
+    for (field, want) in [
+        ("lease_valid", json!(true)),
+        ("directory_loaded", json!(true)),
+        ("store", json!("ok")),
+        ("store_reachable", json!("ok")),
+        ("drained", json!(false)),
+    ] {
+        assert_eq!(r[field], want, "{field}: {r}");
+    }
     let (s, owner) = node.req("GET", "/demo/keys/m/owner", &[], b"");
     assert_eq!(s, 200);
     assert_eq!(owner["owner"], "obs");
@@ -262,13 +276,19 @@ fn health_readiness_owner_stats_and_metrics_answer() {
     assert_eq!(s, 200);
     let text = String::from_utf8(raw).unwrap();
     for series in [
-        "liege_agent_calls_total{kind=\"counter\",outcome=\"ok\"} 1",
-        "liege_agent_call_duration_seconds_bucket",
-        "liege_agents_active 1",
-        "liege_store_commit_duration_seconds_count",
-        "liege_store_commit_batch_size_bucket",
-        "liege_cluster_events_total{event=\"node_joined\"} 1",
-        "liege_transport_handshakes_refused_total",
+        // Every series carries the node and its region (per-region SLOs without joins).
+        "liege_node_info{node=\"obs\",region=\"iad\",version=\"",
+        "liege_agent_calls_total{node=\"obs\",region=\"iad\",kind=\"counter\",outcome=\"ok\"} 1",
+        "liege_agent_call_duration_seconds_bucket{node=\"obs\",region=\"iad\",",
+        "liege_agents_active{node=\"obs\",region=\"iad\"} 1",
+        "liege_store_commit_duration_seconds_count{node=\"obs\",region=\"iad\"}",
+        "liege_store_commit_batch_size_bucket{node=\"obs\",region=\"iad\",",
+        "liege_cluster_events_total{node=\"obs\",region=\"iad\",event=\"node_joined\"} 1",
+        "liege_transport_handshakes_refused_total{node=\"obs\",region=\"iad\",reason=",
+        "liege_transport_requests_sent_total{node=\"obs\",region=\"iad\"} ",
+        "# TYPE liege_recovery_duration_seconds histogram",
+        "# TYPE liege_router_recovery_duration_seconds histogram",
+        "# TYPE liege_routing_errors counter",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }

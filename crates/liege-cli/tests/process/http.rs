@@ -209,8 +209,8 @@ fn clients_that_hang_up_mid_call_do_not_cost_the_activation() {
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     let activated = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("liege_agents_activated_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+        .find(|l| l.starts_with("liege_agents_activated_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .expect("liege_agents_activated_total");
     assert_eq!(activated, 1.0, "the hot key was re-activated:\n{metrics}");
     // A retry of an abandoned call gets the first reply, not a second increment.

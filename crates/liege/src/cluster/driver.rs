@@ -215,6 +215,13 @@ impl Driver {
 
     fn step(&mut self, input: Input, out: &mut Vec<Command>) {
         let now = self.clock.now();
+        if let Input::Read { result, .. } = &input {
+            let t = &self.telemetry;
+            t.last_read_answer_ms.store(now.max(1), Ordering::Relaxed);
+            if result.is_ok() {
+                t.last_read_ok_ms.store(now.max(1), Ordering::Relaxed);
+            }
+        }
         self.engine.step(input, now, out);
         if let Some(observer) = &self.observer {
             observer.after_step(&self.engine.config().name, &self.engine, now);

@@ -151,7 +151,11 @@ impl Node {
         check_cluster(&config, &store, &secret).await?;
 
         let counters = Arc::new(TransportCounters::default());
-        let telemetry = Arc::new(Telemetry::new(counters.clone()));
+        let telemetry = Arc::new(Telemetry::new(
+            counters.clone(),
+            &config.name,
+            &config.region,
+        ));
         let mut tconfig = TransportConfig::new(config.name.clone(), secret);
         tconfig.faults = faults.clone();
         tconfig.counters = counters;
@@ -236,6 +240,7 @@ impl Node {
             host: host.clone(),
             network,
             driver: handle.clone(),
+            telemetry: telemetry.clone(),
         });
         let peer_handler = Arc::new(PeerHandler::new(&router));
         let (stopped_tx, stopped) = watch::channel(false);
@@ -364,7 +369,8 @@ impl Node {
 
     /// Liveness, for `/healthz`: the checks and whether each passes. A node is unhealthy (and
     /// worth restarting) when its ownership loop has not stepped for four lease TTLs (at
-    /// least 2 s; it steps at least every TTL/4), or it has been without a valid lease for
+    /// least 2 s; it steps at least every TTL/4) or its directory reads have not answered
+    /// (successfully or not) for as long, or it has been without a valid lease for
     /// `unhealthy_without_lease` (30 s) while not shutting down (its store connection is
     /// broken beyond what rejoining fixes, or the store is down: a restart is then harmless).
     pub fn health(&self) -> Vec<(&'static str, bool, String)> {
@@ -384,11 +390,17 @@ impl Node {
         let grace = self.inner.config.unhealthy_without_lease.as_millis() as u64;
         let lease_ok = stopping || without <= grace;
         let store = self.store_health();
+        let read = now.saturating_sub(t.last_read_answer_ms.load(Ordering::Relaxed));
         vec![
             (
                 "store",
                 store.is_ok(),
                 store.err().unwrap_or_else(|| "ok".to_string()),
+            ),
+            (
+                "directory_loop",
+                stopping || read <= stalled_after,
+                format!("last directory read answered {read} ms ago (limit {stalled_after} ms)"),
             ),
             (
                 "ownership_loop",
@@ -418,6 +430,21 @@ impl Node {
             table.directory_loaded(),
             self.inner.stopping.load(Ordering::Relaxed),
         )
+    }
+
+    /// Store reachability, for `/readyz`: `Ok` if this node's last membership and directory
+    /// read succeeded within two lease TTLs (at least 1 s), else `Err` saying when.
+    pub fn store_reachable(&self) -> Result<(), String> {
+        let now = self.inner.host.now();
+        let limit = (2 * self.inner.config.lease_ttl.as_millis() as u64).max(1_000);
+        match self.inner.telemetry.last_read_ok_ms.load(Ordering::Relaxed) {
+            0 => Err("no directory read has succeeded yet".into()),
+            at if now.saturating_sub(at) > limit => Err(format!(
+                "last successful directory read {} ms ago (limit {limit} ms)",
+                now.saturating_sub(at)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// True if the operator settings as last read drain this node: it hands its partitions

@@ -15,6 +15,7 @@ use crate::core::engine::{Held, Published};
 use crate::core::ids::{AgentKey, NodeId};
 use crate::error::CallError;
 use crate::host::{Answer, Host, LocalOp};
+use crate::telemetry::Telemetry;
 use crate::transport::{Delivery, Network, Request, Response, TransportError};
 
 const BACKOFF_START: Duration = Duration::from_millis(2);
@@ -32,6 +33,7 @@ pub(crate) struct Router {
     pub(crate) host: Arc<Host>,
     pub(crate) network: Arc<dyn Network>,
     pub(crate) driver: DriverHandle,
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 /// Where one attempt goes.
@@ -64,6 +66,7 @@ impl Router {
         let mut backoff = BACKOFF_START;
         let mut attempts = 0u32;
         let mut hint: Option<NodeId> = None;
+        let mut first_failure: Option<Instant> = None;
         loop {
             attempts += 1;
             let target = self.target(p, hint.take());
@@ -90,18 +93,27 @@ impl Router {
             };
             let err = match result {
                 Ok(answer) => {
+                    if let Some(at) = first_failure {
+                        self.telemetry
+                            .routed_after_failure(at.elapsed().as_secs_f64());
+                    }
                     return Ok(match target {
                         Some(Target::Peer { name, region, .. }) => {
                             (answer, name.to_string(), region)
                         }
                         _ => (answer, self.name.to_string(), self.region.clone()),
-                    })
+                    });
                 }
                 Err(e) => e,
             };
             if !err.is_retryable() {
+                if !matches!(err, CallError::Agent(_) | CallError::BadRequest(_)) {
+                    self.telemetry.routing_error(err.code());
+                }
                 return Err(err);
             }
+            self.telemetry.routing_error(err.code());
+            first_failure.get_or_insert_with(Instant::now);
             if let CallError::NotOwner {
                 hint: Some(owner), ..
             } = &err
@@ -110,6 +122,7 @@ impl Router {
             }
             self.driver.stale();
             if Instant::now() + backoff >= deadline {
+                self.telemetry.routing_error("deadline_exceeded");
                 return Err(CallError::DeadlineExceeded {
                     attempts,
                     last: err.to_string(),

@@ -351,9 +351,22 @@ impl Host {
             act: &act,
             armed: true,
         };
-        if turn.state.is_none() {
-            self.load(&act, &mut turn).await?;
-        }
+        // A key's first turn on a partition just taken from a failed owner is a recovery:
+        // its success is timed from the end of that owner's lease.
+        let recovery = match turn.state {
+            None => {
+                self.load(&act, &mut turn).await?;
+                self.published.recovery(act.partition, act.epoch, now)
+            }
+            Some(_) => None,
+        };
+        let recovered = |ok: bool| {
+            if let (true, Some(r)) = (ok, &recovery) {
+                let ms = self.clock.now().saturating_sub(r.since);
+                self.telemetry
+                    .recovered(&r.from_region, Duration::from_millis(ms).as_secs_f64());
+            }
+        };
         let result = match op {
             LocalOp::Get => {
                 let value = act
@@ -368,6 +381,7 @@ impl Host {
                     guard.armed = false;
                     drop(turn);
                     self.kill_activation(&act);
+                    recovered(true);
                     return Ok(value);
                 }
                 Ok(value)
@@ -387,6 +401,7 @@ impl Host {
                     // A retry, a reused id, or the store could not say: nothing changed.
                     Some(answer) => {
                         guard.armed = false;
+                        recovered(answer.is_ok());
                         return answer;
                     }
                     None => {
@@ -401,6 +416,7 @@ impl Host {
             Err(e) if e.is_retryable() || matches!(e, CallError::Internal(_)) => {}
             _ => guard.armed = false,
         }
+        recovered(result.is_ok());
         result
     }
 

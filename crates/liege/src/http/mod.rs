@@ -411,7 +411,8 @@ async fn healthz(State(node): State<Node>) -> Response {
 async fn readyz(State(node): State<Node>) -> Response {
     let (lease_valid, directory_loaded, stopping) = node.readiness();
     let store = node.store_health();
-    let ready = node.is_ready() && store.is_ok();
+    let reachable = node.store_reachable();
+    let ready = node.is_ready() && store.is_ok() && reachable.is_ok();
     let body = Json(json!({
         "status": if ready { "ready" } else { "not_ready" },
         "node": node.name(),
@@ -419,6 +420,7 @@ async fn readyz(State(node): State<Node>) -> Response {
         "directory_loaded": directory_loaded,
         "stopping": stopping,
         "store": store.err().unwrap_or_else(|| "ok".to_string()),
+        "store_reachable": reachable.err().unwrap_or_else(|| "ok".to_string()),
         "drained": node.drained(),
     }));
     let status = if ready {

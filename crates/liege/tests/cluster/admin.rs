@@ -11,7 +11,7 @@ use liege::cluster::CallOptions;
 use liege::store::OperatorSetting;
 use liege::testing::{TestCluster, TestStore};
 
-use crate::common::{counter, inc, value};
+use crate::common::{counter, inc, metric_sum, value};
 
 fn long() -> CallOptions {
     CallOptions {
@@ -291,6 +291,18 @@ pub(crate) async fn declaring_a_killed_node_down_moves_its_partitions_without_wa
             .expect("read");
         assert_eq!(state.value.as_i64(), Some(1), "d{i}");
     }
+    // Recovery is timed from the moment b was declared down, not from its lease's end (which
+    // would have been up to 10 s later).
+    let metrics = cluster.node("a").telemetry().encode();
+    let from = "from_region=\"iad\"";
+    let n = metric_sum(&metrics, "liege_recovery_duration_seconds_count", &[from]);
+    let total = metric_sum(&metrics, "liege_recovery_duration_seconds_sum", &[from]);
+    assert!(n >= 1.0, "{metrics}");
+    assert!(
+        total / n < 5.0,
+        "mean recovery {} s: timed from the declaration",
+        total / n
+    );
     assert_eq!(
         cluster.node("a").declare_down("b").await.expect("again"),
         None
@@ -336,6 +348,46 @@ pub(crate) async fn a_node_declared_down_while_paused_fences_on_resume_and_commi
     cluster.check_audit().await.expect("no stale commit");
 }
 
+/// Per partition, the migration events `rx` received so far (checking each names `region`).
+fn migrations(
+    rx: &mut tokio::sync::broadcast::Receiver<liege::telemetry::Event>,
+    region: &str,
+) -> BTreeMap<u32, Vec<&'static str>> {
+    use liege::telemetry::Event;
+    let mut seen: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+    while let Ok(event) = rx.try_recv() {
+        let (partition, from) = match &event {
+            Event::MigrationStarted {
+                partition, region, ..
+            }
+            | Event::MigrationSucceeded {
+                partition, region, ..
+            }
+            | Event::MigrationFailed {
+                partition, region, ..
+            }
+            | Event::MigrationSkipped {
+                partition, region, ..
+            } => (*partition, region.clone()),
+            _ => continue,
+        };
+        assert_eq!(from, region, "{event:?}");
+        seen.entry(partition).or_default().push(event.name());
+    }
+    seen
+}
+
+fn one_started_then_one_succeeded(seen: &BTreeMap<u32, Vec<&'static str>>, moved: usize) {
+    assert_eq!(seen.len(), moved, "every partition that moved: {seen:?}");
+    for (p, names) in seen {
+        assert_eq!(
+            names,
+            &vec!["migration_started", "migration_succeeded"],
+            "p{p}"
+        );
+    }
+}
+
 pub(crate) async fn a_drain_emits_one_started_then_one_succeeded_per_partition(store: TestStore) {
     let cluster = TestCluster::builder()
         .store(store)
@@ -354,33 +406,23 @@ pub(crate) async fn a_drain_emits_one_started_then_one_succeeded_per_partition(s
         .await
         .expect("drain a");
     wait_until(&cluster, "a drained", |o| !o.contains_key("a")).await;
-    let mut seen: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
-    while let Ok(event) = events.try_recv() {
-        use liege::telemetry::Event;
-        let (partition, region) = match &event {
-            Event::MigrationStarted {
-                partition, region, ..
-            }
-            | Event::MigrationSucceeded {
-                partition, region, ..
-            }
-            | Event::MigrationFailed {
-                partition, region, ..
-            }
-            | Event::MigrationSkipped {
-                partition, region, ..
-            } => (*partition, region.clone()),
-            _ => continue,
-        };
-        assert_eq!(region, "iad", "{event:?}");
-        seen.entry(partition).or_default().push(event.name());
-    }
-    assert_eq!(seen.len(), held, "every partition a held moved: {seen:?}");
-    for (p, names) in &seen {
-        assert_eq!(
-            names,
-            &vec!["migration_started", "migration_succeeded"],
-            "p{p}"
-        );
-    }
+    one_started_then_one_succeeded(&migrations(&mut events, "iad"), held);
+}
+
+pub(crate) async fn a_rebalance_after_a_join_emits_one_started_then_one_succeeded_per_move(
+    store: TestStore,
+) {
+    let mut cluster = TestCluster::builder()
+        .store(store)
+        .partitions(32)
+        .node("a", "iad")
+        .start()
+        .await;
+    assert!(cluster.wait_converged(Duration::from_secs(20)).await);
+    let mut events = cluster.node("a").subscribe();
+    cluster.add_node("b", "ord").await;
+    assert!(cluster.wait_converged(Duration::from_secs(20)).await);
+    let moved = owners(&cluster).await.get("b").copied().unwrap_or(0);
+    assert!(moved > 0, "the newcomer got partitions");
+    one_started_then_one_succeeded(&migrations(&mut events, "iad"), moved);
 }

@@ -83,4 +83,5 @@ on_every_store!(
     declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease,
     a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale,
     a_drain_emits_one_started_then_one_succeeded_per_partition,
+    a_rebalance_after_a_join_emits_one_started_then_one_succeeded_per_move,
 );

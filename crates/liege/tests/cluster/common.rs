@@ -28,3 +28,16 @@ pub(crate) fn value(v: &serde_json::Value) -> i64 {
         .and_then(|v| v.as_i64())
         .unwrap_or_else(|| panic!("reply without an integer value: {v}"))
 }
+
+/// The sum of every sample of `series` (a metric name with its suffix, e.g.
+/// `liege_routing_errors_total`) whose labels contain each of `labels` (`name="value"`), in
+/// a Prometheus text exposition.
+pub(crate) fn metric_sum(exposition: &str, series: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix('{'))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(set, _)| labels.iter().all(|want| set.split(',').any(|l| l == *want)))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}

@@ -9,11 +9,12 @@ use liege::telemetry::Event;
 use liege::testing::{TestCluster, TestStore};
 use liege::{AgentKey, Signal};
 
-use crate::common::{counter, inc, init_tracing, value};
+use crate::common::{counter, inc, init_tracing, metric_sum, value};
 
 pub(crate) use crate::admin::{
     a_drain_emits_one_started_then_one_succeeded_per_partition,
     a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale,
+    a_rebalance_after_a_join_emits_one_started_then_one_succeeded_per_move,
     bad_drains_are_refused_and_change_nothing,
     declaring_a_killed_node_down_moves_its_partitions_without_waiting_out_its_lease,
     draining_a_node_and_a_region_under_load_moves_every_partition_without_errors,
@@ -134,12 +135,20 @@ pub(crate) async fn killing_an_owner_keeps_every_acknowledged_update(store: Test
     let keys: Vec<AgentKey> = (0..60).map(|i| counter(&format!("k{i}"))).collect();
     let all = cluster.alive();
     let before = load(&cluster, &all, &keys, 2, "warm").await;
-    let victim = cluster
-        .node("iad-1")
-        .owner_node(&keys[0])
-        .unwrap()
-        .owner
-        .unwrap();
+    let victim_owner = cluster.node("iad-1").owner_node(&keys[0]).unwrap();
+    let (victim, victim_region) = (victim_owner.owner.unwrap(), victim_owner.region.unwrap());
+    let victim_keys = keys
+        .iter()
+        .filter(|k| {
+            cluster
+                .node("iad-1")
+                .owner_node(k)
+                .unwrap()
+                .owner
+                .as_deref()
+                == Some(&victim)
+        })
+        .count();
     let mut events: Vec<_> = all
         .iter()
         .filter(|n| **n != victim)
@@ -158,6 +167,28 @@ pub(crate) async fn killing_an_owner_keeps_every_acknowledged_update(store: Test
     }
     assert!(cluster.wait_converged(Duration::from_secs(10)).await);
     cluster.check_audit().await.expect("audit clean");
+    // Each of the victim's keys recovered on a survivor, timed from the victim's lease end
+    // and labelled with its region; the routers saw failed attempts, then successes.
+    let metrics: Vec<String> = survivors
+        .iter()
+        .map(|n| cluster.node(n).telemetry().encode())
+        .collect();
+    let sum = |series: &str, labels: &[&str]| -> f64 {
+        metrics.iter().map(|m| metric_sum(m, series, labels)).sum()
+    };
+    let from = format!("from_region=\"{victim_region}\"");
+    let recovered = sum("liege_recovery_duration_seconds_count", &[&from]);
+    assert!(
+        recovered >= victim_keys as f64,
+        "{recovered} recoveries counted for {victim_keys} keys of {victim}"
+    );
+    let mean = sum("liege_recovery_duration_seconds_sum", &[&from]) / recovered;
+    assert!(
+        mean > 0.0 && mean < 30.0,
+        "mean recovery {mean} s: timed from the lease's end"
+    );
+    assert!(sum("liege_router_recovery_duration_seconds_count", &[]) >= 1.0);
+    assert!(sum("liege_routing_errors_total", &[]) >= 1.0);
     // Survivors announced the expiry and the failover, with the partitions it moved. On a
     // loaded machine a survivor may also fence itself (a renewal that missed its deadline);
     // a failover from it is then legitimate too, but from nobody else.

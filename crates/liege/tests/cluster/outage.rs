@@ -50,6 +50,9 @@ async fn a_postgres_outage_fences_every_node_and_they_recover_by_themselves() {
         acked[i] = value(&r.value);
     }
 
+    for n in cluster.alive() {
+        assert_eq!(cluster.node(&n).store_reachable(), Ok(()), "{n}");
+    }
     tracing::info!("--- stop PostgreSQL");
     tokio::task::block_in_place(|| pg.stop()).expect("stop postgres");
     // Every node stops serving within about one TTL: nobody serves without the store.
@@ -58,6 +61,18 @@ async fn a_postgres_outage_fences_every_node_and_they_recover_by_themselves() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "a node kept serving without its store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `/readyz` says why: the store is unreachable (no successful read for two TTLs).
+    while cluster
+        .alive()
+        .iter()
+        .any(|n| cluster.node(n).store_reachable().is_ok())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a node still reports the store reachable"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -79,6 +94,9 @@ async fn a_postgres_outage_fences_every_node_and_they_recover_by_themselves() {
         cluster.wait_converged(Duration::from_secs(30)).await,
         "nodes rejoin by themselves"
     );
+    for n in cluster.alive() {
+        assert_eq!(cluster.node(&n).store_reachable(), Ok(()), "{n}");
+    }
     for (i, p) in pending.into_iter().enumerate() {
         let r = p
             .await

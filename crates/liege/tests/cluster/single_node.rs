@@ -99,7 +99,7 @@ async fn concurrent_first_calls_activate_the_key_once() {
     );
     let metrics = node.telemetry().encode();
     assert!(
-        metrics.contains("liege_agents_activated_total 1\n"),
+        metrics.contains("liege_agents_activated_total{node=\"a\",region=\"iad\"} 1\n"),
         "exactly one activation:\n{metrics}"
     );
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Command, Held, LocalMs, ServingTable, View};
+use super::{Command, Held, LocalMs, Recovery, ServingTable, View};
 use crate::core::ids::{Epoch, NodeId, PartitionId};
 use crate::telemetry::Event;
 
@@ -115,26 +115,38 @@ impl Claims {
 }
 
 /// The events of a committed claim: `PartitionClaimed` per partition, and per previous owner
-/// a `FailoverSucceeded` timed from its lease expiry by the estimated store clock.
+/// a `FailoverSucceeded` timed from its lease expiry by the estimated store clock. Returns
+/// the partitions taken from a failed owner, as [`Recovery`]s open for `window_ms`.
 pub(crate) fn claimed_events(
     flight: &InFlight,
     claimed: &[(PartitionId, Epoch)],
     view: &View,
     now: LocalMs,
+    window_ms: u64,
     out: &mut Vec<Command>,
-) {
+) -> Vec<(PartitionId, Recovery)> {
     let store_now = view.store_now_at(now);
     let mut done: BTreeMap<String, (usize, i64)> = BTreeMap::new();
+    let mut recovering = Vec::new();
     for &(p, e) in claimed {
         let prev = flight.prev.get(&p).cloned().flatten();
         if let Some(prev) = &prev {
-            let expired_at = view
-                .node(&prev.name)
-                .filter(|n| n.record.id == *prev)
-                .map_or(store_now, |n| n.lease_expires_at);
+            let node = view.node(&prev.name).filter(|n| n.record.id == *prev);
+            let expired_at = node.map_or(store_now, |n| n.lease_expires_at);
             done.entry(prev.name.to_string())
                 .or_insert((0, expired_at))
                 .0 += 1;
+            let ago = (store_now - expired_at).max(0) as u64;
+            recovering.push((
+                p,
+                Recovery {
+                    epoch: e,
+                    since: now.saturating_sub(ago),
+                    from_region: node
+                        .map_or_else(|| "".into(), |n| n.record.region.as_str().into()),
+                    until: now + window_ms,
+                },
+            ));
         }
         out.push(Command::Emit(Event::PartitionClaimed {
             partition: p.0,
@@ -150,4 +162,5 @@ pub(crate) fn claimed_events(
             since_expiry_ms: (store_now - expired_at).max(0) as u64,
         }));
     }
+    recovering
 }

@@ -66,6 +66,11 @@ use lease::LeaseState;
 /// Milliseconds of a node's local monotonic clock, since the node started.
 pub type LocalMs = u64;
 
+/// For how many lease TTLs after a failover claim a key's first turn counts as a recovery:
+/// long enough for every caller retrying through the outage, short enough that a key first
+/// called much later is not reported as a slow recovery.
+pub const RECOVERY_WINDOW_TTLS: u64 = 10;
+
 /// How planned moves are paced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RebalanceConfig {
@@ -121,12 +126,44 @@ pub struct Published {
     changed: tokio::sync::Notify,
     /// The operator settings as last read drain this node (it hands everything off).
     drained: std::sync::atomic::AtomicBool,
+    /// Partitions this node claimed from a failed owner, while their keys' first turns count
+    /// as recoveries (the recovery-latency histogram).
+    recovering: parking_lot::Mutex<BTreeMap<PartitionId, Recovery>>,
+}
+
+/// A partition taken over from a failed owner: when that owner's lease expired (or it was
+/// declared down), in this node's local time, and its region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// The epoch this node claimed it at; activations of other epochs are not recoveries.
+    pub epoch: Epoch,
+    /// Local time the failed owner's lease ended (store clock, translated).
+    pub since: LocalMs,
+    /// Region of the failed owner.
+    pub from_region: Arc<str>,
+    /// First turns after this local time are not counted (the key was not waiting).
+    pub until: LocalMs,
 }
 
 impl Published {
     /// True if the operator settings as last read drain this node (by name or region).
     pub fn drained(&self) -> bool {
         self.drained.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The recovery of partition `p` at `epoch` if a first turn at local time `now` still
+    /// counts as one.
+    pub fn recovery(&self, p: PartitionId, epoch: Epoch, now: LocalMs) -> Option<Recovery> {
+        let map = self.recovering.lock();
+        map.get(&p)
+            .filter(|r| r.epoch == epoch && now <= r.until)
+            .cloned()
+    }
+
+    fn note_recovering(&self, claimed: Vec<(PartitionId, Recovery)>, now: LocalMs) {
+        let mut map = self.recovering.lock();
+        map.retain(|_, r| r.until >= now);
+        map.extend(claimed);
     }
 
     /// The latest routing view.
@@ -213,6 +250,7 @@ impl Engine {
             view: RwLock::new(view.clone()),
             changed: tokio::sync::Notify::new(),
             drained: Default::default(),
+            recovering: Default::default(),
         });
         Self {
             rng,
@@ -735,7 +773,11 @@ impl Engine {
                     && self.handoffs.released().get(&p).is_none_or(|r| r.epoch < e)
             })
             .collect();
-        claims::claimed_events(&flight, &claimed, &self.view, now, out);
+        let window = RECOVERY_WINDOW_TTLS * self.cfg.lease_ttl.as_millis() as u64;
+        let recovering = claims::claimed_events(&flight, &claimed, &self.view, now, window, out);
+        if !recovering.is_empty() {
+            self.shared.note_recovering(recovering, now);
+        }
         let view = Arc::make_mut(&mut self.view);
         for &(p, e) in &claimed {
             self.shared.table.set(p, Held::Serving(e));

@@ -722,3 +722,120 @@ fn after_a_release_of_unknown_outcome_only_a_later_read_may_adopt_the_partition(
         "a later read shows the release did not commit"
     );
 }
+
+/// Per partition, the names of the migration events in `out`, in order.
+fn migration_events(out: &[Command], seen: &mut BTreeMap<u32, Vec<&'static str>>) {
+    for c in out {
+        if let Command::Emit(
+            e @ (Event::MigrationStarted { partition, .. }
+            | Event::MigrationSucceeded { partition, .. }
+            | Event::MigrationFailed { partition, .. }
+            | Event::MigrationSkipped { partition, .. }),
+        ) = c
+        {
+            seen.entry(*partition).or_default().push(e.name());
+        }
+    }
+}
+
+#[test]
+fn every_planned_move_reports_started_then_exactly_one_outcome() {
+    // Four moves: one fails to flush, one's release fails, one's release is refused by the
+    // store (no longer ours at that epoch), one succeeds.
+    let mut b = Bench::new("a", 16);
+    let me = b.joined();
+    serving_everything(&mut b, &me, 16);
+    let newcomer = NodeId::new("b", 1);
+    let owners: Vec<(Option<&NodeId>, u64)> = (0..16).map(|_| (Some(&me), 1)).collect();
+    let snap = |t| snapshot(t, &[(&me, 99_000), (&newcomer, 99_000)], &owners);
+    let mut seen = BTreeMap::new();
+    migration_events(&b.read(2000, snap(0)), &mut seen);
+    b.live_at(2000 + TTL);
+    let out = b.read(b.now, snap(1000));
+    migration_events(&out, &mut seen);
+    let moves = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a handoff batch");
+    assert!(moves.len() >= 2, "{moves:?}");
+    let mut results: Vec<(Move, Result<(), String>)> =
+        moves.iter().cloned().map(|m| (m, Ok(()))).collect();
+    results[0].1 = Err("disk full".into());
+    let failed_flush = moves[0].partition.0;
+    let out = b.step(Input::Flushed { moves: results });
+    migration_events(&out, &mut seen);
+    let release = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Release { moves, .. } => Some(moves.clone()),
+            _ => None,
+        })
+        .expect("the flushed one is released");
+    let out = b.step(Input::Released {
+        node: me.clone(),
+        moves: release.clone(),
+        result: Err(StoreError::Unavailable("connection reset".into())),
+    });
+    migration_events(&out, &mut seen);
+    let failed_release = release[0].partition.0;
+    let reason = |out: &[Command]| {
+        out.iter().find_map(|c| match c {
+            Command::Emit(Event::MigrationFailed { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        })
+    };
+    assert!(
+        reason(&out).is_some_and(|r| r.contains("connection reset")),
+        "{out:?}"
+    );
+    assert_eq!(seen.len(), moves.len(), "{seen:?}");
+    assert_ne!(failed_flush, failed_release);
+    for p in seen.keys().copied() {
+        assert_eq!(
+            seen[&p],
+            vec!["migration_started", "migration_failed"],
+            "p{p}"
+        );
+    }
+    // The failed flush kept serving here; the next batch moves it again and the store refuses
+    // the release (another node took it at a newer epoch meanwhile), then once more with success.
+    let mut later = BTreeMap::new();
+    b.live_at(b.now + 1000);
+    let out = b.read(b.now, snap(2000));
+    migration_events(&out, &mut later);
+    let retry = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Handoff(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("the failed move is planned again");
+    assert!(
+        retry.iter().any(|m| m.partition.0 == failed_flush),
+        "{retry:?}"
+    );
+    let out = b.step(Input::Flushed {
+        moves: retry.iter().cloned().map(|m| (m, Ok(()))).collect(),
+    });
+    migration_events(&out, &mut later);
+    let out = b.step(Input::Released {
+        node: me.clone(),
+        moves: retry.clone(),
+        result: Ok(vec![]),
+    });
+    migration_events(&out, &mut later);
+    assert!(
+        reason(&out).is_some_and(|r| r.contains("no longer")),
+        "{out:?}"
+    );
+    assert_eq!(
+        later[&failed_flush],
+        vec!["migration_started", "migration_failed"]
+    );
+    for names in later.values() {
+        assert_eq!(names.len(), 2, "one start, one outcome: {later:?}");
+    }
+}
