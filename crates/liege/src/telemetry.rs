@@ -222,6 +222,8 @@ pub struct Telemetry {
     pub(crate) partitions_owned: Gauge,
     pub(crate) failover_duration: Histogram,
     pub(crate) lease_ok: Gauge,
+    /// Partitions without a live owner in this node's latest view.
+    pub(crate) partitions_orphaned: Gauge,
     /// Keys' first successful turns after a failover, from the failed owner's lease end.
     recovery: Family<FromRegionLabels, Histogram>,
     /// Calls that failed at least once and then succeeded, from the first failure.
@@ -251,7 +253,12 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// A fresh registry with every liege series registered. Every series carries the node's
     /// `node` and `region` as constant labels (see `docs/OPERATIONS.md`, "Metrics").
-    pub fn new(transport: Arc<TransportCounters>, node: &str, region: &str) -> Self {
+    pub fn new(
+        transport: Arc<TransportCounters>,
+        node: &str,
+        region: &str,
+        lease_ttl: Duration,
+    ) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "liege",
             [
@@ -264,6 +271,13 @@ impl Telemetry {
             "node=\"{}\",region=\"{}\"",
             escape_label(node),
             escape_label(region)
+        );
+        let ttl = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        ttl.set(lease_ttl.as_secs_f64());
+        registry.register(
+            "cluster_lease_ttl_seconds",
+            "This node's lease TTL (alerts compare recovery times with it)",
+            ttl,
         );
         let info = Family::<InfoLabels, Gauge>::default();
         registry.register(
@@ -391,6 +405,12 @@ impl Telemetry {
              the final errors are the ones callers saw)",
             routing_errors.clone(),
         );
+        let partitions_orphaned = Gauge::default();
+        registry.register(
+            "cluster_partitions_orphaned",
+            "Partitions without a live owner in this node's latest directory read",
+            partitions_orphaned.clone(),
+        );
         let (events_tx, _) = broadcast::channel(1024);
         Self {
             registry,
@@ -410,6 +430,7 @@ impl Telemetry {
             partitions_owned,
             failover_duration,
             lease_ok,
+            partitions_orphaned,
             recovery,
             router_recovery,
             routing_errors,

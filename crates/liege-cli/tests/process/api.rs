@@ -294,6 +294,79 @@ fn health_readiness_owner_stats_and_metrics_answer() {
     }
 }
 
+/// Every `liege_*` name in `text` (a dashboard or a rules file).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("liege_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alert_rules_use_only_series_the_node_exports() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("dash", "iad", &dir.path().join("liege.db"), &[]);
+    node.inc("d", None);
+    let (_, raw) = try_request(node.http, "GET", "/metrics", &[], b"").unwrap();
+    let exposition = String::from_utf8(raw).unwrap();
+    // Families (from `# TYPE`, present even before a labelled family has samples) and samples.
+    let mut families = std::collections::BTreeMap::new();
+    let mut samples = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            if let (Some(name), Some(kind)) = (it.next(), it.next()) {
+                families.insert(name.to_string(), kind.to_string());
+            }
+        } else if !line.starts_with('#') {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            samples.insert(line[..end].to_string());
+        }
+    }
+    let exported = |name: &str| {
+        if samples.contains(name) {
+            return true;
+        }
+        let suffixes: &[(&str, &[&str])] = &[
+            ("_total", &["counter"]),
+            ("_bucket", &["histogram"]),
+            ("_sum", &["histogram"]),
+            ("_count", &["histogram"]),
+        ];
+        suffixes.iter().any(|(suffix, kinds)| {
+            name.strip_suffix(suffix)
+                .and_then(|family| families.get(family))
+                .is_some_and(|kind| kinds.contains(&kind.as_str()))
+        }) || families.get(name).is_some_and(|k| k == "gauge")
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in ["deploy/grafana/liege.json", "deploy/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        if file.ends_with(".json") {
+            let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+            assert!(
+                dash["panels"].as_array().is_some_and(|p| p.len() >= 6),
+                "{file}"
+            );
+        }
+        let names = metric_names(&text);
+        assert!(names.len() >= 5, "{file} names {names:?}");
+        for name in &names {
+            assert!(
+                exported(name),
+                "{file} uses {name}, which /metrics does not export:\n{exposition}"
+            );
+        }
+    }
+}
+
 #[test]
 fn garbage_on_the_cluster_port_is_refused_and_the_node_keeps_serving() {
     use std::io::{Read, Write};

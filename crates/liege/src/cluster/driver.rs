@@ -215,14 +215,25 @@ impl Driver {
 
     fn step(&mut self, input: Input, out: &mut Vec<Command>) {
         let now = self.clock.now();
-        if let Input::Read { result, .. } = &input {
+        let read = match &input {
+            Input::Read { result, .. } => Some(result.is_ok()),
+            _ => None,
+        };
+        self.engine.step(input, now, out);
+        if let Some(ok) = read {
             let t = &self.telemetry;
             t.last_read_answer_ms.store(now.max(1), Ordering::Relaxed);
-            if result.is_ok() {
+            if ok {
                 t.last_read_ok_ms.store(now.max(1), Ordering::Relaxed);
+                let orphaned = self.engine.published().with_view(|view| {
+                    view.owners()
+                        .iter()
+                        .filter(|(o, _)| !o.as_ref().is_some_and(|o| view.is_live(o, now)))
+                        .count()
+                });
+                t.partitions_orphaned.set(orphaned as i64);
             }
         }
-        self.engine.step(input, now, out);
         if let Some(observer) = &self.observer {
             observer.after_step(&self.engine.config().name, &self.engine, now);
         }

@@ -155,6 +155,7 @@ impl Node {
             counters.clone(),
             &config.name,
             &config.region,
+            config.lease_ttl,
         ));
         let mut tconfig = TransportConfig::new(config.name.clone(), secret);
         tconfig.faults = faults.clone();
