@@ -135,9 +135,12 @@ impl Target {
 
     fn server_pids(&self) -> Vec<u32> {
         match self {
-            Target::Cluster { cluster, .. } => {
-                cluster.nodes.iter().map(|n| n.pid() as u32).collect()
-            }
+            Target::Cluster { cluster, .. } => cluster
+                .nodes
+                .iter()
+                .filter_map(|n| n.pid())
+                .map(|p| p as u32)
+                .collect(),
             Target::Noop(child, _) => vec![child.0.id()],
         }
     }

@@ -18,6 +18,10 @@ pub(crate) enum Scenario {
     StoreOutage,
     /// Restart every node in turn with SIGTERM (graceful handoff), on the same ports: zero client errors expected.
     RollingRestart,
+    /// Drain the region owning the most keys through the admin API (`--kill-region` picks
+    /// another), hold it drained, then undrain it: zero client errors, every partition off
+    /// the region while drained and back after.
+    RegionDrain,
 }
 
 impl Scenario {
@@ -29,7 +33,13 @@ impl Scenario {
             Scenario::Pause => "pause",
             Scenario::StoreOutage => "store-outage",
             Scenario::RollingRestart => "rolling-restart",
+            Scenario::RegionDrain => "region-drain",
         }
+    }
+
+    /// Planned moves, not failures: recovery is the delay of retried requests.
+    pub(crate) fn is_planned(self) -> bool {
+        matches!(self, Scenario::RollingRestart | Scenario::RegionDrain)
     }
 }
 
@@ -54,9 +64,30 @@ pub(crate) struct DrillArgs {
     /// The fault to inject.
     #[arg(long, value_enum, default_value = "region-kill")]
     pub(crate) scenario: Scenario,
-    /// Region killed by `region-kill` (default: the one owning the most keys).
+    /// Region killed by `region-kill` or drained by `region-drain` (default: the one owning
+    /// the most keys).
     #[arg(long)]
     pub(crate) kill_region: Option<String>,
+    /// With `region-kill` / `node-kill`: right after the kill, declare every killed node down
+    /// through the admin API (`POST /admin/down`), the failure-detector hook; survivors then
+    /// claim at once instead of waiting out the lease (default pass criterion p99 ≤ 300 ms).
+    #[arg(long)]
+    pub(crate) declare_dead: bool,
+    /// Drill an existing deployment instead of starting nodes: the HTTP base URLs of its nodes
+    /// (`http://host:port`, comma-separated). Names, regions and owners are read from the
+    /// nodes' own endpoints; there is no fencing audit (the drill has no access to the store).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["store", "postgres_temp"])]
+    pub(crate) target: Vec<String>,
+    /// With `--target` and `region-kill` / `node-kill`: the operator's command that injects the
+    /// fault (run with `sh -c`; e.g. `fly machine stop ...`). It gets the chosen nodes in
+    /// `LIEGE_DRILL_NODES` (comma-separated), their region in `LIEGE_DRILL_REGION` and the
+    /// scenario in `LIEGE_DRILL_SCENARIO`, and must exit 0.
+    #[arg(long, requires = "target")]
+    pub(crate) fault_cmd: Option<String>,
+    /// API token of the nodes (`--target` deployments; sent as a bearer token). Also read from
+    /// `LIEGE_API_TOKEN`; never printed.
+    #[arg(long, env = "LIEGE_API_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
     /// Store shared by the nodes: `sqlite:PATH` or `postgres://...` (default: a fresh
     /// SQLite file in the run directory).
     #[arg(long, conflicts_with = "postgres_temp")]
@@ -151,6 +182,9 @@ impl DrillArgs {
         // key answers within one TTL of the store's return.
         let default_p99 = if outage {
             self.lease_ttl_ms
+        } else if self.declare_dead {
+            // Nobody waits for the lease: detection is the operator's call, claims are at once.
+            300
         } else {
             2 * self.lease_ttl_ms + 500
         };
@@ -182,6 +216,13 @@ impl DrillArgs {
         if self.partitions == 0 {
             return Err("--partitions must be positive".into());
         }
+        if self.declare_dead && !matches!(self.scenario, Scenario::RegionKill | Scenario::NodeKill)
+        {
+            return Err("--declare-dead goes with --scenario region-kill or node-kill".into());
+        }
+        if !self.target.is_empty() {
+            return self.validate_target();
+        }
         let nodes = self.regions.len() * self.nodes_per_region;
         match self.scenario {
             Scenario::RegionKill if self.regions.len() < 2 => {
@@ -202,6 +243,58 @@ impl DrillArgs {
         }
         Ok(())
     }
+}
+
+impl DrillArgs {
+    /// `--target` runs: URLs that parse, a fault the drill can inject into a deployment.
+    fn validate_target(&self) -> Result<(), String> {
+        for url in &self.target {
+            target_addr(url)?;
+        }
+        match (self.scenario, &self.fault_cmd) {
+            (Scenario::RegionKill | Scenario::NodeKill, Some(cmd)) if !cmd.trim().is_empty() => {
+                Ok(())
+            }
+            (Scenario::RegionKill | Scenario::NodeKill, _) => Err(format!(
+                "--target with {} needs --fault-cmd: the command that kills the chosen nodes",
+                self.scenario.label()
+            )),
+            (Scenario::RegionDrain, None) => Ok(()),
+            (Scenario::RegionDrain, Some(_)) => {
+                Err("region-drain drains through the admin API: drop --fault-cmd".into())
+            }
+            (other, _) => Err(format!(
+                "--target supports region-kill, node-kill and region-drain, not {}",
+                other.label()
+            )),
+        }
+    }
+}
+
+/// The socket address of a `--target` URL (`http://host:port`, an optional trailing `/`).
+pub(crate) fn target_addr(url: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("--target {url:?}: use http://host:port (the drill's client speaks plain HTTP)")
+    })?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') {
+        return Err(format!("--target {url:?}: give only http://host:port"));
+    }
+    let hostport = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !hostport.ends_with(']')
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("--target {url:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--target {url:?}: no address"))
 }
 
 /// [`parse_duration`], or zero (`0`, `0s`, `0ms`): for waits that may be skipped.
@@ -247,5 +340,18 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn target_urls_name_a_host_and_port() {
+        assert_eq!(
+            target_addr("http://127.0.0.1:8080/").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(target_addr("http://[::1]:9000").unwrap().port(), 9000);
+        assert_eq!(target_addr("http://127.0.0.1").unwrap().port(), 80);
+        assert!(target_addr("https://app.fly.dev").is_err());
+        assert!(target_addr("http://127.0.0.1:8080/v1").is_err());
+        assert!(target_addr("127.0.0.1:8080").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -37,12 +37,31 @@ impl std::fmt::Display for AttemptError {
 }
 
 /// A cloneable handle on one connection pool.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Client {
-    inner: HyperClient<HttpConnector, Empty<Bytes>>,
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+    /// `Authorization: Bearer …` sent with every request (a deployment's API token).
+    bearer: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Client")
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
+    /// A pool keeping idle connections per node, sending `token` as a bearer token if given.
+    pub(crate) fn with_token(token: Option<&str>) -> Self {
+        Self {
+            bearer: token.map(|t| format!("Bearer {t}").into()),
+            ..Self::new()
+        }
+    }
+
     /// A pool keeping idle connections per node.
     pub(crate) fn new() -> Self {
         let mut connector = HttpConnector::new();
@@ -52,7 +71,10 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self { inner }
+        Self {
+            inner,
+            bearer: None,
+        }
     }
 
     /// Sends one request and reads the whole body, within `timeout`.
@@ -64,14 +86,37 @@ impl Client {
         idempotency_key: Option<&str>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), AttemptError> {
+        self.send_body(method, addr, path, idempotency_key, None, timeout)
+            .await
+    }
+
+    async fn send_body(
+        &self,
+        method: Method,
+        addr: SocketAddr,
+        path: &str,
+        idempotency_key: Option<&str>,
+        json: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), AttemptError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"));
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
         }
+        if let Some(b) = &self.bearer {
+            req = req.header("authorization", &**b);
+        }
+        let body = match json {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| AttemptError::Transport(e.to_string()))?;
         let work = async {
             let resp = self
@@ -102,6 +147,20 @@ impl Client {
     ) -> Result<Value, AttemptError> {
         let (status, body) = self.send(Method::GET, addr, path, None, timeout).await?;
         json_of(status, &body)
+    }
+
+    /// POST of a JSON body returning JSON (the admin API); any non-2xx status is an error.
+    pub(crate) async fn post_json(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, AttemptError> {
+        let (status, bytes) = self
+            .send_body(Method::POST, addr, path, None, Some(body), timeout)
+            .await?;
+        json_of(status, &bytes)
     }
 
     /// GET returning text (metrics).

@@ -15,7 +15,7 @@ use super::args::{DrillArgs, Scenario};
 use super::client::Client;
 use super::load::{self, Entry, KeyState, LoadSpec, Phase, Until, Worker};
 use super::progress::Progress;
-use super::report::Findings;
+use super::report::{DrainOutcome, Findings};
 use super::store::StoreSetup;
 use super::topology::{ensure_dir, fresh_run_dir, Cluster, NodeTemplate};
 use super::{fault, html, measure, observe, SetupError};
@@ -97,20 +97,28 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         None => fresh_run_dir()?,
     };
     progress.say(format!("run directory: {}", run_dir.display()));
+    let attached = !args.target.is_empty();
     if args.postgres_temp {
         progress.say("store: starting a throwaway PostgreSQL from the local server binaries");
     }
-    let store = tokio::task::block_in_place(|| {
-        StoreSetup::from_args(args.store.as_deref(), args.postgres_temp, &run_dir)
-    })?;
-    if args.scenario == Scenario::StoreOutage && store.harness().is_none() {
+    // Against an existing deployment the drill neither starts nodes nor sees the store.
+    let store = match attached {
+        true => None,
+        false => Some(tokio::task::block_in_place(|| {
+            StoreSetup::from_args(args.store.as_deref(), args.postgres_temp, &run_dir)
+        })?),
+    };
+    let harness = store.as_ref().and_then(|s| s.harness());
+    if args.scenario == Scenario::StoreOutage && harness.is_none() {
         return Err(SetupError(
             "--scenario store-outage needs a store the drill controls: use --postgres-temp".into(),
         )
         .into());
     }
-    let template = NodeTemplate {
-        exe: std::env::current_exe().context("finding the liege executable")?,
+    let store_label = store.as_ref().map_or("existing deployment", |s| s.label());
+    let exe = std::env::current_exe().context("finding the liege executable")?;
+    let template = store.as_ref().map(|store| NodeTemplate {
+        exe,
         store: store.node_url(),
         secret: random_hex(32),
         lease_ttl_ms: args.lease_ttl_ms,
@@ -118,18 +126,47 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         run_dir: run_dir.clone(),
         audit: true,
         extra: Vec::new(),
+    });
+    let client = Client::with_token(args.token.as_deref());
+    let mut cluster = match &template {
+        Some(template) => {
+            progress.say(format!(
+                "start: {} nodes ({} × {}), {store_label} store, TTL {} ms",
+                args.regions.len() * args.nodes_per_region,
+                args.regions.join(","),
+                args.nodes_per_region,
+                args.lease_ttl_ms
+            ));
+            Cluster::start(template, &args.regions, args.nodes_per_region, &client).await?
+        }
+        None => {
+            let cluster = Cluster::attach(&args.target, &client).await?;
+            progress.say(format!(
+                "attach: {} nodes of an existing deployment ({})",
+                cluster.nodes.len(),
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} in {}", n.name, n.region))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            cluster
+        }
     };
-    let client = Client::new();
-    let regions = args.regions.clone();
-    let total_nodes = regions.len() * args.nodes_per_region;
-    progress.say(format!(
-        "start: {total_nodes} nodes ({} × {}), {} store, TTL {} ms",
-        regions.join(","),
-        args.nodes_per_region,
-        store.label(),
-        args.lease_ttl_ms
-    ));
-    let mut cluster = Cluster::start(&template, &regions, args.nodes_per_region, &client).await?;
+    let regions: Vec<String> = match attached {
+        false => args.regions.clone(),
+        true => {
+            let mut seen = Vec::new();
+            for n in &cluster.nodes {
+                if !seen.contains(&n.region) {
+                    seen.push(n.region.clone());
+                }
+            }
+            seen
+        }
+    };
+    let total_nodes = cluster.nodes.len();
     let settle = observe::balance(
         &client,
         &members(&cluster, |_| true),
@@ -198,13 +235,16 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         .entries
         .write()
         .expect("entries lock is never poisoned") = entries(&cluster, &regions, |n| {
-        // A rolling restart takes nodes away one at a time: clients keep using them all.
-        args.scenario == Scenario::RollingRestart || !hit.contains(n)
+        // A rolling restart takes nodes away one at a time, a drained node forwards: clients
+        // keep using them all.
+        args.scenario.is_planned() || !hit.contains(n)
     });
     let verb = match args.scenario {
+        _ if attached && !args.scenario.is_planned() => "run --fault-cmd against",
         Scenario::Pause => "SIGSTOP",
         Scenario::StoreOutage => "stop the store server;",
         Scenario::RollingRestart => "SIGTERM and restart, in turn,",
+        Scenario::RegionDrain => "drain through the admin API",
         _ => "SIGKILL",
     };
     progress.say(format!(
@@ -215,11 +255,45 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     ));
     let all = members(&cluster, |_| true);
     let events_before = observe::events(&client, &all, None).await;
+    let hit_region = targets
+        .first()
+        .and_then(|t| cluster.nodes.iter().find(|n| n.name == *t))
+        .map(|n| n.region.clone())
+        .unwrap_or_default();
+    // Admin requests go to a node the fault leaves alone.
+    let admin_via = cluster
+        .nodes
+        .iter()
+        .find(|n| !hit.contains(&n.name))
+        .or(cluster.nodes.first())
+        .map(|n| n.http)
+        .context("no node to send admin requests to")?;
     let fault_at = Instant::now();
-    match store.harness() {
+    match harness {
         Some(h) if args.scenario == Scenario::StoreOutage => h.stop().await?,
         _ if args.scenario == Scenario::RollingRestart => {}
+        _ if args.scenario == Scenario::RegionDrain => {
+            fault::set_drain(&client, admin_via, &hit_region, true).await?
+        }
+        _ if attached => {
+            let cmd = args.fault_cmd.as_deref().unwrap_or_default();
+            let took = fault::run_fault_cmd(cmd, args.scenario, &targets, &hit_region).await?;
+            progress.say(format!("fault: --fault-cmd exited 0 after {} ms", ms(took)));
+            for t in &targets {
+                if let Some(n) = cluster.get_mut(t) {
+                    n.killed = true;
+                }
+            }
+        }
         _ => fault::strike(&mut cluster, args.scenario, &targets)?,
+    }
+    if args.declare_dead {
+        fault::declare_down(&client, admin_via, &targets).await?;
+        progress.say(format!(
+            "down: declared {} dead via the admin API {} ms after the fault",
+            targets.join(","),
+            ms(fault_at.elapsed())
+        ));
     }
 
     // continue (a rolling restart keeps the load on until every node has been restarted)
@@ -227,6 +301,8 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         Scenario::RollingRestart => args
             .duration
             .max((2 * ttl + Duration::from_millis(1500)) * targets.len() as u32),
+        // Drained, held, undrained and settled again, all under load.
+        Scenario::RegionDrain => args.duration.max(4 * ttl + Duration::from_secs(4)),
         _ => args.duration,
     };
     let end = fault_at + duration;
@@ -251,9 +327,9 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         fault::resume(&mut cluster, &targets)?;
         progress.say(format!("resume: SIGCONT {}", targets.join(",")));
     }
-    if args.scenario == Scenario::RollingRestart {
+    if let (Scenario::RollingRestart, Some(template)) = (args.scenario, &template) {
         for name in &targets {
-            let took = cluster.restart(&template, name, &client).await?;
+            let took = cluster.restart(template, name, &client).await?;
             progress.say(format!(
                 "restart: {name} drained, restarted and ready in {} ms",
                 ms(took)
@@ -262,9 +338,24 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(2 * ttl).await;
         }
     }
+    let mut drain = None;
+    if args.scenario == Scenario::RegionDrain {
+        drain = Some(
+            drain_and_undrain(
+                &client,
+                admin_via,
+                &cluster,
+                &targets,
+                &hit_region,
+                end,
+                &progress,
+            )
+            .await?,
+        );
+    }
     // Recovery is measured from the end of a store outage (from the fault otherwise).
     let mut recovery_from = fault_at;
-    if let (Scenario::StoreOutage, Some(h)) = (args.scenario, store.harness()) {
+    if let (Scenario::StoreOutage, Some(h)) = (args.scenario, harness) {
         // Long enough for every lease to lapse: all nodes must fence, then rejoin by themselves.
         tokio::time::sleep(2 * ttl).await;
         h.start().await?;
@@ -275,7 +366,9 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
 
     // converge
     let alive: Vec<(String, SocketAddr)> = match args.scenario {
-        Scenario::Pause | Scenario::RollingRestart => members(&cluster, |_| true),
+        Scenario::Pause | Scenario::RollingRestart | Scenario::RegionDrain => {
+            members(&cluster, |_| true)
+        }
         _ => members(&cluster, |n| !hit.contains(n)),
     };
     let converge_timeout = Duration::from_secs(10).max(10 * ttl);
@@ -331,7 +424,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let alive_addrs: Vec<SocketAddr> = alive.iter().map(|(_, a)| *a).collect();
     let finals = observe::finals(&client, &alive_addrs, &keys).await;
     let fault_us = u64::try_from(recovery_from.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
-    let mut recovery = if args.scenario == Scenario::RollingRestart {
+    let mut recovery = if args.scenario.is_planned() {
         // No key is lost for long in a drain: what clients see is the delay of the requests
         // that had to be retried while partitions moved.
         measure::retried_latency(fault_us, &logical)
@@ -342,14 +435,17 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         &events_before,
         observe::events(&client, &alive, Some(&run_dir)).await,
     );
-    let audit = match store.audit().await {
-        Ok(records) => liege::testing::check_audit(&records),
-        Err(e) => Err(format!("audit unreadable: {e:#}")),
+    let audit = match &store {
+        Some(store) => Some(match store.audit().await {
+            Ok(records) => liege::testing::check_audit(&records),
+            Err(e) => Err(format!("audit unreadable: {e:#}")),
+        }),
+        None => None,
     };
     let load_phase = |l: &&load::Logical| l.phase != Phase::Reconcile;
     let findings = Findings {
         scenario: args.scenario.label().into(),
-        store: store.label().into(),
+        store: store_label.into(),
         regions: regions.clone(),
         nodes: total_nodes,
         keys: args.keys,
@@ -365,8 +461,14 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         attempts: attempts.len() as u64,
         converge_ms: *converged.as_ref().unwrap_or(&0),
         not_converged: converged.err(),
-        audit_writes: *audit.as_ref().unwrap_or(&0),
-        audit_violation: audit.err(),
+        audit_checked: audit.is_some(),
+        audit_writes: audit
+            .as_ref()
+            .and_then(|a| a.as_ref().ok())
+            .copied()
+            .unwrap_or(0),
+        audit_violation: audit.and_then(Result::err),
+        drain,
         self_fenced: match args.scenario {
             Scenario::Pause => Some(
                 targets
@@ -416,4 +518,46 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The region-drain scenario after the drain request: wait until no node of the region owns
+/// a partition, hold the drain until half the load phase has passed, undrain, and wait until
+/// every partition is at its desired owner again (the region's nodes included).
+async fn drain_and_undrain(
+    client: &Client,
+    via: SocketAddr,
+    cluster: &Cluster,
+    region_nodes: &[String],
+    region: &str,
+    load_end: Instant,
+    progress: &Progress,
+) -> anyhow::Result<DrainOutcome> {
+    let started = Instant::now();
+    let timeout = Duration::from_secs(30);
+    let off = fault::wait_owned(client, via, region_nodes, |n| n == 0, timeout)
+        .await
+        .map(ms);
+    match &off {
+        Ok(t) => progress.say(format!("drain: {region} owns no partition after {t} ms")),
+        Err(why) => progress.say(format!("drain: {region} NOT drained: {why}")),
+    }
+    // Hold until the middle of what is left of the load, so the drained state sees traffic.
+    let left = load_end.saturating_duration_since(Instant::now());
+    tokio::time::sleep(left / 2).await;
+    fault::set_drain(client, via, region, false).await?;
+    let undrained_at = Instant::now();
+    progress.say(format!(
+        "undrain: {region}, {} ms after the drain",
+        ms(started.elapsed())
+    ));
+    let back = observe::balance(client, &members(cluster, |_| true), timeout)
+        .await
+        .map(|_| ms(undrained_at.elapsed()));
+    match &back {
+        Ok(t) => progress.say(format!(
+            "undrain: every partition at its desired owner again ({t} ms)"
+        )),
+        Err(why) => progress.say(format!("undrain: NOT back: {why}")),
+    }
+    Ok(DrainOutcome { off, back })
 }

@@ -47,6 +47,10 @@ pub(crate) struct Findings {
     pub(crate) not_converged: Option<String>,
     /// Audit records checked.
     pub(crate) audit_writes: usize,
+    /// False against an existing deployment: the drill cannot read the store's audit.
+    pub(crate) audit_checked: bool,
+    /// The region-drain scenario's two checks.
+    pub(crate) drain: Option<DrainOutcome>,
     /// The fencing violation (or why the audit was unreadable), if any.
     pub(crate) audit_violation: Option<String>,
     /// Cluster event counters per surviving node, counted from the fault on.
@@ -61,6 +65,16 @@ pub(crate) struct Findings {
     pub(crate) wall_ms: u64,
     /// Where logs and the store live.
     pub(crate) run_dir: String,
+}
+
+/// What a region drain did: how long until the region owned nothing, and until every
+/// partition was back at its desired owner after the undrain (or why not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DrainOutcome {
+    /// Drain request to no partition owned by the region, in ms.
+    pub(crate) off: Result<u64, String>,
+    /// Undrain request to every partition at its desired owner, in ms.
+    pub(crate) back: Result<u64, String>,
 }
 
 /// One judged criterion.
@@ -127,7 +141,9 @@ impl Findings {
                     Some(why) => why.clone(),
                 },
             },
-            Criterion {
+        ];
+        if self.audit_checked {
+            out.push(Criterion {
                 name: "fencing audit",
                 pass: self.audit_violation.is_none(),
                 detail: match &self.audit_violation {
@@ -137,14 +153,29 @@ impl Findings {
                     ),
                     Some(why) => why.clone(),
                 },
-            },
-        ];
+            });
+        }
+        if let Some(d) = &self.drain {
+            let show = |r: &Result<u64, String>| match r {
+                Ok(t) => format!("{t} ms"),
+                Err(why) => format!("NOT ({why})"),
+            };
+            out.push(Criterion {
+                name: "drain",
+                pass: d.off.is_ok() && d.back.is_ok(),
+                detail: format!(
+                    "region owned no partition {} after the drain; every partition back at its desired owner {} after the undrain",
+                    show(&d.off),
+                    show(&d.back)
+                ),
+            });
+        }
         let failovers = self.event_total("failover_succeeded");
-        // A rolling restart hands partitions off on purpose: claims, not failovers, show it.
-        let rolling = self.scenario == "rolling-restart";
+        // Restarts and drains hand partitions off on purpose: claims, not failovers, show it.
+        let planned = matches!(self.scenario.as_str(), "rolling-restart" | "region-drain");
         let mut telemetry = Criterion {
             name: "telemetry",
-            pass: if rolling {
+            pass: if planned {
                 self.event_total("partition_claimed") > 0
             } else {
                 failovers > 0
@@ -155,6 +186,17 @@ impl Findings {
                 self.event_total("partition_claimed")
             ),
         };
+        if self.scenario == "region-drain" {
+            let (ok, failed) = (
+                self.event_total("migration_succeeded"),
+                self.event_total("migration_failed"),
+            );
+            telemetry.pass &= ok > 0 && failed == 0;
+            let _ = write!(
+                telemetry.detail,
+                ", {ok} migration_succeeded, {failed} migration_failed"
+            );
+        }
         if let Some(n) = self.self_fenced {
             telemetry.pass &= n > 0;
             let _ = write!(telemetry.detail, ", self-fenced {n}×");
@@ -248,8 +290,12 @@ impl Findings {
             "requests": self.requests,
             "attempts": self.attempts,
             "converged": self.not_converged.is_none(),
-            "fencing_audit": {"pass": self.audit_violation.is_none(), "writes": self.audit_writes,
-                "violation": self.audit_violation},
+            "fencing_audit": {"pass": self.audit_violation.is_none(), "checked": self.audit_checked,
+                "writes": self.audit_writes, "violation": self.audit_violation},
+            "drain": self.drain.as_ref().map(|d| json!({
+                "off_ms": d.off.as_ref().ok(), "back_ms": d.back.as_ref().ok(),
+                "off_error": d.off.as_ref().err(), "back_error": d.back.as_ref().err(),
+            })),
             "events": self.events,
             "criteria": criteria,
             "wall_ms": self.wall_ms,

@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _};
 use tokio::time::Instant;
 
 use super::client::Client;
+use super::SetupError;
 
 /// What every node of the drill shares.
 #[derive(Clone, Debug)]
@@ -46,16 +47,19 @@ pub(crate) struct NodeProc {
     pub(crate) listen: SocketAddr,
     /// The log file (stdout and stderr).
     pub(crate) log: PathBuf,
-    child: Child,
+    /// `None` for a node of an existing deployment (`--target`), reached only over HTTP.
+    child: Option<Child>,
     /// True once SIGKILLed by the drill.
     pub(crate) killed: bool,
 }
 
 impl NodeProc {
-    /// The child's pid.
-    pub(crate) fn pid(&self) -> i32 {
+    /// The child's pid (`None` for a node the drill did not start).
+    pub(crate) fn pid(&self) -> Option<i32> {
         // (Also used to read the node's CPU time from /proc.)
-        i32::try_from(self.child.id()).expect("pids fit in i32")
+        self.child
+            .as_ref()
+            .map(|c| i32::try_from(c.id()).expect("pids fit in i32"))
     }
 
     /// Sends `sig` to the child (SIGKILL, SIGSTOP, SIGCONT).
@@ -63,8 +67,14 @@ impl NodeProc {
         if self.killed {
             return Ok(());
         }
+        let Some(pid) = self.pid() else {
+            bail!(
+                "{} belongs to an existing deployment: the drill cannot signal it",
+                self.name
+            );
+        };
         // SAFETY: kill(2) on a pid we spawned and have not reaped yet (still our child).
-        let rc = unsafe { libc::kill(self.pid(), sig) };
+        let rc = unsafe { libc::kill(pid, sig) };
         if rc != 0 {
             bail!(
                 "signal {sig} to {}: {}",
@@ -74,7 +84,9 @@ impl NodeProc {
         }
         if sig == libc::SIGKILL {
             self.killed = true;
-            let _ = self.child.wait();
+            if let Some(c) = self.child.as_mut() {
+                let _ = c.wait();
+            }
         }
         Ok(())
     }
@@ -90,7 +102,7 @@ pub(crate) struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| n.child.is_some()) {
             // A stopped process still dies of SIGKILL.
             let _ = n.signal(libc::SIGKILL);
         }
@@ -162,9 +174,18 @@ fn spawn_at(
         http,
         listen,
         log,
-        child,
+        child: Some(child),
         killed: false,
     })
+}
+
+/// Exits status of a node the drill started, if it has exited (`None` while running or for
+/// a node of an existing deployment).
+fn exited(node: &mut NodeProc) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    match node.child.as_mut() {
+        Some(c) => Ok(c.try_wait()?),
+        None => Ok(None),
+    }
 }
 
 impl Cluster {
@@ -191,7 +212,7 @@ impl Cluster {
                 if client.ready(node.http).await {
                     break;
                 }
-                if let Some(status) = node.child.try_wait()? {
+                if let Some(status) = exited(node)? {
                     retries += 1;
                     if retries > 3 {
                         bail!(
@@ -234,7 +255,7 @@ impl Cluster {
         node.signal(libc::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            if let Some(status) = node.child.try_wait()? {
+            if let Some(status) = exited(node)? {
                 break status;
             }
             if Instant::now() > deadline {
@@ -264,6 +285,40 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(started.elapsed())
+    }
+
+    /// The nodes of an existing deployment at `urls` (`--target`): each node's name and
+    /// region as its own `/demo/cluster/stats` reports them.
+    pub(crate) async fn attach(urls: &[String], client: &Client) -> anyhow::Result<Self> {
+        let mut cluster = Cluster::default();
+        for url in urls {
+            let http = super::args::target_addr(url).map_err(SetupError)?;
+            let stats = client
+                .get_json(http, "/demo/cluster/stats", Duration::from_secs(5))
+                .await
+                .map_err(|e| SetupError(format!("--target {url}: {e}")))?;
+            let name = stats["from"]
+                .as_str()
+                .ok_or_else(|| SetupError(format!("--target {url}: stats without a name")))?;
+            let region = stats["nodes"]
+                .as_array()
+                .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
+                .and_then(|n| n["region"].as_str())
+                .ok_or_else(|| SetupError(format!("--target {url}: {name} lists no region")))?;
+            if cluster.nodes.iter().any(|n| n.name == name) {
+                return Err(SetupError(format!("--target lists {name} twice")).into());
+            }
+            cluster.nodes.push(NodeProc {
+                name: name.to_string(),
+                region: region.to_string(),
+                http,
+                listen: http,
+                log: PathBuf::new(),
+                child: None,
+                killed: false,
+            });
+        }
+        Ok(cluster)
     }
 
     /// The node called `name`.

@@ -181,6 +181,143 @@ fn rolling_restart_drill_drains_every_node_without_client_errors() {
 }
 
 #[test]
+fn region_drain_drill_moves_every_partition_off_and_back_without_client_errors() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = short(dir.path(), "region-drain");
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "region-drain");
+    assert_eq!(
+        doc["errors"], 0,
+        "a drain produces no client error: {doc:#}"
+    );
+    assert!(doc["drain"]["off_ms"].is_u64(), "{doc:#}");
+    assert!(doc["drain"]["back_ms"].is_u64(), "{doc:#}");
+    assert_eq!(doc["criteria"]["drain"]["pass"], true, "{doc:#}");
+}
+
+#[test]
+fn declare_dead_drill_claims_a_killed_region_without_waiting_out_the_lease() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = short(dir.path(), "region-kill");
+    args.push("--declare-dead".into());
+    // A 5 s lease: without the hook, keys would wait for it to lapse — 3.75 to 5 s after the
+    // kill (renewals come every TTL/4) — beyond the ceiling below, which replaces the usual CI
+    // allowance of 60 s.
+    args.extend(["--lease-ttl-ms", "5000", "--deadline-ms", "20000"].map(String::from));
+    let at = args
+        .iter()
+        .position(|a| a == "--max-recovery-p99-ms")
+        .unwrap();
+    args[at + 1] = "3000".into();
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "region-kill");
+    assert!(output.contains("declared"), "{output}");
+}
+
+/// Three `liege node` processes over one SQLite file, started by the test (not the drill).
+struct Deployment {
+    nodes: Vec<(String, Child)>,
+    urls: Vec<String>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn deployment(dir: &Path) -> Deployment {
+    let mut d = Deployment {
+        nodes: Vec::new(),
+        urls: Vec::new(),
+    };
+    let store = format!("sqlite:{}", dir.join("liege.db").display());
+    for region in ["iad", "ord", "lax"] {
+        let name = format!("{region}-1");
+        let (listen, http) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_liege"))
+            .args([
+                "node", "--name", &name, "--region", region, "--store", &store,
+            ])
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(["--lease-ttl-ms", "1000"])
+            .env("LIEGE_SECRET", "deployment-secret-0123456789")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("liege node starts");
+        std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string()).expect("pid file");
+        d.nodes.push((name, child));
+        d.urls.push(format!("http://127.0.0.1:{http}"));
+    }
+    d
+}
+
+#[test]
+fn a_drill_against_an_existing_deployment_kills_through_the_operators_command() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deployed = deployment(dir.path());
+    let fault_cmd = format!(
+        "for n in $(echo \"$LIEGE_DRILL_NODES\" | tr , ' '); do kill -9 $(cat {}/$n.pid); done; \
+         echo \"$LIEGE_DRILL_SCENARIO $LIEGE_DRILL_REGION $LIEGE_DRILL_NODES\" > {}/fault.txt",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let mut args = short(dir.path(), "node-kill");
+    args.extend([
+        "--target".to_string(),
+        deployed.urls.join(","),
+        "--fault-cmd".to_string(),
+        fault_cmd,
+    ]);
+    // Wait for the nodes: the drill attaches to what answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while deployed.urls.iter().any(|u| {
+        let addr = u.trim_start_matches("http://");
+        std::net::TcpStream::connect(addr).is_err()
+    }) {
+        assert!(std::time::Instant::now() < deadline, "nodes did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "node-kill");
+    assert_eq!(doc["store"], "existing deployment");
+    assert_eq!(doc["fencing_audit"]["checked"], false, "{doc:#}");
+    let victim = doc["fault"]["targets"][0]
+        .as_str()
+        .expect("a target")
+        .to_string();
+    let fault = std::fs::read_to_string(dir.path().join("fault.txt")).expect("the command ran");
+    let region = victim.trim_end_matches("-1");
+    assert_eq!(fault.trim(), format!("node-kill {region} {victim}"));
+    // The operator's command really killed the node the drill chose, and only it.
+    let mut deployed = deployed;
+    for (name, child) in &mut deployed.nodes {
+        let exited = child.try_wait().expect("wait").is_some();
+        assert_eq!(exited, *name == victim, "{name}");
+    }
+}
+
+#[test]
 fn usage_and_setup_errors_exit_with_code_2() {
     for args in [
         vec!["--no-such-flag"],
@@ -190,6 +327,26 @@ fn usage_and_setup_errors_exit_with_code_2() {
         vec!["--postgres-temp", "--store", "sqlite:/tmp/x.db"],
         vec!["--store", "memory:"],
         vec!["--scenario", "store-outage"],
+        vec!["--scenario", "pause", "--declare-dead"],
+        vec!["--target", "https://app.fly.dev", "--fault-cmd", "true"],
+        vec!["--target", "http://127.0.0.1:1", "--scenario", "node-kill"],
+        vec![
+            "--target",
+            "http://127.0.0.1:1",
+            "--scenario",
+            "pause",
+            "--fault-cmd",
+            "true",
+        ],
+        vec![
+            "--target",
+            "http://127.0.0.1:1",
+            "--scenario",
+            "region-drain",
+            "--fault-cmd",
+            "x",
+        ],
+        vec!["--fault-cmd", "true"],
     ] {
         let (status, output) = drill(&args);
         assert_eq!(status.code(), Some(2), "{args:?} gave {status}:\n{output}");
