@@ -127,17 +127,25 @@ pub(crate) async fn run_fault_cmd(
     Ok(started.elapsed())
 }
 
-/// `POST /admin/down` for every target, asked of `via` (a survivor).
+/// `POST /admin/down` for every target, asked of `via` (a survivor), all at once (as a
+/// platform's machine events would arrive).
 pub(crate) async fn declare_down(
     client: &Client,
     via: SocketAddr,
     targets: &[String],
 ) -> anyhow::Result<()> {
+    let mut downs = tokio::task::JoinSet::new();
     for t in targets {
-        client
-            .post_json(via, "/admin/down", &json!({"node": t}), ADMIN_TIMEOUT)
-            .await
-            .map_err(|e| anyhow::anyhow!("declaring {t} down via {via}: {e}"))?;
+        let (client, t) = (client.clone(), t.clone());
+        downs.spawn(async move {
+            client
+                .post_json(via, "/admin/down", &json!({"node": t}), ADMIN_TIMEOUT)
+                .await
+                .map_err(|e| anyhow::anyhow!("declaring {t} down via {via}: {e}"))
+        });
+    }
+    while let Some(result) = downs.join_next().await {
+        result.context("a down request panicked")??;
     }
     Ok(())
 }
