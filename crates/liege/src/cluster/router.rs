@@ -182,6 +182,10 @@ impl Router {
         let now = self.host.now();
         if let Some(owner) = view.live_owner(p, now) {
             if *owner.name != *self.name {
+                // Whoever sent this here believes this node should serve it: one of the two
+                // views is behind (e.g. the owner was just declared down). Read again now
+                // rather than at the next periodic refresh.
+                self.driver.stale();
                 return Err(CallError::NotOwner {
                     partition: p,
                     node: self.name.to_string(),
@@ -190,6 +194,7 @@ impl Router {
             }
         }
         if view.desired(p).is_none_or(|d| **d != *self.name) {
+            self.driver.stale();
             return Err(CallError::Unowned { partition: p });
         }
         // The desired owner of an orphan: ask the engine to claim it, and wait a little.
