@@ -65,6 +65,6 @@ pub mod telemetry;
 pub mod testing;
 pub mod transport;
 
-pub use agent::{Agent, Agents, Context, Counter, Signal};
+pub use agent::{Agent, Agents, Context, Counter, CounterMsg, CounterReply, Signal};
 pub use core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 pub use error::{AgentError, CallError};

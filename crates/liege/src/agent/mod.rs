@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use signal::{Signal, SignalError};
 
@@ -50,27 +50,149 @@ impl<'a> Context<'a> {
     }
 }
 
-/// A kind of keyed singleton agent.
+/// A kind of keyed singleton agent, with typed messages, replies and state.
 ///
-/// One activation per key exists in the whole cluster; its [`Agent::handle`] runs one signal
+/// One activation per key exists in the whole cluster; its [`Agent::handle`] runs one message
 /// at a time (turn-based), so the handler has `&mut` access to the state without locks.
 /// The state is loaded from the key's checkpoint on activation (or `Default` when there is
 /// none) and persisted according to the node's persistence mode.
 ///
-/// Handlers MUST be deterministic in what they do to `state` for a given signal only in the
-/// sense that a failed persist re-runs nothing: a signal whose checkpoint did not commit is
-/// retried by the caller from the last committed state.
+/// **Messages are CloudEvents.** [`Agent::Msg`] is a serde enum whose variants are the
+/// signal types, tagged the way a CloudEvent carries them — `#[serde(tag = "type", content =
+/// "data")]` — so `Inc { by: 2 }` is the event `{"type": "inc", "data": {"by": 2}}` over HTTP
+/// and on the wire, and a typed client ([`crate::cluster::Node::agent`]) sends the very same
+/// thing. A signal whose type or data does not decode into `Msg` is refused with the agent
+/// error `unknown_signal` (or `bad_request`) and changes nothing.
+///
+/// **A failed turn changes nothing.** If `handle` returns an error, the runtime puts the state
+/// back as it was before the turn (the handler's partial changes are discarded), persists
+/// nothing and records no dedupe entry; the caller gets the [`AgentError`].
+///
+/// A message whose checkpoint did not commit is retried by the caller from the last
+/// committed state, so `handle` may run more than once for one message; with an
+/// idempotency key (a [`Signal`]'s id) its effects apply once.
+///
+/// ```
+/// use liege::{Agent, AgentError, Context};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// A visit counter per page.
+/// struct Visits;
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+/// enum VisitsMsg {
+///     Visit,
+///     Reset { to: u64 },
+/// }
+///
+/// impl Agent for Visits {
+///     const KIND: &'static str = "visits";
+///     type State = u64;
+///     type Msg = VisitsMsg;
+///     type Reply = u64;
+///
+///     async fn handle(
+///         &self,
+///         state: &mut u64,
+///         msg: VisitsMsg,
+///         _ctx: &mut Context<'_>,
+///     ) -> Result<u64, AgentError> {
+///         match msg {
+///             VisitsMsg::Visit => *state += 1,
+///             VisitsMsg::Reset { to } => *state = to,
+///         }
+///         Ok(*state)
+///     }
+/// }
+/// ```
 pub trait Agent: Send + Sync + 'static {
-    /// The agent's state, persisted as JSON.
-    type State: Serialize + DeserializeOwned + Default + Send + Sync + 'static;
+    /// The kind's name: the `{kind}` of `/v1/agents/{kind}/{id}` and of [`AgentKey`]s
+    /// (`[a-z0-9_-]`, 1..=64 bytes).
+    const KIND: &'static str;
 
-    /// Handles one signal, returning the reply (JSON) or an agent error.
+    /// The agent's state, persisted as JSON. `Clone` so that a failed turn can be undone.
+    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
+
+    /// The messages it handles: a serde enum tagged `#[serde(tag = "type", content = "data")]`.
+    type Msg: Serialize + DeserializeOwned + Send + 'static;
+
+    /// What a handled message answers.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Handles one message, returning the reply or an agent error (which undoes the turn).
     fn handle(
         &self,
         state: &mut Self::State,
-        signal: &Signal,
+        msg: Self::Msg,
         ctx: &mut Context<'_>,
-    ) -> impl Future<Output = Result<Value, AgentError>> + Send;
+    ) -> impl Future<Output = Result<Self::Reply, AgentError>> + Send;
+}
+
+/// The signal that carries `msg`: its serde tag is the type, its content the data. Fails with
+/// `bad_message_type` if the message type is not tagged `#[serde(tag = "type", content =
+/// "data")]`.
+pub fn signal_of<M: Serialize>(msg: &M) -> Result<Signal, AgentError> {
+    let bad = || {
+        AgentError::new(
+            "bad_message_type",
+            format!(
+                "{} must serialize as {{\"type\": ..., \"data\": ...}}: \
+                 use #[serde(tag = \"type\", content = \"data\")]",
+                std::any::type_name::<M>()
+            ),
+        )
+    };
+    let mut value = serde_json::to_value(msg).map_err(|_| bad())?;
+    let obj = value.as_object_mut().ok_or_else(bad)?;
+    let ty = match obj.remove("type") {
+        Some(Value::String(t)) => t,
+        _ => return Err(bad()),
+    };
+    let data = obj.remove("data");
+    if !obj.is_empty() {
+        return Err(bad());
+    }
+    let signal = Signal::new(ty);
+    Ok(match data {
+        Some(d) => signal.with_data(d),
+        None => signal,
+    })
+}
+
+/// The message `signal` carries, or the agent error `unknown_signal` (no variant of that
+/// type) / `bad_request` (its data does not fit the variant).
+pub fn msg_of<M: DeserializeOwned>(signal: &Signal) -> Result<M, AgentError> {
+    let tagged = |data: Option<Value>| {
+        let mut obj = serde_json::Map::new();
+        obj.insert("type".into(), Value::String(signal.ty.clone()));
+        if let Some(d) = data {
+            obj.insert("data".into(), d);
+        }
+        serde_json::from_value::<M>(Value::Object(obj))
+    };
+    let err = match tagged(signal.data.clone()) {
+        Ok(m) => return Ok(m),
+        Err(e) => e,
+    };
+    // No data at all: a variant whose fields all have defaults takes `{}`.
+    if signal.data.is_none() {
+        if let Ok(m) = tagged(Some(Value::Object(Default::default()))) {
+            return Ok(m);
+        }
+    }
+    let why = err.to_string();
+    if why.contains("unknown variant") {
+        Err(AgentError::new(
+            "unknown_signal",
+            format!("unknown signal type {:?}: {why}", signal.ty),
+        ))
+    } else {
+        Err(AgentError::new(
+            "bad_request",
+            format!("bad data for signal {:?}: {why}", signal.ty),
+        ))
+    }
 }
 
 /// Boxed future used by the type-erased agent.
@@ -79,11 +201,12 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Type-erased state of an activation.
 pub(crate) type AnyState = Box<dyn Any + Send + Sync>;
 
-/// [`Agent`] with its state type erased, so a node can hold many kinds.
+/// [`Agent`] with its types erased, so a node can hold many kinds and route JSON.
 pub(crate) trait DynAgent: Send + Sync {
     fn decode(&self, data: Option<&[u8]>) -> Result<AnyState, AgentError>;
     fn encode(&self, state: &AnyState) -> Vec<u8>;
     fn to_json(&self, state: &AnyState) -> Value;
+    /// Runs one turn; on an error the state is as it was before.
     fn handle<'a>(
         &'a self,
         state: &'a mut AnyState,
@@ -93,6 +216,12 @@ pub(crate) trait DynAgent: Send + Sync {
 }
 
 struct Erased<A>(A);
+
+fn typed<A: Agent>(state: &AnyState) -> &A::State {
+    state
+        .downcast_ref::<A::State>()
+        .expect("state was created by this agent's decode")
+}
 
 impl<A: Agent> DynAgent for Erased<A> {
     fn decode(&self, data: Option<&[u8]>) -> Result<AnyState, AgentError> {
@@ -106,17 +235,11 @@ impl<A: Agent> DynAgent for Erased<A> {
     }
 
     fn encode(&self, state: &AnyState) -> Vec<u8> {
-        let state = state
-            .downcast_ref::<A::State>()
-            .expect("state was created by this agent's decode");
-        serde_json::to_vec(state).expect("agent state serializes to JSON")
+        serde_json::to_vec(typed::<A>(state)).expect("agent state serializes to JSON")
     }
 
     fn to_json(&self, state: &AnyState) -> Value {
-        let state = state
-            .downcast_ref::<A::State>()
-            .expect("state was created by this agent's decode");
-        serde_json::to_value(state).expect("agent state serializes to JSON")
+        serde_json::to_value(typed::<A>(state)).expect("agent state serializes to JSON")
     }
 
     fn handle<'a>(
@@ -125,10 +248,24 @@ impl<A: Agent> DynAgent for Erased<A> {
         signal: &'a Signal,
         ctx: &'a mut Context<'_>,
     ) -> BoxFuture<'a, Result<Value, AgentError>> {
-        let state = state
-            .downcast_mut::<A::State>()
-            .expect("state was created by this agent's decode");
-        Box::pin(self.0.handle(state, signal, ctx))
+        Box::pin(async move {
+            let msg = msg_of::<A::Msg>(signal)?;
+            let state = state
+                .downcast_mut::<A::State>()
+                .expect("state was created by this agent's decode");
+            let before = state.clone();
+            let result = match self.0.handle(state, msg, ctx).await {
+                Ok(reply) => serde_json::to_value(reply).map_err(|e| {
+                    AgentError::new("bad_reply", format!("the reply does not serialize: {e}"))
+                }),
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                // The runtime, not the handler, guarantees that a failed turn changes nothing.
+                *state = before;
+            }
+            result
+        })
     }
 }
 
@@ -152,14 +289,15 @@ impl Agents {
 
     /// The registry with the built-in demo kind `counter`.
     pub fn with_builtins() -> Self {
-        Self::new().register("counter", Counter)
+        Self::new().register(Counter)
     }
 
-    /// Adds a kind. Panics if the name is not a valid kind (`[a-z0-9_-]`, 1..=64 bytes):
-    /// kinds are fixed at build time, so a bad name is a programming error.
-    pub fn register<A: Agent>(mut self, kind: &str, agent: A) -> Self {
-        crate::core::ids::validate_kind(kind).expect("agent kind names are [a-z0-9_-]{1,64}");
-        self.kinds.insert(kind.into(), Arc::new(Erased(agent)));
+    /// Adds the kind [`Agent::KIND`] (replacing one of that name). Panics if the name is not
+    /// a valid kind (`[a-z0-9_-]`, 1..=64 bytes): kinds are fixed at build time, so a bad
+    /// name is a programming error.
+    pub fn register<A: Agent>(mut self, agent: A) -> Self {
+        crate::core::ids::validate_kind(A::KIND).expect("agent kind names are [a-z0-9_-]{1,64}");
+        self.kinds.insert(A::KIND.into(), Arc::new(Erased(agent)));
         self
     }
 
@@ -182,41 +320,91 @@ impl Agents {
 
 /// The built-in demo kind: a counter.
 ///
-/// Signals: `inc` with optional data `{"by": n}` (default 1) replies `{"value": new}`;
-/// `get` replies `{"value": current}`. Anything else is an `unknown_signal` agent error.
+/// Messages ([`CounterMsg`]): `inc` with optional data `{"by": n}` (default 1) replies
+/// `{"value": new}`; `get` replies `{"value": current}`. Anything else is an
+/// `unknown_signal` agent error; a sum past 64 bits is `overflow` (and changes nothing).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counter;
 
+/// What a [`Counter`] handles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum CounterMsg {
+    /// Add `by` (default 1).
+    Inc {
+        /// The increment.
+        #[serde(default = "one")]
+        by: i64,
+    },
+    /// Read the value.
+    Get,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// A [`Counter`]'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterReply {
+    /// The value after the message.
+    pub value: i64,
+}
+
 impl Agent for Counter {
+    const KIND: &'static str = "counter";
     type State = i64;
+    type Msg = CounterMsg;
+    type Reply = CounterReply;
 
     async fn handle(
         &self,
         state: &mut i64,
-        signal: &Signal,
+        msg: CounterMsg,
         ctx: &mut Context<'_>,
-    ) -> Result<Value, AgentError> {
-        match signal.ty.as_str() {
-            "inc" => {
-                let by = match signal.data.as_ref().and_then(|d| d.get("by")) {
-                    None => 1,
-                    Some(v) => v.as_i64().ok_or_else(|| {
-                        AgentError::new("bad_request", "\"by\" must be an integer")
-                    })?,
-                };
+    ) -> Result<CounterReply, AgentError> {
+        match msg {
+            CounterMsg::Inc { by } => {
                 *state = state.checked_add(by).ok_or_else(|| {
                     AgentError::new("overflow", "counter would overflow a 64-bit integer")
                 })?;
-                Ok(json!({ "value": *state }))
             }
-            "get" => {
-                ctx.read_only();
-                Ok(json!({ "value": *state }))
-            }
-            other => Err(AgentError::new(
-                "unknown_signal",
-                format!("counter handles \"inc\" and \"get\", not {other:?}"),
-            )),
+            CounterMsg::Get => ctx.read_only(),
         }
+        Ok(CounterReply { value: *state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_are_cloudevents_types_with_data() {
+        let s = signal_of(&CounterMsg::Inc { by: 2 }).unwrap();
+        assert_eq!((s.ty.as_str(), s.data), ("inc", Some(json!({"by": 2}))));
+        let s = signal_of(&CounterMsg::Get).unwrap();
+        assert_eq!((s.ty.as_str(), s.data), ("get", None));
+        assert_eq!(
+            msg_of::<CounterMsg>(&Signal::new("inc")),
+            Ok(CounterMsg::Inc { by: 1 })
+        );
+        assert_eq!(
+            msg_of::<CounterMsg>(&Signal::new("inc").with_data(json!({"by": 5}))),
+            Ok(CounterMsg::Inc { by: 5 })
+        );
+        assert_eq!(
+            msg_of::<CounterMsg>(&Signal::new("dec")).unwrap_err().code,
+            "unknown_signal"
+        );
+        assert_eq!(
+            msg_of::<CounterMsg>(&Signal::new("inc").with_data(json!({"by": "x"})))
+                .unwrap_err()
+                .code,
+            "bad_request"
+        );
+        // An untagged message type is refused with a clear error.
+        assert_eq!(signal_of(&5u32).unwrap_err().code, "bad_message_type");
     }
 }

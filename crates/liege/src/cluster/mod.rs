@@ -14,6 +14,7 @@ mod driver;
 mod node;
 mod peer;
 mod router;
+mod typed;
 
 pub use admin::AdminError;
 pub use api::{
@@ -22,3 +23,4 @@ pub use api::{
 pub use config::{NodeConfig, Persistence, MIN_SECRET_BYTES};
 pub use driver::StepObserver;
 pub use node::{Environment, Node};
+pub use typed::AgentRef;

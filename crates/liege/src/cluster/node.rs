@@ -487,6 +487,12 @@ impl Node {
         self.inner.host.agents()
     }
 
+    /// A typed client of the agent `id` of kind `A` (see [`AgentRef`](super::AgentRef)).
+    /// An invalid id is reported by the first call.
+    pub fn agent<A: crate::agent::Agent>(&self, id: &str) -> super::AgentRef<A> {
+        super::AgentRef::new(self.clone(), id)
+    }
+
     /// Sends `signal` to `key` wherever it lives and waits for the reply.
     pub async fn call(
         &self,

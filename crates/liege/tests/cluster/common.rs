@@ -17,9 +17,11 @@ pub(crate) fn counter(id: &str) -> AgentKey {
     AgentKey::new("counter", id).expect("valid test key")
 }
 
-/// An `inc` signal with an explicit id (idempotency key).
+/// The counter's typed `inc` message as a signal, with an explicit id (idempotency key).
 pub(crate) fn inc(id: &str) -> Signal {
-    Signal::new("inc").with_id(id)
+    liege::agent::signal_of(&liege::CounterMsg::Inc { by: 1 })
+        .expect("CounterMsg is tagged")
+        .with_id(id)
 }
 
 /// The integer `value` of a counter reply.

@@ -153,13 +153,23 @@ struct Held {
     entered: Arc<AtomicUsize>,
 }
 
+/// Any message: a held agent only counts.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+enum HeldMsg {
+    Inc,
+}
+
 impl Agent for Held {
+    const KIND: &'static str = "held";
     type State = i64;
+    type Msg = HeldMsg;
+    type Reply = Value;
 
     async fn handle(
         &self,
         state: &mut i64,
-        _: &Signal,
+        _: HeldMsg,
         _: &mut Context<'_>,
     ) -> Result<Value, AgentError> {
         self.entered.fetch_add(1, Ordering::SeqCst);
@@ -173,6 +183,127 @@ impl Agent for Held {
     }
 }
 
+/// An agent that changes its state and then fails: the runtime must undo the change.
+struct Careless;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+enum CarelessMsg {
+    /// Adds to the list, then fails if asked to.
+    Push { item: String, fail: bool },
+}
+
+impl Agent for Careless {
+    const KIND: &'static str = "careless";
+    type State = Vec<String>;
+    type Msg = CarelessMsg;
+    type Reply = usize;
+
+    async fn handle(
+        &self,
+        state: &mut Vec<String>,
+        msg: CarelessMsg,
+        _: &mut Context<'_>,
+    ) -> Result<usize, AgentError> {
+        let CarelessMsg::Push { item, fail } = msg;
+        state.push(item);
+        if fail {
+            return Err(AgentError::new("refused", "changed the state, then failed"));
+        }
+        Ok(state.len())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_turn_leaves_the_state_as_it_was() {
+    init_tracing();
+    for persistence in [
+        liege::cluster::Persistence::Durable,
+        liege::cluster::Persistence::OnPassivate,
+    ] {
+        let cluster = TestCluster::builder()
+            .node("a", "iad")
+            .agents(Agents::with_builtins().register(Careless))
+            .configure(move |c| c.persistence = persistence.clone())
+            .start()
+            .await;
+        let list = cluster.node("a").agent::<Careless>("l");
+        let push = |item: &str, fail: bool| CarelessMsg::Push {
+            item: item.into(),
+            fail,
+        };
+        assert_eq!(list.call(push("a", false)).await, Ok(1));
+        let err = list.call(push("b", true)).await.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Agent(a) if a.code == "refused"),
+            "{err:?}"
+        );
+        // In memory (the activation is still there) and in the store: no "b".
+        assert_eq!(list.get_state().await, Ok(vec!["a".to_string()]));
+        assert_eq!(list.call(push("c", false)).await, Ok(2));
+        list.stop().await.expect("stop");
+        assert_eq!(
+            list.get_state().await,
+            Ok(vec!["a".to_string(), "c".to_string()]),
+            "{persistence:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_reach_local_and_remote_owners() {
+    use liege::{Counter, CounterMsg, CounterReply};
+    init_tracing();
+    let cluster = TestCluster::builder()
+        .node("a", "iad")
+        .node("b", "ord")
+        .start()
+        .await;
+    assert!(cluster.wait_converged(Duration::from_secs(20)).await);
+    // Keys owned by each node, called from node a: one local, one remote.
+    let a = cluster.node("a");
+    let mut by_owner = std::collections::BTreeMap::new();
+    for i in 0..64 {
+        let id = format!("t{i}");
+        let owner = a.owner_node(&counter(&id)).unwrap().owner.unwrap();
+        by_owner.entry(owner).or_insert(id);
+    }
+    assert_eq!(by_owner.len(), 2, "{by_owner:?}");
+    for (owner, id) in &by_owner {
+        let c = a.agent::<Counter>(id);
+        assert_eq!(
+            c.call(CounterMsg::Inc { by: 2 }).await,
+            Ok(CounterReply { value: 2 })
+        );
+        assert_eq!(
+            c.call_idempotent("once", CounterMsg::Inc { by: 5 }).await,
+            Ok(CounterReply { value: 7 })
+        );
+        assert_eq!(
+            c.call_idempotent("once", CounterMsg::Inc { by: 5 }).await,
+            Ok(CounterReply { value: 7 }),
+            "a retry gets the first reply"
+        );
+        c.cast(CounterMsg::Inc { by: 1 }).await.expect("cast");
+        let mut value = 0;
+        for _ in 0..100 {
+            value = c.get_state().await.expect("state");
+            if value == 8 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(value, 8, "{owner}");
+        assert_eq!(c.lookup().await, Ok(Some(owner.clone())));
+    }
+    // An invalid id is a typed error at the first call.
+    let bad = a.agent::<Counter>("");
+    assert!(matches!(
+        bad.call(CounterMsg::Get).await,
+        Err(CallError::BadRequest(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_answers_overloaded() {
     init_tracing();
@@ -184,7 +315,7 @@ async fn a_full_mailbox_answers_overloaded() {
     };
     let cluster = TestCluster::builder()
         .node("a", "iad")
-        .agents(Agents::with_builtins().register("held", agent))
+        .agents(Agents::with_builtins().register(agent))
         .configure(|c| c.mailbox_capacity = 2)
         .start()
         .await;
