@@ -256,7 +256,7 @@ pub(crate) fn new_secret() -> anyhow::Result<String> {
 }
 
 /// Runs a node until SIGTERM/SIGINT, then shuts down gracefully.
-pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: NodeArgs, agents: Agents) -> anyhow::Result<ExitCode> {
     init_logging(args.log_json);
     let region = args
         .region
@@ -315,7 +315,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         config.placement = p.parse().map_err(|e| anyhow::anyhow!("--placement: {e}"))?;
     }
 
-    let node = Node::start(config, store, Agents::with_builtins())
+    let node = Node::start(config, store, agents)
         .await
         .context("starting the node")?;
     tracing::info!(

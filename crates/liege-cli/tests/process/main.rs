@@ -4,6 +4,7 @@ mod admin;
 mod api;
 mod cluster;
 mod dedupe;
+mod examples;
 mod http;
 mod mitm;
 mod secrets;

@@ -21,6 +21,22 @@ pub(crate) fn liege(args: &[&str], env: &[(&str, &str)]) -> std::process::Output
         .expect("liege runs")
 }
 
+/// An example program of this package (`cargo test` builds them next to the binaries).
+pub(crate) fn example(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_liege"));
+    let path = bin
+        .parent()
+        .expect("the binary is in a directory")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "example {name} not built at {}",
+        path.display()
+    );
+    path
+}
+
 /// A free loopback port (bound, then released).
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -44,6 +60,8 @@ pub(crate) struct NodeProcess {
     /// The cluster transport port.
     pub(crate) cluster: u16,
     child: Option<Child>,
+    /// The program: the `liege` binary, or an example built on `liege_cli::run`.
+    exe: PathBuf,
     args: Vec<String>,
     /// Extra environment of the process.
     env: Vec<(String, String)>,
@@ -73,6 +91,21 @@ impl NodeProcess {
     /// only when `name` is not empty (so the node's own default can be tested; the log is
     /// then `node.log`), and `--listen` only when `extra` has none.
     pub(crate) fn start_with_env(
+        name: &str,
+        region: &str,
+        store: &str,
+        log_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
+        let exe = Path::new(env!("CARGO_BIN_EXE_liege"));
+        Self::start_program(exe, name, region, store, log_dir, extra, env)
+    }
+
+    /// [`NodeProcess::start_with_env`] running `exe node ...` (any binary built on
+    /// `liege_cli::run`).
+    pub(crate) fn start_program(
+        exe: &Path,
         name: &str,
         region: &str,
         store: &str,
@@ -112,6 +145,7 @@ impl NodeProcess {
             http,
             cluster,
             child: None,
+            exe: exe.to_path_buf(),
             args,
             env: env
                 .iter()
@@ -130,7 +164,7 @@ impl NodeProcess {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_liege"))
+        let child = Command::new(&self.exe)
             .args(&self.args)
             .env("LIEGE_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
