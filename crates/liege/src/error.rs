@@ -1,4 +1,5 @@
-//! [`CallError`]: every way a call to an agent can fail, split into retryable and final.
+//! [`CallError`]: every way a call to an agent can fail, split into retryable and final;
+//! [`ConfigError`]: a setting that cannot work.
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +119,26 @@ impl CallError {
             CallError::DeadlineExceeded { .. } => "deadline_exceeded",
             CallError::ShuttingDown => "shutting_down",
             CallError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// A configuration value that cannot work: which setting, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    /// The setting (or settings), as named in the configuration struct.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// `setting` is wrong because of `problem`.
+    pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
         }
     }
 }

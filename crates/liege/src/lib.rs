@@ -56,15 +56,18 @@ pub mod cluster;
 pub mod core;
 pub mod env;
 pub mod error;
+#[doc(hidden)]
 pub mod faults;
 pub(crate) mod host;
 pub mod http;
+#[doc(hidden)]
 pub mod sabotage;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
+#[doc(hidden)]
 pub mod transport;
 
 pub use agent::{Agent, Agents, Context, Counter, CounterMsg, CounterReply, Signal};
 pub use core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
-pub use error::{AgentError, CallError};
+pub use error::{AgentError, CallError, ConfigError};

@@ -106,6 +106,7 @@ impl BenchArgs {
         self.persistence
             .parse::<liege::cluster::Persistence>()
             .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

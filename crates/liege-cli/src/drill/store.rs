@@ -110,7 +110,7 @@ impl StoreSetup {
         }
         match store {
             None => Ok(StoreSetup::Sqlite(run_dir.join("liege.db"))),
-            Some(raw) => match raw.parse::<StoreUrl>().map_err(SetupError)? {
+            Some(raw) => match raw.parse::<StoreUrl>().map_err(|e| SetupError(e.to_string()))? {
                 StoreUrl::Sqlite(path) => Ok(StoreSetup::Sqlite(path)),
                 StoreUrl::Postgres(url) => Ok(StoreSetup::Given(url)),
                 StoreUrl::Memory => Err(SetupError(
@@ -149,7 +149,7 @@ impl StoreSetup {
 
     /// Reads every audit record the nodes committed (they run with `--audit`).
     pub(crate) async fn audit(&self) -> anyhow::Result<Vec<liege::store::AuditRecord>> {
-        let url: StoreUrl = self.node_url().parse().map_err(anyhow::Error::msg)?;
+        let url: StoreUrl = self.node_url().parse()?;
         let store = liege::store::open(
             &url,
             StoreOptions {

@@ -510,3 +510,88 @@ fn cloudevents_binary_and_batch_modes_are_served() {
     let (_, state) = node.req("GET", "/v1/agents/counter/acct", &[], b"");
     assert_eq!(state, json!(15));
 }
+
+#[test]
+fn cast_answers_202_once_durable_and_lookup_says_where_a_key_is_active() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProcess::start("cl", "iad", &dir.path().join("liege.db"), &[]);
+    let json_ct = [("content-type", "application/json")];
+    let event = |id: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "/t", "type": "inc", "data": {"by": 3}})
+            .to_string()
+    };
+    let (s, b) = node.req(
+        "POST",
+        "/v1/agents/counter/c1/cast",
+        &json_ct,
+        event("e1").as_bytes(),
+    );
+    assert_eq!(
+        (s, &b["id"], &b["durable"]),
+        (202, &json!("e1"), &json!(true)),
+        "{b}"
+    );
+    // Durable before 202: the effect is there at once, and a retried cast is deduplicated.
+    let (_, state) = node.req("GET", "/v1/agents/counter/c1", &[], b"");
+    assert_eq!(state, json!(3));
+    let (s, _) = node.req(
+        "POST",
+        "/v1/agents/counter/c1/cast",
+        &json_ct,
+        event("e1").as_bytes(),
+    );
+    assert_eq!(s, 202);
+    assert_eq!(
+        node.req("GET", "/v1/agents/counter/c1", &[], b"").1,
+        json!(3)
+    );
+    // Lookup: active here, with the owner from the directory; a key never called is not
+    // active, and looking it up does not activate it.
+    let (s, l) = node.req("GET", "/v1/agents/counter/c1/lookup", &[], b"");
+    assert_eq!(s, 200, "{l}");
+    assert_eq!(
+        (&l["active"], &l["node"], &l["owner"]),
+        (&json!(true), &json!("cl"), &json!("cl"))
+    );
+    assert_eq!(l["region"], "iad");
+    let (_, l) = node.req("GET", "/v1/agents/counter/never/lookup", &[], b"");
+    assert_eq!(
+        (&l["active"], &l["node"]),
+        (&json!(false), &Value::Null),
+        "{l}"
+    );
+    let (_, stats) = node.req("GET", "/demo/cluster/stats", &[], b"");
+    assert_eq!(
+        stats["nodes"][0]["active_agents"], 1,
+        "lookup activated nothing"
+    );
+    // Bad input: an unknown kind, a batch, a bad event — refused, nothing changed.
+    let (s, b) = node.req(
+        "POST",
+        "/v1/agents/nope/x/cast",
+        &json_ct,
+        event("e2").as_bytes(),
+    );
+    assert_eq!((s, error_code(&b)), (404, "unknown_kind"));
+    let batch = format!("[{}]", event("e3"));
+    let (s, _) = node.req(
+        "POST",
+        "/v1/agents/counter/c1/cast",
+        &[("content-type", "application/cloudevents-batch+json")],
+        batch.as_bytes(),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = node.req(
+        "POST",
+        "/v1/agents/counter/c1/cast",
+        &json_ct,
+        b"{\"type\":1}",
+    );
+    assert_eq!(s, 400);
+    let (s, b) = node.req("GET", "/v1/agents/nope/x/lookup", &[], b"");
+    assert_eq!((s, error_code(&b)), (404, "unknown_kind"));
+    assert_eq!(
+        node.req("GET", "/v1/agents/counter/c1", &[], b"").1,
+        json!(3)
+    );
+}

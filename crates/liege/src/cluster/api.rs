@@ -13,7 +13,28 @@ use crate::store::StoreError;
 pub enum StartError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::error::ConfigError),
+    /// Another live node holds this node's name.
+    #[error(
+        "the node name {name:?} is held by a live node (its lease keeps being renewed): give \
+         this node another --name, or stop the other one"
+    )]
+    NameInUse {
+        /// The name.
+        name: String,
+    },
+    /// The cluster port is bound to an address peers cannot dial and none is advertised.
+    #[error(
+        "the cluster port is bound to {bound}, which peers cannot dial: set the address to \
+         advertise (--advertise, LIEGE_ADVERTISE; on Fly.io the node uses FLY_PRIVATE_IP)"
+    )]
+    UnspecifiedAdvertise {
+        /// The bound address.
+        bound: String,
+    },
+    /// The node was stopped before it had joined.
+    #[error("the node stopped while joining")]
+    StoppedWhileJoining,
     /// The cluster port could not be bound.
     #[error("cannot bind cluster port {addr}: {source}")]
     Bind {

@@ -1,11 +1,12 @@
 //! [`NodeConfig`]: everything a node needs to know before it starts.
 
+use crate::error::ConfigError;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::core::engine::RebalanceConfig;
 use crate::core::placement::PlacementPolicy;
-pub use crate::host::Persistence;
+pub use crate::host::{ParsePersistenceError, Persistence};
 use crate::sabotage::Sabotage;
 
 /// The shortest cluster secret a node accepts.
@@ -100,49 +101,58 @@ impl NodeConfig {
     }
 
     /// Checks the configuration for values that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(secret) = &self.secret {
             if secret.len() < MIN_SECRET_BYTES {
-                return Err(format!(
-                    "the cluster secret is {} bytes; it must be at least {MIN_SECRET_BYTES} \
-                     (make one with `liege secret`)",
-                    secret.len()
+                return Err(ConfigError::new(
+                    "secret",
+                    format!(
+                        "is {} bytes; it must be at least {MIN_SECRET_BYTES} \
+                         (make one with `liege secret`)",
+                        secret.len()
+                    ),
                 ));
             }
         }
         if self.name.is_empty() || self.name.len() > 128 {
-            return Err("node name must be 1..=128 bytes".into());
+            return Err(ConfigError::new("name", "must be 1..=128 bytes"));
         }
         if self.region.is_empty() || self.region.len() > 64 {
-            return Err("region must be 1..=64 bytes".into());
+            return Err(ConfigError::new("region", "must be 1..=64 bytes"));
         }
         if self.partitions == 0 || self.partitions > 65_536 {
-            return Err("partitions must be 1..=65536".into());
+            return Err(ConfigError::new("partitions", "must be 1..=65536"));
         }
         if self.lease_ttl < Duration::from_millis(100) {
-            return Err("lease TTL must be at least 100 ms".into());
+            return Err(ConfigError::new("lease_ttl", "must be at least 100 ms"));
         }
         if self.mailbox_capacity == 0
             || self.max_batch == 0
             || self.max_activations == 0
             || self.max_state_bytes == 0
         {
-            return Err(
-                "mailbox capacity, max batch, max activations and max state bytes must be positive"
-                    .into(),
-            );
+            return Err(ConfigError::new(
+                "mailbox_capacity, max_batch, max_activations, max_state_bytes",
+                "must be positive",
+            ));
         }
         if self.dedupe_retention < Duration::from_secs(1)
             || self.dedupe_retention > Duration::from_secs(3650 * 24 * 3600)
         {
-            return Err("dedupe retention must be between 1 s and 3650 days".into());
+            return Err(ConfigError::new(
+                "dedupe_retention",
+                "must be between 1 s and 3650 days",
+            ));
         }
         if self.rebalance.max_per_tick == 0 {
-            return Err("max migrations per tick must be positive".into());
+            return Err(ConfigError::new(
+                "rebalance.max_per_tick",
+                "must be positive",
+            ));
         }
         self.placement
             .validate(self.partitions)
-            .map_err(|e| format!("placement: {e}"))
+            .map_err(|e| ConfigError::new("placement", e.to_string()))
     }
 }
 
@@ -198,7 +208,7 @@ mod tests {
     fn short_secrets_are_refused() {
         let mut c = NodeConfig::new("a", "iad");
         c.secret = Some(b"fifteen-bytes!!".to_vec());
-        assert!(c.validate().unwrap_err().contains("at least 16"));
+        assert_eq!(c.validate().unwrap_err().setting, "secret");
         c.secret = Some(b"sixteen-bytes!!!".to_vec());
         c.validate().expect("16 bytes are enough");
     }

@@ -20,7 +20,7 @@ pub use admin::AdminError;
 pub use api::{
     CallOptions, ClusterStats, NodeStats, OwnerInfo, Reply, StartError, UnreachableNode,
 };
-pub use config::{NodeConfig, Persistence, MIN_SECRET_BYTES};
+pub use config::{NodeConfig, ParsePersistenceError, Persistence, MIN_SECRET_BYTES};
 pub use driver::StepObserver;
 pub use node::{Environment, Node};
 pub use typed::AgentRef;

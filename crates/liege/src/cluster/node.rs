@@ -276,10 +276,7 @@ impl Node {
             }
             Ok(Err(StoreError::NameInUse { name, .. })) => {
                 shutdown.cancel();
-                return Err(StartError::Config(format!(
-                    "the node name {name:?} is held by a live node (its lease keeps being \
-                     renewed): give this node another --name, or stop the other one"
-                )));
+                return Err(StartError::NameInUse { name });
             }
             Ok(Err(e)) => {
                 shutdown.cancel();
@@ -287,7 +284,7 @@ impl Node {
             }
             Err(_) => {
                 shutdown.cancel();
-                return Err(StartError::Config("the node stopped while joining".into()));
+                return Err(StartError::StoppedWhileJoining);
             }
         }
         if let Some(listener) = listener {
@@ -720,11 +717,9 @@ async fn bind(config: &NodeConfig) -> Result<(TcpListener, String), StartError> 
         Some(addr) => addr.clone(),
         // 0.0.0.0 or [::] is where we listen, not an address a peer can dial.
         None if bound.ip().is_unspecified() => {
-            return Err(StartError::Config(format!(
-                "the cluster port is bound to {bound}, which peers cannot dial: set the \
-                 address to advertise (--advertise, LIEGE_ADVERTISE; on Fly.io the node uses \
-                 FLY_PRIVATE_IP)"
-            )))
+            return Err(StartError::UnspecifiedAdvertise {
+                bound: bound.to_string(),
+            })
         }
         None => bound.to_string(),
     };

@@ -35,7 +35,7 @@ use crate::error::CallError;
 use crate::store::{CheckpointWrite, SharedStore, WriteError};
 use crate::telemetry::{KindSeries, Telemetry};
 use activations::{Activation, Activations, Holding, Turn};
-pub use persistence::Persistence;
+pub use persistence::{ParsePersistenceError, Persistence};
 use writer::WriterHandle;
 
 /// What a request does once it holds the key's turn.

@@ -16,8 +16,16 @@ pub enum Persistence {
     OnPassivate,
 }
 
+/// A persistence mode that is not `durable`, `interval:MS` (MS > 0) or `on_passivate`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown persistence {given:?}: use durable, interval:MS or on_passivate")]
+pub struct ParsePersistenceError {
+    /// What was given.
+    pub given: String,
+}
+
 impl std::str::FromStr for Persistence {
-    type Err = String;
+    type Err = ParsePersistenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -29,8 +37,8 @@ impl std::str::FromStr for Persistence {
                     .or_else(|| other.strip_prefix("interval="))
                     .and_then(|ms| ms.trim_end_matches("ms").parse::<u64>().ok())
                     .filter(|ms| *ms > 0)
-                    .ok_or_else(|| {
-                        format!("unknown persistence {other:?}: use durable, interval:MS or on_passivate")
+                    .ok_or_else(|| ParsePersistenceError {
+                        given: other.to_string(),
                     })?;
                 Ok(Persistence::Interval(Duration::from_millis(ms)))
             }

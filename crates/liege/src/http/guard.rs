@@ -9,6 +9,7 @@
 //! under its deadline *before* any handler runs, so a slow client never holds a turn lock or a
 //! store connection.
 
+use crate::error::ConfigError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,15 +78,21 @@ impl std::fmt::Debug for HttpConfig {
 
 impl HttpConfig {
     /// Checks the limits.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
-            return Err("HTTP timeouts must be positive".into());
+            return Err(ConfigError::new(
+                "header_timeout, body_timeout",
+                "must be positive",
+            ));
         }
         if self.max_connections == 0 || self.max_in_flight == 0 {
-            return Err("HTTP connection and in-flight limits must be positive".into());
+            return Err(ConfigError::new(
+                "max_connections, max_in_flight",
+                "must be positive",
+            ));
         }
         if self.api_token.as_deref().is_some_and(str::is_empty) {
-            return Err("the API token must not be empty".into());
+            return Err(ConfigError::new("api_token", "must not be empty"));
         }
         Ok(())
     }

@@ -43,6 +43,8 @@ pub fn router_with(node: Node, config: HttpConfig) -> Router {
             "/v1/agents/{kind}/{id}",
             post(agent_signal).get(agent_state).delete(agent_stop),
         )
+        .route("/v1/agents/{kind}/{id}/cast", post(agent_cast))
+        .route("/v1/agents/{kind}/{id}/lookup", get(agent_lookup))
         .route("/admin/status", get(admin::status))
         .route("/admin/drain", post(admin::drain))
         .route("/admin/undrain", post(admin::undrain))
@@ -277,17 +279,8 @@ async fn agent_signal(
     let options = CallOptions {
         timeout: timeout_header(&headers)?,
     };
-    let mut signal = match mode(&headers) {
-        Mode::Structured => Signal::from_json(&raw).map_err(bad_event)?,
-        Mode::Binary => {
-            let ce = headers
-                .iter()
-                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
-            let content_type = headers
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            Signal::from_binary(ce, content_type, &raw).map_err(bad_event)?
-        }
+    let signal = match mode(&headers) {
+        Mode::Structured | Mode::Binary => one_event(&headers, &raw)?,
         Mode::Batch => {
             if headers.contains_key("idempotency-key") {
                 return Err(ApiError::bad_request(
@@ -329,12 +322,103 @@ async fn agent_signal(
             return Ok(Json(Value::Array(results)).into_response());
         }
     };
-    if let Some(k) = idempotency_key(&headers)? {
-        signal.id = k;
-    }
     check_ready(&node)?;
     let reply = detached(async move { node.call(&key, signal, options).await }).await?;
     Ok(reply_response(reply))
+}
+
+/// The one CloudEvent of a structured- or binary-mode request, with its `Idempotency-Key`.
+fn one_event(headers: &HeaderMap, raw: &Bytes) -> Result<Signal, ApiError> {
+    let mut signal = match mode(headers) {
+        Mode::Binary => {
+            let ce = headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+            let content_type = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            Signal::from_binary(ce, content_type, raw).map_err(bad_event)?
+        }
+        Mode::Structured => Signal::from_json(raw).map_err(bad_event)?,
+        Mode::Batch => {
+            return Err(ApiError::bad_request(
+                "a batch is not accepted here: send one event",
+            ))
+        }
+    };
+    if let Some(k) = idempotency_key(headers)? {
+        signal.id = k;
+    }
+    Ok(signal)
+}
+
+/// `POST /v1/agents/{kind}/{id}/cast`: one event, answered 202 without the agent's reply.
+/// In durable mode the answer comes once the event's effect is committed (a 202 is never
+/// lost by a crash); otherwise once the owner admitted it into the key's mailbox.
+async fn agent_cast(
+    State(node): State<Node>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (kind, id) = path(p)?;
+    let raw = body(raw)?;
+    let key = key_from(&kind, &id)?;
+    if !node.agents().contains(&kind) {
+        return Err(crate::error::CallError::UnknownKind { kind }.into());
+    }
+    let options = CallOptions {
+        timeout: timeout_header(&headers)?,
+    };
+    let signal = one_event(&headers, &raw)?;
+    let signal_id = signal.id.clone();
+    check_ready(&node)?;
+    let durable = matches!(
+        node.config().persistence,
+        crate::cluster::Persistence::Durable
+    );
+    detached(async move {
+        if durable {
+            node.call(&key, signal, options).await.map(|_| ())
+        } else {
+            node.cast(&key, signal, options).await
+        }
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": signal_id, "durable": durable})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/agents/{kind}/{id}/lookup`: whether the key is active and where (asked of its
+/// owner; does not activate it), and its owner in this node's view.
+async fn agent_lookup(
+    State(node): State<Node>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = path(p)?;
+    let key = key_from(&kind, &id)?;
+    let info = node.owner_node(&key)?;
+    check_ready(&node)?;
+    let options = CallOptions {
+        timeout: timeout_header(&headers)?,
+    };
+    let lookup_key = key.clone();
+    let active_on = detached(async move { node.lookup(&lookup_key, options).await }).await?;
+    Ok(Json(json!({
+        "kind": kind,
+        "id": id,
+        "active": active_on.is_some(),
+        "node": active_on,
+        "owner": info.owner,
+        "region": info.region,
+        "partition": info.partition,
+        "epoch": info.epoch,
+        "owned": info.owned,
+    })))
 }
 
 async fn agent_state(

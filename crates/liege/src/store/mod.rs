@@ -500,8 +500,22 @@ pub enum StoreUrl {
     Postgres(String),
 }
 
+/// Why a store URL was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreUrlError {
+    /// `sqlite:` without a path.
+    #[error("sqlite: needs a path, e.g. sqlite:./liege-data/liege.db")]
+    SqliteWithoutPath,
+    /// Not `memory:`, `sqlite:PATH` or `postgres://...` (the URL is shown redacted).
+    #[error("unknown store {shown:?}: use memory:, sqlite:PATH or postgres://...")]
+    UnknownScheme {
+        /// The refused URL, password redacted.
+        shown: String,
+    },
+}
+
 impl std::str::FromStr for StoreUrl {
-    type Err = String;
+    type Err = StoreUrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "memory:" || s == "memory" {
@@ -509,15 +523,15 @@ impl std::str::FromStr for StoreUrl {
         } else if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err("sqlite: needs a path, e.g. sqlite:./liege-data/liege.db".into());
+                return Err(StoreUrlError::SqliteWithoutPath);
             }
             Ok(StoreUrl::Sqlite(path.into()))
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(StoreUrl::Postgres(s.to_string()))
         } else {
-            Err(format!(
-                "unknown store {s:?}: use memory:, sqlite:PATH or postgres://..."
-            ))
+            Err(StoreUrlError::UnknownScheme {
+                shown: redact_url(s),
+            })
         }
     }
 }

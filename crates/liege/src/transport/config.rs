@@ -1,6 +1,7 @@
 //! What the transport needs from its node ([`TransportConfig`]), what it counts
 //! ([`TransportCounters`]) and how a request can fail ([`TransportError`]).
 
+use crate::error::ConfigError;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,17 +87,23 @@ impl TransportConfig {
     }
 
     /// Checks the settings make sense together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.connect_timeout.is_zero()
             || self.handshake_timeout.is_zero()
             || self.max_peer_deadline.is_zero()
         {
-            return Err("transport timeouts must be positive".into());
+            return Err(ConfigError::new(
+                "connect_timeout, handshake_timeout, max_peer_deadline",
+                "must be positive",
+            ));
         }
         if self.max_frame_bytes < HANDSHAKE_MAX_FRAME_BYTES {
-            return Err(format!(
-                "max_frame_bytes is {}; it must be at least {HANDSHAKE_MAX_FRAME_BYTES}",
-                self.max_frame_bytes
+            return Err(ConfigError::new(
+                "max_frame_bytes",
+                format!(
+                    "is {}; it must be at least {HANDSHAKE_MAX_FRAME_BYTES}",
+                    self.max_frame_bytes
+                ),
             ));
         }
         Ok(())

@@ -4,6 +4,7 @@
 mod admin;
 mod backends;
 mod common;
+mod examples;
 mod failover;
 mod outage;
 mod single_node;

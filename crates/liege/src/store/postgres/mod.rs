@@ -20,6 +20,7 @@ mod pool;
 mod schema;
 pub mod tls;
 
+use crate::error::ConfigError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,15 +88,21 @@ impl PostgresOptions {
     }
 
     /// Checks the options make sense together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.pool_size == 0 {
-            return Err("pool_size must be at least 1".into());
+            return Err(ConfigError::new("pool_size", "must be at least 1"));
         }
         if self.statement_timeout.is_zero() || self.op_timeout.is_zero() {
-            return Err("statement_timeout and op_timeout must be positive".into());
+            return Err(ConfigError::new(
+                "statement_timeout, op_timeout",
+                "must be positive",
+            ));
         }
         if self.connect_timeout.is_zero() || self.migrate_timeout.is_zero() {
-            return Err("connect_timeout and migrate_timeout must be positive".into());
+            return Err(ConfigError::new(
+                "connect_timeout, migrate_timeout",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -143,7 +150,9 @@ impl PostgresStore {
     /// migrations and starts the change listener. Fails with [`StoreError::Unavailable`] if
     /// the server cannot be reached. Must be called inside a Tokio runtime.
     pub async fn connect(url: &str, options: PostgresOptions) -> StoreResult<Self> {
-        options.validate().map_err(StoreError::Other)?;
+        options
+            .validate()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let (url, tls) = tls::split(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()

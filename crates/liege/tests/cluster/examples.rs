@@ -1,0 +1,73 @@
+//! The examples of this crate: they build (`cargo test` builds them), run, and the README
+//! shows the library example as it is.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    // target/debug/deps/cluster-… → target/debug/examples/NAME
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example {name} not built at {}",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_readme_library_snippet_is_the_typed_counter_example() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../../README.md")).expect("README");
+    let example =
+        std::fs::read_to_string(root.join("examples/typed_counter.rs")).expect("the example");
+    let body = example
+        .split("// README:begin\n")
+        .nth(1)
+        .and_then(|rest| rest.split("// README:end").next())
+        .expect("README markers in the example");
+    assert!(
+        readme.contains(&format!("```rust\n{body}```")),
+        "README's Library block differs from examples/typed_counter.rs"
+    );
+}
+
+#[test]
+fn the_typed_counter_example_runs_and_its_counter_is_durable() {
+    let dir = tempfile_dir();
+    for expected in [2, 4] {
+        let out = Command::new(example("typed_counter"))
+            .arg(&dir)
+            .env("LIEGE_LOG", "warn")
+            .output()
+            .expect("the example runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("tenant-7 = {expected}")),
+            "{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "liege-typed-counter-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
