@@ -1,6 +1,7 @@
 //! The agent model: [`Agent`] kinds with typed state, the [`Signal`] they receive, the
 //! registry of kinds a node serves, and the built-in [`Counter`].
 
+pub mod calls;
 pub(crate) mod checkpoint;
 pub mod signal;
 
@@ -17,20 +18,30 @@ use serde_json::Value;
 pub use signal::{Signal, SignalError};
 
 use crate::core::ids::AgentKey;
-use crate::error::AgentError;
+use crate::error::{AgentError, CallError};
 
 /// Per-signal context handed to a handler.
-#[derive(Debug)]
 pub struct Context<'a> {
     key: &'a AgentKey,
     read_only: bool,
+    scope: Option<&'a mut calls::CallScope>,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("key", &self.key)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(key: &'a AgentKey) -> Self {
+    pub(crate) fn new(key: &'a AgentKey, scope: Option<&'a mut calls::CallScope>) -> Self {
         Self {
             key,
             read_only: false,
+            scope,
         }
     }
 
@@ -47,6 +58,40 @@ impl<'a> Context<'a> {
 
     pub(crate) fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Calls the agent `id` of kind `B` from inside this turn and waits for its typed reply,
+    /// within the deadline of the call this turn serves. This turn keeps its key's turn
+    /// while it waits (other signals for this key queue behind it).
+    ///
+    /// - A call back to a key whose turn is waiting on this call — this key, or any key
+    ///   up the chain, on any node — fails at once with [`CallError::CallCycle`] (it could
+    ///   only deadlock). Calls nest at most [`calls::MAX_CALL_DEPTH`] deep.
+    /// - The nested signal's id is derived from this turn's signal id, the callee and the
+    ///   call's position in the turn: if this turn is retried (its checkpoint did not
+    ///   commit, the caller retried), the nested call is deduplicated by the callee rather
+    ///   than applied twice.
+    /// - A `CallError` converts into an [`AgentError`] with its code, so `?` works in a
+    ///   handler.
+    pub async fn call<B: Agent>(&mut self, id: &str, msg: B::Msg) -> Result<B::Reply, CallError> {
+        let key = AgentKey::new(B::KIND, id).map_err(|e| CallError::BadRequest(e.to_string()))?;
+        let signal = signal_of(&msg).map_err(|e| CallError::BadRequest(e.to_string()))?;
+        let scope = self
+            .scope
+            .as_deref_mut()
+            .ok_or_else(|| CallError::Internal("this context cannot make calls".into()))?;
+        let outbound = scope
+            .outbound
+            .clone()
+            .ok_or_else(|| CallError::Unavailable("the node is shutting down".into()))?;
+        let (signal, timeout) = scope.prepare(&key, signal, crate::host::unix_ms())?;
+        let value = outbound.call(key.clone(), signal, timeout).await?;
+        serde_json::from_value(value).map_err(|e| {
+            CallError::Internal(format!(
+                "the reply of {key} does not decode as {}: {e}",
+                std::any::type_name::<B::Reply>()
+            ))
+        })
     }
 }
 

@@ -220,6 +220,7 @@ impl Node {
                 seed: seed.rotate_left(17),
                 max_activations: config.max_activations,
                 max_state_bytes: config.max_state_bytes,
+                call_timeout: config.call_timeout,
             },
             agents,
             store.clone(),
@@ -243,6 +244,9 @@ impl Node {
             driver: handle.clone(),
             telemetry: telemetry.clone(),
         });
+        let _ = host
+            .outbound
+            .set(Arc::new(router::Nested(Arc::downgrade(&router))));
         let peer_handler = Arc::new(PeerHandler::new(&router));
         let (stopped_tx, stopped) = watch::channel(false);
         let driver = Driver {

@@ -315,6 +315,34 @@ impl Router {
     }
 }
 
+/// The router as seen from inside a turn: nested calls ([`crate::Context::call`]). Weak, so
+/// that a stopped node's router and host are freed.
+pub(crate) struct Nested(pub(crate) std::sync::Weak<Router>);
+
+impl crate::agent::calls::Outbound for Nested {
+    fn call(
+        &self,
+        key: AgentKey,
+        signal: crate::agent::Signal,
+        timeout: Duration,
+    ) -> crate::agent::BoxFuture<'static, Result<Value, CallError>> {
+        let router = self.0.clone();
+        Box::pin(async move {
+            let router = router
+                .upgrade()
+                .ok_or_else(|| CallError::Unavailable("the node is stopping".into()))?;
+            let op = LocalOp::Call(Box::new(signal));
+            router
+                .route(&key, op, Some(timeout))
+                .await
+                .map(|(answer, _, _)| match answer {
+                    Answer::Value(v) => v,
+                    _ => Value::Null,
+                })
+        })
+    }
+}
+
 /// A routed answer as the public [`Reply`] (no value for answers that carry none).
 pub(crate) fn reply((answer, node, region): (Answer, String, String)) -> Reply {
     Reply {

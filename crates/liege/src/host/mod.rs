@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::calls::{CallScope, Outbound};
 use crate::agent::checkpoint::{self, DedupeWindow, RetainedIds};
 use crate::agent::{Agents, Context, Signal};
 use crate::core::engine::{Held, Move, NotServing, Published};
@@ -92,6 +93,8 @@ pub(crate) struct HostConfig {
     pub(crate) max_activations: usize,
     /// Most bytes of state (checkpoint sizes) held at once; past it likewise.
     pub(crate) max_state_bytes: usize,
+    /// Deadline of a nested call whose signal brings none (the node's call timeout).
+    pub(crate) call_timeout: Duration,
 }
 
 /// An admitted request: holds a mailbox slot until dropped.
@@ -137,6 +140,8 @@ pub(crate) struct Host {
     killed: AtomicBool,
     /// Woken when an activation is created past `max_activations` (housekeeping evicts).
     pub(crate) over_cap: tokio::sync::Notify,
+    /// Routes calls made from inside turns (set once the router exists).
+    pub(crate) outbound: std::sync::OnceLock<Arc<dyn Outbound>>,
 }
 
 impl Host {
@@ -173,6 +178,7 @@ impl Host {
             tasks,
             killed: AtomicBool::new(false),
             over_cap: tokio::sync::Notify::new(),
+            outbound: std::sync::OnceLock::new(),
         }
     }
 
@@ -522,7 +528,14 @@ impl Host {
         id_hash: u128,
         started: tokio::time::Instant,
     ) -> Result<Value, CallError> {
-        let mut ctx = Context::new(&act.key);
+        let mut scope = CallScope::of(
+            &act.key,
+            signal,
+            self.outbound.get().cloned(),
+            unix_ms(),
+            self.config.call_timeout,
+        );
+        let mut ctx = Context::new(&act.key, Some(&mut scope));
         let state = turn.state.as_mut().expect("loaded before handling");
         let reply = match act.agent.handle(state, signal, &mut ctx).await {
             Ok(v) => v,

@@ -306,10 +306,12 @@ async fn agent_signal(
                 for event in events {
                     let outcome = match Signal::from_value(event) {
                         Err(e) => Err(bad_event(e)),
-                        Ok(signal) => node
-                            .call(&key, signal, options.clone())
-                            .await
-                            .map_err(ApiError::from),
+                        Ok(mut signal) => {
+                            crate::agent::calls::strip_reserved(&mut signal);
+                            node.call(&key, signal, options.clone())
+                                .await
+                                .map_err(ApiError::from)
+                        }
                     };
                     results.push(match outcome {
                         Ok(reply) => json!({"ok": reply.value}),
@@ -349,6 +351,7 @@ fn one_event(headers: &HeaderMap, raw: &Bytes) -> Result<Signal, ApiError> {
     if let Some(k) = idempotency_key(headers)? {
         signal.id = k;
     }
+    crate::agent::calls::strip_reserved(&mut signal);
     Ok(signal)
 }
 

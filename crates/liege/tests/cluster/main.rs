@@ -3,6 +3,7 @@
 
 mod admin;
 mod backends;
+mod calls;
 mod common;
 mod examples;
 mod failover;
