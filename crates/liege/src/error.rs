@@ -90,14 +90,6 @@ pub enum CallError {
     /// A bug or an unexpected store failure.
     #[error("internal error: {0}")]
     Internal(String),
-    // New variants go last: the wire format numbers variants in order.
-    /// A call from inside a turn back to a key whose turn is waiting on it (this key, or one
-    /// up the call chain): it could only deadlock, so it fails at once.
-    #[error("call cycle: {key} is already waiting on this call")]
-    CallCycle {
-        /// The key called.
-        key: String,
-    },
 }
 
 impl From<CallError> for AgentError {
@@ -136,7 +128,6 @@ impl CallError {
             CallError::Unavailable(_) => "unavailable",
             CallError::DeadlineExceeded { .. } => "deadline_exceeded",
             CallError::ShuttingDown => "shutting_down",
-            CallError::CallCycle { .. } => "call_cycle",
             CallError::Internal(_) => "internal",
         }
     }

@@ -31,7 +31,8 @@ pub(crate) fn example(name: &str) -> PathBuf {
         .join(name);
     assert!(
         path.exists(),
-        "example {name} not built at {}",
+        "example {name} not built at {}: a whole `cargo test` builds the examples, a run \
+         filtered to one test target does not (`cargo build --examples` first)",
         path.display()
     );
     path

@@ -103,9 +103,12 @@ impl CallScope {
     ) -> Result<(Signal, Duration), CallError> {
         let target = key_hash(key);
         if self.chain.contains(&target) {
-            return Err(CallError::CallCycle {
-                key: key.to_string(),
-            });
+            // An agent error (not a new wire variant): the calling handler gets it, and so
+            // does its caller if the handler passes it on with `?`.
+            return Err(CallError::Agent(crate::error::AgentError::new(
+                "call_cycle",
+                format!("{key} is already waiting on this call: calling it could only deadlock"),
+            )));
         }
         if self.chain.len() >= MAX_CALL_DEPTH {
             return Err(CallError::BadRequest(format!(

@@ -65,8 +65,8 @@ impl<'a> Context<'a> {
     /// while it waits (other signals for this key queue behind it).
     ///
     /// - A call back to a key whose turn is waiting on this call — this key, or any key
-    ///   up the chain, on any node — fails at once with [`CallError::CallCycle`] (it could
-    ///   only deadlock). Calls nest at most [`calls::MAX_CALL_DEPTH`] deep.
+    ///   up the chain, on any node — fails at once with the agent error `call_cycle` (it
+    ///   could only deadlock). Calls nest at most [`calls::MAX_CALL_DEPTH`] deep.
     /// - The nested signal's id is derived from this turn's signal id, the callee and the
     ///   call's position in the turn: if this turn is retried (its checkpoint did not
     ///   commit, the caller retried), the nested call is deduplicated by the callee rather

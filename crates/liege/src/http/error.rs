@@ -43,7 +43,6 @@ impl From<CallError> for ApiError {
             CallError::Agent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CallError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             CallError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            CallError::CallCycle { .. } => StatusCode::CONFLICT,
             CallError::NotOwner { .. }
             | CallError::Moved { .. }
             | CallError::Unowned { .. }

@@ -14,7 +14,8 @@ fn example(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "example {name} not built at {}",
+        "example {name} not built at {}: a whole `cargo test` builds the examples, a run \
+         filtered to one test target does not (`cargo build --examples` first)",
         path.display()
     );
     path
@@ -35,6 +36,47 @@ fn the_readme_library_snippet_is_the_typed_counter_example() {
         readme.contains(&format!("```rust\n{body}```")),
         "README's Library block differs from examples/typed_counter.rs"
     );
+}
+
+/// The text of `file` between `// {marker}:begin` and `// {marker}:end`.
+fn between(file: &str, marker: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join(file)).expect(file);
+    text.split(&format!("// {marker}:begin\n"))
+        .nth(1)
+        .and_then(|rest| rest.split(&format!("// {marker}:end")).next())
+        .unwrap_or_else(|| panic!("{marker} markers in {file}"))
+        .to_string()
+}
+
+#[test]
+fn the_guide_shows_the_cart_example_and_the_example_runs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("../../docs/AGENTS.md")).expect("guide");
+    let body = between("examples/cart.rs", "GUIDE");
+    assert!(
+        guide.contains(&format!("```rust\n{body}```")),
+        "docs/AGENTS.md section 1 differs from examples/cart.rs"
+    );
+    let dir = tempfile_dir();
+    for expected in [2, 4] {
+        let out = Command::new(example("cart"))
+            .arg(&dir)
+            .env("LIEGE_LOG", "warn")
+            .output()
+            .expect("the example runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("user-42 has {expected} items")),
+            "{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
