@@ -254,13 +254,16 @@ fn unsafe_free_kill(pid: u32, sig: i32) -> i32 {
     }
 }
 
-/// The value of the unlabelled series `name` on `node`'s `/metrics` (0 when absent).
+/// The sum of the samples of `name` on `node`'s `/metrics`, whatever their labels (every
+/// series carries the node's `node` and `region`); 0 when absent.
 pub(crate) fn metric(node: &NodeProcess, name: &str) -> u64 {
     let (_, body) = try_request(node.http, "GET", "/metrics", &[], b"").expect("metrics");
     String::from_utf8_lossy(&body)
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
