@@ -264,12 +264,14 @@ fn bad_event(e: crate::agent::SignalError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
-async fn agent_signal(
-    State(node): State<Node>,
+/// What every event route starts with: the key of a registered kind, the body, the
+/// options from the headers.
+fn event_request(
+    node: &Node,
     p: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<(AgentKey, Bytes, CallOptions), ApiError> {
     let (kind, id) = path(p)?;
     let raw = body(raw)?;
     let key = key_from(&kind, &id)?;
@@ -277,8 +279,18 @@ async fn agent_signal(
         return Err(crate::error::CallError::UnknownKind { kind }.into());
     }
     let options = CallOptions {
-        timeout: timeout_header(&headers)?,
+        timeout: timeout_header(headers)?,
     };
+    Ok((key, raw, options))
+}
+
+async fn agent_signal(
+    State(node): State<Node>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (key, raw, options) = event_request(&node, p, &headers, raw)?;
     let signal = match mode(&headers) {
         Mode::Structured | Mode::Binary => one_event(&headers, &raw)?,
         Mode::Batch => {
@@ -364,15 +376,7 @@ async fn agent_cast(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (kind, id) = path(p)?;
-    let raw = body(raw)?;
-    let key = key_from(&kind, &id)?;
-    if !node.agents().contains(&kind) {
-        return Err(crate::error::CallError::UnknownKind { kind }.into());
-    }
-    let options = CallOptions {
-        timeout: timeout_header(&headers)?,
-    };
+    let (key, raw, options) = event_request(&node, p, &headers, raw)?;
     let signal = one_event(&headers, &raw)?;
     let signal_id = signal.id.clone();
     check_ready(&node)?;

@@ -58,32 +58,20 @@ fn the_guide_shows_the_cart_example_and_the_example_runs() {
         guide.contains(&format!("```rust\n{body}```")),
         "docs/AGENTS.md section 1 differs from examples/cart.rs"
     );
-    let dir = tempfile_dir();
-    for expected in [2, 4] {
-        let out = Command::new(example("cart"))
-            .arg(&dir)
-            .env("LIEGE_LOG", "warn")
-            .output()
-            .expect("the example runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains(&format!("user-42 has {expected} items")),
-            "{stdout}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    runs_twice_over_one_directory("cart", |n| format!("user-42 has {n} items"));
 }
 
 #[test]
 fn the_typed_counter_example_runs_and_its_counter_is_durable() {
+    runs_twice_over_one_directory("typed_counter", |n| format!("tenant-7 = {n}"));
+}
+
+/// Runs example `name` twice over one fresh directory: the second run must see the first
+/// run's writes (the example adds 2 each time and prints `line(total)`).
+fn runs_twice_over_one_directory(name: &str, line: impl Fn(u32) -> String) {
     let dir = tempfile_dir();
     for expected in [2, 4] {
-        let out = Command::new(example("typed_counter"))
+        let out = Command::new(example(name))
             .arg(&dir)
             .env("LIEGE_LOG", "warn")
             .output()
@@ -94,10 +82,7 @@ fn the_typed_counter_example_runs_and_its_counter_is_durable() {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains(&format!("tenant-7 = {expected}")),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&line(expected)), "{stdout}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
