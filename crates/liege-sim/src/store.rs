@@ -211,6 +211,15 @@ impl Store for SimStore {
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         self.around(self.inner.prune_dedupe(before_ms, limit)).await
     }
+    async fn due_alarms(
+        &self,
+        partitions: &[liege::PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<liege::store::DueAlarm>> {
+        self.around(self.inner.due_alarms(partitions, due_by_ms, limit))
+            .await
+    }
     async fn settings(&self) -> StoreResult<Settings> {
         self.around(self.inner.settings()).await
     }

@@ -63,6 +63,7 @@ fn batch(writer: &NodeId, prefix: &str, n: u64) -> Vec<CheckpointWrite> {
                 expected_rev: Rev(0),
                 data: Some(vec![7; 64]),
                 dedupe: Vec::new(),
+                alarm: liege::store::AlarmUpdate::Keep,
             }
         })
         .collect()

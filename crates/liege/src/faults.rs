@@ -196,6 +196,16 @@ impl Store for FaultyStore {
         let r = self.inner.prune_dedupe(before_ms, limit).await;
         self.leave_with(r).await
     }
+    async fn due_alarms(
+        &self,
+        partitions: &[PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::store::DueAlarm>> {
+        self.enter().await?;
+        let r = self.inner.due_alarms(partitions, due_by_ms, limit).await;
+        self.leave_with(r).await
+    }
     async fn settings(&self) -> StoreResult<Settings> {
         self.enter().await?;
         let r = self.inner.settings().await;

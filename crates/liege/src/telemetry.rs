@@ -216,6 +216,7 @@ pub struct Telemetry {
     pub(crate) state_bytes: Gauge,
     pub(crate) dedupe_lookups: Counter,
     pub(crate) dedupe_pruned: Counter,
+    pub(crate) alarms_fired: Counter,
     pub(crate) commit_duration: Histogram,
     pub(crate) commit_batch: Histogram,
     pub(crate) commit_rows: Family<EventLabels, Counter>,
@@ -345,6 +346,12 @@ impl Telemetry {
             "Expired dedupe records this node deleted from the store",
             dedupe_pruned.clone(),
         );
+        let alarms_fired = Counter::default();
+        registry.register(
+            "alarms_fired",
+            "Alarm turns started by this node (due alarms of partitions it held)",
+            alarms_fired.clone(),
+        );
         let commit_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         registry.register(
             "store_commit_duration_seconds",
@@ -424,6 +431,7 @@ impl Telemetry {
             state_bytes,
             dedupe_lookups,
             dedupe_pruned,
+            alarms_fired,
             commit_duration,
             commit_batch,
             commit_rows,

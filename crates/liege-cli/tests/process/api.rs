@@ -590,6 +590,12 @@ fn cast_answers_202_once_durable_and_lookup_says_where_a_key_is_active() {
     assert_eq!(s, 400);
     let (s, b) = node.req("GET", "/v1/agents/nope/x/lookup", &[], b"");
     assert_eq!((s, error_code(&b)), (404, "unknown_kind"));
+    // The alarm type is reserved: a client cannot fire an agent's alarm handler.
+    let alarm = json!({"specversion": "1.0", "id": "a1", "source": "/t", "type": "liege.alarm"});
+    for route in ["/v1/agents/counter/c1", "/v1/agents/counter/c1/cast"] {
+        let (s, _) = node.req("POST", route, &json_ct, alarm.to_string().as_bytes());
+        assert_eq!(s, 400, "{route}");
+    }
     assert_eq!(
         node.req("GET", "/v1/agents/counter/c1", &[], b"").1,
         json!(3)

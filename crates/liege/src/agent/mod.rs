@@ -25,6 +25,7 @@ pub struct Context<'a> {
     key: &'a AgentKey,
     read_only: bool,
     scope: Option<&'a mut calls::CallScope>,
+    alarm: crate::store::AlarmUpdate,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -42,7 +43,35 @@ impl<'a> Context<'a> {
             key,
             read_only: false,
             scope,
+            alarm: crate::store::AlarmUpdate::Keep,
         }
+    }
+
+    /// Asks to be woken at `at`: the key's owner runs [`Agent::on_alarm`] as a turn then
+    /// (activating the key if needed), on whichever node owns it by then — after a failover
+    /// or a restart too. One alarm per key: setting it again moves it. Persisted with this
+    /// turn's checkpoint under the same fence, so only if this turn commits (a failed turn's
+    /// alarm change is discarded with its state).
+    pub fn set_alarm(&mut self, at: std::time::SystemTime) {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.alarm = crate::store::AlarmUpdate::Set(ms);
+    }
+
+    /// Removes the key's alarm (if this turn commits).
+    pub fn cancel_alarm(&mut self) {
+        self.alarm = crate::store::AlarmUpdate::Clear;
+    }
+
+    /// The alarm change this turn asks for (`Keep` if none), taken by the host.
+    pub(crate) fn alarm_update(&self) -> crate::store::AlarmUpdate {
+        self.alarm
+    }
+
+    /// An alarm turn starts with its alarm cleared; the handler may set the next one.
+    pub(crate) fn clear_fired_alarm(&mut self) {
+        self.alarm = crate::store::AlarmUpdate::Clear;
     }
 
     /// The key of the agent handling the signal.
@@ -56,8 +85,9 @@ impl<'a> Context<'a> {
         self.read_only = true;
     }
 
+    /// True if the turn declared it changed nothing and changed no alarm.
     pub(crate) fn is_read_only(&self) -> bool {
-        self.read_only
+        self.read_only && self.alarm == crate::store::AlarmUpdate::Keep
     }
 
     /// Calls the agent `id` of kind `B` from inside this turn and waits for its typed reply,
@@ -172,7 +202,24 @@ pub trait Agent: Send + Sync + 'static {
         msg: Self::Msg,
         ctx: &mut Context<'_>,
     ) -> impl Future<Output = Result<Self::Reply, AgentError>> + Send;
+
+    /// The key's alarm ([`Context::set_alarm`]) is due: a turn like any other, run by the
+    /// key's current owner. At least once: an alarm whose turn fails, or whose commit is
+    /// lost, fires again (with the same signal id, `alarm-{due ms}`, so a repeat of a
+    /// committed one is deduplicated). The alarm is cleared by this turn unless it sets a
+    /// new one. The default does nothing.
+    fn on_alarm(
+        &self,
+        state: &mut Self::State,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), AgentError>> + Send {
+        let _ = (state, ctx);
+        async { Ok(()) }
+    }
 }
+
+/// The signal type of an alarm turn (reserved: the HTTP API refuses it from clients).
+pub const ALARM_SIGNAL_TYPE: &str = "liege.alarm";
 
 /// The signal that carries `msg`: its serde tag is the type, its content the data. Fails with
 /// `bad_message_type` if the message type is not tagged `#[serde(tag = "type", content =
@@ -294,16 +341,24 @@ impl<A: Agent> DynAgent for Erased<A> {
         ctx: &'a mut Context<'_>,
     ) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(async move {
-            let msg = msg_of::<A::Msg>(signal)?;
+            let alarm = signal.ty == ALARM_SIGNAL_TYPE;
+            let msg = if alarm {
+                None
+            } else {
+                Some(msg_of::<A::Msg>(signal)?)
+            };
             let state = state
                 .downcast_mut::<A::State>()
                 .expect("state was created by this agent's decode");
             let before = state.clone();
-            let result = match self.0.handle(state, msg, ctx).await {
-                Ok(reply) => serde_json::to_value(reply).map_err(|e| {
-                    AgentError::new("bad_reply", format!("the reply does not serialize: {e}"))
-                }),
-                Err(e) => Err(e),
+            let result = match msg {
+                None => self.0.on_alarm(state, ctx).await.map(|()| Value::Null),
+                Some(msg) => match self.0.handle(state, msg, ctx).await {
+                    Ok(reply) => serde_json::to_value(reply).map_err(|e| {
+                        AgentError::new("bad_reply", format!("the reply does not serialize: {e}"))
+                    }),
+                    Err(e) => Err(e),
+                },
             };
             if result.is_err() {
                 // The runtime, not the handler, guarantees that a failed turn changes nothing.

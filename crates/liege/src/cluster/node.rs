@@ -305,6 +305,11 @@ impl Node {
             faults.clone(),
             shutdown.child_token(),
         ));
+        tasks.spawn(crate::host::alarms::run(
+            host.clone(),
+            faults.clone(),
+            shutdown.child_token(),
+        ));
         Ok(Node {
             inner: Arc::new(NodeShared {
                 store: store.clone(),

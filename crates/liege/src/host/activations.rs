@@ -35,6 +35,8 @@ pub(crate) struct Turn {
     pub(crate) dedupe: DedupeWindow,
     /// Caller-chosen ids: cache, unwritten records, and whether the store may hold more.
     pub(crate) retained: RetainedIds,
+    /// The alarm change of turns not yet written (non-durable modes keep it with the state).
+    pub(crate) pending_alarm: crate::store::AlarmUpdate,
 }
 
 /// One live agent instance on this node.
@@ -142,6 +144,7 @@ impl Activations {
                 rev: Rev(0),
                 dedupe: DedupeWindow::default(),
                 retained: RetainedIds::default(),
+                pending_alarm: crate::store::AlarmUpdate::Keep,
             }),
             queued: AtomicU32::new(0),
             last_used: AtomicU64::new(now_ms),

@@ -13,6 +13,7 @@
 //! [`Host::drop_all`].
 
 mod activations;
+pub(crate) mod alarms;
 pub(crate) mod housekeeping;
 mod persistence;
 pub(crate) mod writer;
@@ -536,6 +537,9 @@ impl Host {
             self.config.call_timeout,
         );
         let mut ctx = Context::new(&act.key, Some(&mut scope));
+        if signal.ty == crate::agent::ALARM_SIGNAL_TYPE {
+            ctx.clear_fired_alarm();
+        }
         let state = turn.state.as_mut().expect("loaded before handling");
         let reply = match act.agent.handle(state, signal, &mut ctx).await {
             Ok(v) => v,
@@ -547,6 +551,10 @@ impl Host {
         if ctx.is_read_only() {
             self.observe(act, "ok", started);
             return Ok(reply);
+        }
+        let alarm = ctx.alarm_update();
+        if alarm != crate::store::AlarmUpdate::Keep {
+            turn.pending_alarm = alarm;
         }
         let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
         let fingerprint = DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
@@ -603,11 +611,13 @@ impl Host {
             // Kept until committed: a write of unknown outcome in a non-durable mode is retried
             // with them (and a committed record written twice is only replaced).
             dedupe: turn.retained.pending.clone(),
+            alarm: turn.pending_alarm,
         };
         match self.writer.write(write).await {
             Ok(Ok(rev)) => {
                 turn.rev = rev;
                 turn.retained.pending.clear();
+                turn.pending_alarm = crate::store::AlarmUpdate::Keep;
                 self.count_state_bytes(act, size);
                 act.dirty.store(false, Ordering::Release);
                 Ok(())

@@ -318,12 +318,13 @@ async fn agent_signal(
                 for event in events {
                     let outcome = match Signal::from_value(event) {
                         Err(e) => Err(bad_event(e)),
-                        Ok(mut signal) => {
-                            crate::agent::calls::strip_reserved(&mut signal);
-                            node.call(&key, signal, options.clone())
+                        Ok(mut signal) => match refuse_reserved(&mut signal) {
+                            Err(e) => Err(e),
+                            Ok(()) => node
+                                .call(&key, signal, options.clone())
                                 .await
-                                .map_err(ApiError::from)
-                        }
+                                .map_err(ApiError::from),
+                        },
                     };
                     results.push(match outcome {
                         Ok(reply) => json!({"ok": reply.value}),
@@ -363,8 +364,21 @@ fn one_event(headers: &HeaderMap, raw: &Bytes) -> Result<Signal, ApiError> {
     if let Some(k) = idempotency_key(headers)? {
         signal.id = k;
     }
-    crate::agent::calls::strip_reserved(&mut signal);
+    refuse_reserved(&mut signal)?;
     Ok(signal)
+}
+
+/// Strips the reserved call-chain extensions from a client's event and refuses the reserved
+/// alarm type (only the node's alarm poller sends it).
+fn refuse_reserved(signal: &mut Signal) -> Result<(), ApiError> {
+    crate::agent::calls::strip_reserved(signal);
+    if signal.ty == crate::agent::ALARM_SIGNAL_TYPE {
+        return Err(ApiError::bad_request(format!(
+            "the event type {:?} is reserved for alarms",
+            signal.ty
+        )));
+    }
+    Ok(())
 }
 
 /// `POST /v1/agents/{kind}/{id}/cast`: one event, answered 202 without the agent's reply.

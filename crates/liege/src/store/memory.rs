@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use super::rules::{self, ClaimDecision, LeaseState};
 use super::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeLease, NodeRecord, OperatorSetting, PartitionRow, Settings, SharedStore, Store,
-    StoreChange, StoreError, StoreOptions, StoreResult, StoreTime, WriteError,
+    AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DueAlarm, Lease, Membership, NodeLease, NodeRecord, OperatorSetting, PartitionRow, Settings,
+    SharedStore, Store, StoreChange, StoreError, StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -61,6 +61,8 @@ struct Tables {
     partitions: Vec<PartitionRow>,
     checkpoints: HashMap<AgentKey, Checkpoint>,
     dedupe: HashMap<(AgentKey, u128), DedupeRecord>,
+    /// Alarms by key: (partition, due ms).
+    alarms: HashMap<AgentKey, (PartitionId, i64)>,
     settings: std::collections::BTreeSet<String>,
     audit: Vec<AuditRecord>,
 }
@@ -124,6 +126,15 @@ impl MemoryStore {
             None => {
                 t.checkpoints.remove(&w.key);
             }
+        }
+        match (w.data.is_none(), w.alarm) {
+            (true, _) | (false, AlarmUpdate::Clear) => {
+                t.alarms.remove(&w.key);
+            }
+            (false, AlarmUpdate::Set(due)) => {
+                t.alarms.insert(w.key.clone(), (w.partition, due));
+            }
+            (false, AlarmUpdate::Keep) => {}
         }
         for r in &w.dedupe {
             t.dedupe.insert((w.key.clone(), r.signal), r.clone());
@@ -399,6 +410,29 @@ impl Store for MemoryStore {
             t.dedupe.remove(k);
         }
         Ok(expired.len() as u64)
+    }
+
+    async fn due_alarms(
+        &self,
+        partitions: &[PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<DueAlarm>> {
+        let wanted: std::collections::HashSet<PartitionId> = partitions.iter().copied().collect();
+        let t = self.tables.lock();
+        let mut due: Vec<DueAlarm> = t
+            .alarms
+            .iter()
+            .filter(|(_, (p, at))| *at <= due_by_ms && wanted.contains(p))
+            .map(|(key, (p, at))| DueAlarm {
+                key: key.clone(),
+                partition: *p,
+                due_ms: *at,
+            })
+            .collect();
+        due.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
+        due.truncate(limit as usize);
+        Ok(due)
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

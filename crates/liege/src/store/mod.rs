@@ -187,6 +187,32 @@ pub struct CheckpointWrite {
     /// Signal ids applied since the key's last write, to remember for the dedupe retention.
     /// Stored in the same transaction, iff this write commits.
     pub dedupe: Vec<DedupeRecord>,
+    /// What happens to the key's alarm, in the same transaction, iff this write commits
+    /// (deleting the checkpoint always clears it).
+    pub alarm: AlarmUpdate,
+}
+
+/// A change to a key's durable alarm, carried by a checkpoint write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AlarmUpdate {
+    /// Leave the alarm as it is.
+    #[default]
+    Keep,
+    /// Set (or move) the alarm to this Unix millisecond.
+    Set(i64),
+    /// Remove the alarm.
+    Clear,
+}
+
+/// An alarm that is due: its key, the key's partition and the due time (Unix ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueAlarm {
+    /// The key.
+    pub key: AgentKey,
+    /// Its partition (as written with the alarm).
+    pub partition: PartitionId,
+    /// When it is due, Unix milliseconds.
+    pub due_ms: i64,
 }
 
 pub use crate::core::engine::Settings;
@@ -452,6 +478,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `limit` dedupe records that expired before `before_ms` (Unix
     /// milliseconds); returns how many it deleted. Safe to run from every node at once.
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64>;
+
+    /// At most `limit` alarms of keys in `partitions` due at or before `due_by_ms`, earliest
+    /// first. Alarms are set and cleared only by fenced checkpoint writes
+    /// ([`CheckpointWrite::alarm`]); an index by due time, so the cost is in the due ones.
+    async fn due_alarms(
+        &self,
+        partitions: &[PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<DueAlarm>>;
 
     /// `Err` with the reason if the store's machinery in this process is broken beyond
     /// retrying (e.g. a connection thread died): `/healthz` then fails so the platform

@@ -16,6 +16,7 @@
 //! anything was fast. The race cases also come in a two-handle form (`*_between`) so a backend
 //! can point two independent handles (e.g. two processes' worth of connections) at one store.
 
+mod alarms;
 mod claims;
 mod dedupe;
 mod membership;
@@ -25,6 +26,7 @@ mod writes;
 use std::future::Future;
 use std::time::Duration;
 
+pub use alarms::*;
 pub use claims::*;
 pub use dedupe::*;
 pub use membership::*;
@@ -88,6 +90,7 @@ define_cases!(
     audit_is_empty_when_auditing_is_off,
     dedupe_records_commit_exactly_with_their_write,
     prune_deletes_only_expired_dedupe_records,
+    alarms_change_only_with_committed_writes_and_are_found_by_due_time,
     concurrent_claims_give_each_partition_exactly_one_owner,
     writers_cannot_commit_with_the_old_epoch_after_a_takeover,
 );
@@ -145,6 +148,7 @@ macro_rules! conformance_tests {
             audit_is_empty_when_auditing_is_off,
             dedupe_records_commit_exactly_with_their_write,
             prune_deletes_only_expired_dedupe_records,
+            alarms_change_only_with_committed_writes_and_are_found_by_due_time,
             concurrent_claims_give_each_partition_exactly_one_owner,
             writers_cannot_commit_with_the_old_epoch_after_a_takeover,
         );
@@ -251,6 +255,7 @@ pub fn put(
         expected_rev: Rev(expected),
         data: data.map(<[u8]>::to_vec),
         dedupe: Vec::new(),
+        alarm: crate::store::AlarmUpdate::Keep,
     }
 }
 

@@ -84,4 +84,7 @@ on_every_store!(
     a_node_declared_down_while_paused_fences_on_resume_and_commits_nothing_stale,
     a_drain_emits_one_started_then_one_succeeded_per_partition,
     a_rebalance_after_a_join_emits_one_started_then_one_succeeded_per_move,
+    an_alarm_fires_once_unless_cancelled_or_its_turn_failed,
+    an_alarm_fires_on_the_new_owner_after_its_owner_is_killed,
+    an_alarm_fires_after_the_only_node_restarts,
 );

@@ -20,6 +20,11 @@ pub(crate) use crate::admin::{
     draining_a_node_and_a_region_under_load_moves_every_partition_without_errors,
     paused_rebalancing_makes_no_planned_move_until_resumed,
 };
+pub(crate) use crate::alarms::{
+    an_alarm_fires_after_the_only_node_restarts,
+    an_alarm_fires_on_the_new_owner_after_its_owner_is_killed,
+    an_alarm_fires_once_unless_cancelled_or_its_turn_failed,
+};
 
 fn long() -> CallOptions {
     CallOptions {

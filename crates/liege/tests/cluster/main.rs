@@ -2,6 +2,7 @@
 //! tests, real `liege` processes).
 
 mod admin;
+mod alarms;
 mod backends;
 mod calls;
 mod common;

@@ -94,6 +94,7 @@ fn write(
         expected_rev: Rev(expected),
         data: data.map(<[u8]>::to_vec),
         dedupe: Vec::new(),
+        alarm: liege::store::AlarmUpdate::Keep,
     }
 }
 

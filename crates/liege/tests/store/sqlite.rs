@@ -364,6 +364,14 @@ impl Store for TempStore {
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         self.inner.prune_dedupe(before_ms, limit).await
     }
+    async fn due_alarms(
+        &self,
+        partitions: &[liege::PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<liege::store::DueAlarm>> {
+        self.inner.due_alarms(partitions, due_by_ms, limit).await
+    }
     async fn settings(&self) -> StoreResult<Settings> {
         self.inner.settings().await
     }

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 
 use super::{from_db_u64, to_db_u64};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
-use crate::store::{CheckpointWrite, StoreError, StoreResult, WriteError};
+use crate::store::{AlarmUpdate, CheckpointWrite, StoreError, StoreResult, WriteError};
 
 /// The statement applying one round of a batch, in the variant the round needs: with or
 /// without deletes, with or without audit records. Every variant is one statement, so
@@ -37,17 +37,24 @@ use crate::store::{CheckpointWrite, StoreError, StoreResult, WriteError};
 /// record key ([`crate::store::dedupe_record_key`]), `$13` fingerprint, `$14` reply, `$15`
 /// expiry; a record is inserted (or replaces an older one of the same signal) only if its
 /// write is among the committed ones.
-pub(super) fn write_sql(audit: bool, deletes: bool, dedupe: bool) -> &'static str {
+///
+/// The variant with alarm changes takes two more after those: the idx of the changing write
+/// and its new due time (NULL: remove the alarm; a deleted checkpoint always brings one);
+/// applied only for committed writes.
+pub(super) fn write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> &'static str {
     static VARIANTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = VARIANTS.get_or_init(|| {
-        (0..8)
-            .map(|i| build_write_sql(i & 4 != 0, i & 2 != 0, i & 1 != 0))
+        (0..16)
+            .map(|i| build_write_sql(i & 8 != 0, i & 4 != 0, i & 2 != 0, i & 1 != 0))
             .collect()
     });
-    &variants[usize::from(audit) * 4 + usize::from(deletes) * 2 + usize::from(dedupe)]
+    &variants[usize::from(audit) * 8
+        + usize::from(deletes) * 4
+        + usize::from(dedupe) * 2
+        + usize::from(alarms)]
 }
 
-fn build_write_sql(audit: bool, deletes: bool, dedupe: bool) -> String {
+fn build_write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> String {
     let mut sql = String::from(
         "WITH fence AS MATERIALIZED (
     SELECT p.id, p.owner_name, p.owner_incarnation, p.epoch FROM liege_partitions p
@@ -114,6 +121,23 @@ fn build_write_sql(audit: bool, deletes: bool, dedupe: bool) -> String {
 )",
         );
     }
+    if alarms {
+        let (a, b) = if dedupe { (16, 17) } else { (11, 12) };
+        sql.push_str(&format!(
+            ", alm AS MATERIALIZED (
+    SELECT d.kind, d.kid, d.part, x.due FROM unnest(${a}::bigint[], ${b}::bigint[]) AS x (widx, due)
+    JOIN done d ON d.idx = x.widx
+), alm_set AS (
+    INSERT INTO liege_alarms (kind, id, partition, due_ms)
+    SELECT alm.kind, alm.kid, alm.part, alm.due FROM alm WHERE alm.due IS NOT NULL
+    ORDER BY alm.kind, alm.kid
+    ON CONFLICT (kind, id) DO UPDATE SET partition = excluded.partition, due_ms = excluded.due_ms
+), alm_del AS (
+    DELETE FROM liege_alarms l USING alm
+    WHERE alm.due IS NULL AND l.kind = alm.kind AND l.id = alm.kid
+)"
+        ));
+    }
     if audit {
         sql.push_str(
             ", aud AS (
@@ -160,6 +184,9 @@ pub(super) struct Columns<'a> {
     pub(super) dedupe_fingerprint: Vec<i64>,
     pub(super) dedupe_reply: Vec<&'a [u8]>,
     pub(super) dedupe_expires: Vec<i64>,
+    /// The round's alarm changes: idx of their write and the new due time (`None`: remove).
+    pub(super) alarm_idx: Vec<i64>,
+    pub(super) alarm_due: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
@@ -171,6 +198,11 @@ impl<'a> Columns<'a> {
     /// True if the round carries dedupe records.
     pub(super) fn has_dedupe(&self) -> bool {
         !self.dedupe_idx.is_empty()
+    }
+
+    /// True if the round changes alarms.
+    pub(super) fn has_alarms(&self) -> bool {
+        !self.alarm_idx.is_empty()
     }
 
     /// Splits `batch` into rounds: round n holds the n-th write of every key. A batch without
@@ -195,6 +227,15 @@ impl<'a> Columns<'a> {
             c.id.push(&w.key.id);
             c.expected_rev.push(to_db_u64(w.expected_rev.0));
             c.data.push(w.data.as_deref());
+            let alarm = match (w.data.is_none(), w.alarm) {
+                (true, _) | (false, AlarmUpdate::Clear) => Some(None),
+                (false, AlarmUpdate::Set(due)) => Some(Some(due)),
+                (false, AlarmUpdate::Keep) => None,
+            };
+            if let Some(due) = alarm {
+                c.alarm_idx.push(i64::try_from(i + 1).map_err(too_big)?);
+                c.alarm_due.push(due);
+            }
             // One statement may not upsert a row twice: the last record of a signal wins.
             let mut signals = std::collections::HashSet::new();
             for r in w.dedupe.iter().rev() {
@@ -299,6 +340,7 @@ mod tests {
             expected_rev: Rev(0),
             data: None,
             dedupe: Vec::new(),
+            alarm: AlarmUpdate::Keep,
         }
     }
 

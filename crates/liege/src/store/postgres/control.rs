@@ -8,8 +8,8 @@ use super::{from_db_u64, to_db_u64, ttl_to_db, PostgresStore};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DirectoryChanges, Lease, Membership, NodeLease, NodeRecord, OperatorSetting, PartitionRow,
-    Settings, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+    DirectoryChanges, DueAlarm, Lease, Membership, NodeLease, NodeRecord, OperatorSetting,
+    PartitionRow, Settings, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
 };
 
 const INIT_SQL: &str =
@@ -45,6 +45,9 @@ const SETTING_ON_SQL: &str = "WITH i AS (INSERT INTO liege_operator_settings (na
      ON CONFLICT DO NOTHING RETURNING 1) SELECT pg_notify('liege_changes', 'membership')";
 const SETTING_OFF_SQL: &str = "WITH d AS (DELETE FROM liege_operator_settings WHERE name = $1 \
      RETURNING 1) SELECT pg_notify('liege_changes', 'membership')";
+const DUE_ALARMS_SQL: &str = "SELECT kind, id, partition, due_ms FROM liege_alarms \
+    WHERE partition = ANY ($1::bigint[]) AND due_ms <= $2 ORDER BY due_ms, kind, id LIMIT $3";
+
 const DEDUPE_SQL: &str =
     "SELECT fingerprint, reply, expires_at FROM liege_dedupe WHERE record = $1";
 /// Deletes a bounded number of expired records (found through the BRIN index) and counts them.
@@ -311,9 +314,17 @@ impl Store for PostgresStore {
                     &c.dedupe_expires,
                 ]);
             }
+            if c.has_alarms() {
+                p.extend([
+                    &c.alarm_idx as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &c.alarm_due,
+                ]);
+            }
             p
         }
-        let sql = |r: &Columns<'_>| batch::write_sql(audit, r.has_deletes(), r.has_dedupe());
+        let sql = |r: &Columns<'_>| {
+            batch::write_sql(audit, r.has_deletes(), r.has_dedupe(), r.has_alarms())
+        };
         let rows = match rounds.as_slice() {
             // The batches a node forms: one statement, one transaction, one round trip.
             [one] => self.query(sql(one), &params(one, &audit)).await?,
@@ -356,6 +367,33 @@ impl Store for PostgresStore {
         let limit = i64::from(limit);
         let rows = self.query(PRUNE_SQL, &[&before_ms, &limit]).await?;
         Ok(from_db_u64(get(first(&rows)?, 0)?))
+    }
+
+    async fn due_alarms(
+        &self,
+        partitions: &[PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<DueAlarm>> {
+        let parts: Vec<i64> = partitions.iter().map(|p| i64::from(p.0)).collect();
+        let limit = i64::from(limit);
+        let rows = self
+            .query(DUE_ALARMS_SQL, &[&parts, &due_by_ms, &limit])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = get(row, 0)?;
+                let id: String = get(row, 1)?;
+                Ok(DueAlarm {
+                    key: AgentKey {
+                        kind: kind.into(),
+                        id: id.into(),
+                    },
+                    partition: PartitionId(batch::partition_from_db(get(row, 2)?)?),
+                    due_ms: get(row, 3)?,
+                })
+            })
+            .collect()
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

@@ -8,8 +8,8 @@ use super::schema::{from_sql_u64, to_sql_u64, SqlResultExt};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
 use crate::store::{
-    dedupe_record_key, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, StoreResult,
-    WriteError,
+    dedupe_record_key, AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord,
+    DueAlarm, StoreResult, WriteError,
 };
 
 pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
@@ -123,6 +123,25 @@ fn apply(
                 .sql()?;
         }
     }
+    match (w.data.is_none(), w.alarm) {
+        (true, _) | (false, AlarmUpdate::Clear) => {
+            tx.prepare_cached("DELETE FROM alarms WHERE kind = ?1 AND id = ?2")
+                .sql()?
+                .execute([kind, id])
+                .sql()?;
+        }
+        (false, AlarmUpdate::Set(due)) => {
+            tx.prepare_cached(
+                "INSERT INTO alarms (kind, id, partition_id, due_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET partition_id = excluded.partition_id, \
+                 due_ms = excluded.due_ms",
+            )
+            .sql()?
+            .execute(rusqlite::params![kind, id, w.partition.0, due])
+            .sql()?;
+        }
+        (false, AlarmUpdate::Keep) => {}
+    }
     for r in &w.dedupe {
         tx.prepare_cached(
             "INSERT INTO dedupe (record, fingerprint, reply, expires_at) \
@@ -190,6 +209,47 @@ pub(super) fn prune_dedupe(conn: &mut Connection, before_ms: i64, limit: u32) ->
         .execute(rusqlite::params![before_ms, limit])
         .sql()?;
     Ok(n as u64)
+}
+
+/// The due alarms of `partitions`, earliest first (one indexed range per partition, merged).
+pub(super) fn due_alarms(
+    conn: &mut Connection,
+    partitions: &[PartitionId],
+    due_by_ms: i64,
+    limit: u32,
+) -> StoreResult<Vec<DueAlarm>> {
+    let mut due = Vec::new();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT kind, id, due_ms FROM alarms WHERE partition_id = ?1 AND due_ms <= ?2 \
+             ORDER BY due_ms LIMIT ?3",
+        )
+        .sql()?;
+    for p in partitions {
+        let rows = stmt
+            .query_map(rusqlite::params![p.0, due_by_ms, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .sql()?;
+        for row in rows {
+            let (kind, id, due_ms) = row.sql()?;
+            due.push(DueAlarm {
+                key: AgentKey {
+                    kind: kind.into(),
+                    id: id.into(),
+                },
+                partition: *p,
+                due_ms,
+            });
+        }
+    }
+    due.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
+    due.truncate(limit as usize);
+    Ok(due)
 }
 
 pub(super) fn audit(conn: &mut Connection) -> StoreResult<Vec<AuditRecord>> {

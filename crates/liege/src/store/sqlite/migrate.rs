@@ -19,6 +19,7 @@ const MAIN: &[&str] = &[
     include_str!("migrations/0002_members_file.sql"),
     include_str!("migrations/0003_placement.sql"),
     include_str!("migrations/0004_dedupe.sql"),
+    include_str!("migrations/0005_alarms.sql"),
 ];
 
 /// Migrations of the members file, numbered the same way.

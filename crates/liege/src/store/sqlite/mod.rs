@@ -87,8 +87,8 @@ pub use schema::members_path;
 use worker::Worker;
 
 use super::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreOptions,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, DueAlarm,
+    Lease, Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreOptions,
     StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
@@ -286,6 +286,18 @@ impl Store for SqliteStore {
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         self.data
             .run_write(move |c| data::prune_dedupe(c, before_ms, limit))
+            .await
+    }
+
+    async fn due_alarms(
+        &self,
+        partitions: &[PartitionId],
+        due_by_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<DueAlarm>> {
+        let partitions = partitions.to_vec();
+        self.data
+            .run(move |c| data::due_alarms(c, &partitions, due_by_ms, limit))
             .await
     }
 
