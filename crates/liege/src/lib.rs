@@ -68,6 +68,8 @@ pub mod testing;
 #[doc(hidden)]
 pub mod transport;
 
-pub use agent::{Agent, Agents, Context, Counter, CounterMsg, CounterReply, Signal};
+pub use agent::{
+    Agent, Agents, Context, Counter, CounterMsg, CounterReply, Signal, Timer, TimerMsg, TimerState,
+};
 pub use core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 pub use error::{AgentError, CallError, ConfigError};

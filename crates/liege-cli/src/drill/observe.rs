@@ -221,6 +221,67 @@ pub(crate) async fn finals(
     .await
 }
 
+/// Arms the built-in `timer` of every id in `ids` to fire at `at_ms` (Unix ms), through the
+/// given nodes in turn; returns how many could not be armed.
+pub(crate) async fn arm_timers(
+    client: &Client,
+    nodes: &[SocketAddr],
+    ids: &Arc<Vec<String>>,
+    at_ms: i64,
+) -> usize {
+    let client = client.clone();
+    let nodes: Arc<Vec<SocketAddr>> = Arc::new(nodes.to_vec());
+    let armed = per_key(ids, 32, move |k, id| {
+        let (client, nodes) = (client.clone(), nodes.clone());
+        async move {
+            let event = serde_json::json!({
+                "specversion": "1.0", "id": format!("arm-{id}"), "source": "/liege/drill",
+                "type": "arm", "data": {"at_ms": at_ms},
+            });
+            for i in 0..nodes.len() * 3 {
+                let addr = nodes[(k + i) % nodes.len()];
+                let path = format!("/v1/agents/timer/{id}");
+                if client
+                    .post_json(addr, &path, &event, Duration::from_secs(5))
+                    .await
+                    .is_ok()
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    })
+    .await;
+    armed.iter().filter(|ok| !**ok).count()
+}
+
+/// How often each timer in `ids` fired (`None` if unreadable).
+pub(crate) async fn timers_fired(
+    client: &Client,
+    nodes: &[SocketAddr],
+    ids: &Arc<Vec<String>>,
+) -> Vec<Option<u64>> {
+    let client = client.clone();
+    let nodes: Arc<Vec<SocketAddr>> = Arc::new(nodes.to_vec());
+    per_key(ids, 32, move |k, id| {
+        let (client, nodes) = (client.clone(), nodes.clone());
+        async move {
+            for i in 0..nodes.len() * 3 {
+                let addr = nodes[(k + i) % nodes.len()];
+                let path = format!("/v1/agents/timer/{id}");
+                match client.get_json(addr, &path, Duration::from_secs(5)).await {
+                    Ok(v) => return v["fired"].as_u64(),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            None
+        }
+    })
+    .await
+}
+
 /// Parses `liege_cluster_events_total{event="x"} n` lines of a Prometheus exposition.
 pub(crate) fn event_counts(metrics: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();

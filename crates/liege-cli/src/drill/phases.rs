@@ -20,6 +20,44 @@ use super::store::StoreSetup;
 use super::topology::{ensure_dir, fresh_run_dir, Cluster, NodeTemplate};
 use super::{fault, html, measure, observe, SetupError};
 
+/// Timers armed per run (at most one per key).
+const TIMERS: usize = 200;
+
+fn liege_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Waits (until 10 s past their due time at most) for every timer to have fired, then counts
+/// how often each did.
+async fn check_timers(
+    client: &Client,
+    alive: &[(String, SocketAddr)],
+    ids: &Arc<Vec<String>>,
+    due_ms: i64,
+    unarmed: usize,
+) -> super::report::TimerCheck {
+    let addrs: Vec<SocketAddr> = alive.iter().map(|(_, a)| *a).collect();
+    let give_up = due_ms + 10_000;
+    loop {
+        let fired = observe::timers_fired(client, &addrs, ids).await;
+        let pending = fired.iter().filter(|f| **f == Some(0)).count();
+        if pending <= unarmed || liege_now_ms() > give_up {
+            let count = |want: fn(&Option<u64>) -> bool| fired.iter().filter(|f| want(f)).count();
+            return super::report::TimerCheck {
+                armed: ids.len() - unarmed,
+                once: count(|f| *f == Some(1)),
+                never: count(|f| *f == Some(0)).saturating_sub(unarmed),
+                more: count(|f| f.is_some_and(|n| n > 1)),
+                unreadable: count(Option::is_none),
+                unarmed,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -217,8 +255,23 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    // record owners
+    // arm timers: durable alarms due in the middle of the load after the fault, which must
+    // each fire exactly once whatever the fault does to their owners
     let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    let timer_ids: Arc<Vec<String>> = Arc::new(
+        (0..args.keys.min(TIMERS))
+            .map(|i| format!("drill-{run_tag}-t{i}"))
+            .collect(),
+    );
+    let due_ms = liege_now_ms() + 1_000 + ms(args.duration) as i64 / 3;
+    let unarmed = observe::arm_timers(&client, &addrs, &timer_ids, due_ms).await;
+    progress.say(format!(
+        "timers: {} armed to fire {} ms after the fault phase starts",
+        timer_ids.len() - unarmed,
+        ms(args.duration) / 3
+    ));
+
+    // record owners
     let owners = observe::owners(&client, &addrs, &keys).await;
     let per_node = fault::keys_per_node(&owners);
     progress.say(format!("owners: {per_node:?}"));
@@ -411,7 +464,8 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     };
 
     // verify
-    progress.say("verify: reading every counter, the audit and the telemetry");
+    progress.say("verify: reading every counter and timer, the audit and the telemetry");
+    let timers = check_timers(&client, &alive, &timer_ids, due_ms, unarmed).await;
     let mut states = vec![KeyState::default(); args.keys];
     let (mut logical, mut attempts) = (Vec::new(), Vec::new());
     for w in workers {
@@ -469,6 +523,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(0),
         audit_violation: audit.and_then(Result::err),
         drain,
+        timers,
         self_fenced: match args.scenario {
             Scenario::Pause => Some(
                 targets

@@ -51,6 +51,8 @@ pub(crate) struct Findings {
     pub(crate) audit_checked: bool,
     /// The region-drain scenario's two checks.
     pub(crate) drain: Option<DrainOutcome>,
+    /// The durable alarms armed at the start: how often each fired.
+    pub(crate) timers: TimerCheck,
     /// The fencing violation (or why the audit was unreadable), if any.
     pub(crate) audit_violation: Option<String>,
     /// Cluster event counters per surviving node, counted from the fault on.
@@ -75,6 +77,24 @@ pub(crate) struct DrainOutcome {
     pub(crate) off: Result<u64, String>,
     /// Undrain request to every partition at its desired owner, in ms.
     pub(crate) back: Result<u64, String>,
+}
+
+/// The drill's timers (built-in kind `timer`, one durable alarm each, due after the fault):
+/// each must fire exactly once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TimerCheck {
+    /// Timers armed.
+    pub(crate) armed: usize,
+    /// Fired exactly once.
+    pub(crate) once: usize,
+    /// Never fired.
+    pub(crate) never: usize,
+    /// Fired more than once.
+    pub(crate) more: usize,
+    /// Could not be read at the end.
+    pub(crate) unreadable: usize,
+    /// Could not be armed at the start.
+    pub(crate) unarmed: usize,
 }
 
 /// One judged criterion.
@@ -142,6 +162,17 @@ impl Findings {
                 },
             },
         ];
+        let t = &self.timers;
+        out.push(Criterion {
+            name: "alarms",
+            pass: t.armed > 0
+                && t.once == t.armed
+                && t.never + t.more + t.unreadable + t.unarmed == 0,
+            detail: format!(
+                "{} of {} durable alarms fired exactly once ({} never, {} more than once, {} unreadable, {} not armed)",
+                t.once, t.armed, t.never, t.more, t.unreadable, t.unarmed
+            ),
+        });
         if self.audit_checked {
             out.push(Criterion {
                 name: "fencing audit",
@@ -292,6 +323,9 @@ impl Findings {
             "converged": self.not_converged.is_none(),
             "fencing_audit": {"pass": self.audit_violation.is_none(), "checked": self.audit_checked,
                 "writes": self.audit_writes, "violation": self.audit_violation},
+            "alarms": {"armed": self.timers.armed, "fired_once": self.timers.once,
+                "never": self.timers.never, "more_than_once": self.timers.more,
+                "unreadable": self.timers.unreadable, "unarmed": self.timers.unarmed},
             "drain": self.drain.as_ref().map(|d| json!({
                 "off_ms": d.off.as_ref().ok(), "back_ms": d.back.as_ref().ok(),
                 "off_error": d.off.as_ref().err(), "back_error": d.back.as_ref().err(),

@@ -106,6 +106,10 @@ fn region_kill_drill_passes_and_writes_both_reports() {
     let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let doc = read_json(&dir.path().join("drill.json"));
     assert_passed(status, &output, &doc, "region-kill");
+    // The durable alarms armed before the kill each fired exactly once.
+    let armed = doc["alarms"]["armed"].as_u64().unwrap_or(0);
+    assert!(armed > 0, "{doc:#}");
+    assert_eq!(doc["alarms"]["fired_once"].as_u64(), Some(armed), "{doc:#}");
     let html =
         std::fs::read_to_string(dir.path().join("drill.html")).expect("the drill wrote --html");
     assert!(html.contains("<svg"), "no SVG in the HTML report");

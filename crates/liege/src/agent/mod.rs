@@ -387,9 +387,10 @@ impl Agents {
         Self::default()
     }
 
-    /// The registry with the built-in demo kind `counter`.
+    /// The registry with the built-in kinds: the demo `counter`, and `timer` (a durable
+    /// alarm per key, which the drill uses to check that alarms survive its faults).
     pub fn with_builtins() -> Self {
-        Self::new().register(Counter)
+        Self::new().register(Counter).register(Timer)
     }
 
     /// Adds the kind [`Agent::KIND`] (replacing one of that name). Panics if the name is not
@@ -472,6 +473,76 @@ impl Agent for Counter {
             CounterMsg::Get => ctx.read_only(),
         }
         Ok(CounterReply { value: *state })
+    }
+}
+
+/// The built-in kind `timer`: one durable alarm per key, counting how often it fired.
+///
+/// Messages ([`TimerMsg`]): `arm` with data `{"at_ms": unix_ms}` sets the alarm (replacing an
+/// armed one); `get` reads. Every reply is the [`TimerState`]. When the alarm fires, `fired`
+/// goes up by one and `armed_for` is cleared. `liege drill` arms some at the start of a run
+/// and checks at the end that each fired exactly once, whatever the fault.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timer;
+
+/// What a [`Timer`] handles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum TimerMsg {
+    /// Fire at this Unix millisecond.
+    Arm {
+        /// When.
+        at_ms: i64,
+    },
+    /// Read the state.
+    Get,
+}
+
+/// A [`Timer`]'s state (and every reply).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerState {
+    /// The due time of the armed alarm, if one is armed.
+    pub armed_for: Option<i64>,
+    /// How many times the alarm fired.
+    pub fired: u32,
+    /// When it last fired (Unix ms, the firing node's clock).
+    pub last_fired_ms: Option<i64>,
+}
+
+impl Agent for Timer {
+    const KIND: &'static str = "timer";
+    type State = TimerState;
+    type Msg = TimerMsg;
+    type Reply = TimerState;
+
+    async fn handle(
+        &self,
+        state: &mut TimerState,
+        msg: TimerMsg,
+        ctx: &mut Context<'_>,
+    ) -> Result<TimerState, AgentError> {
+        match msg {
+            TimerMsg::Arm { at_ms } => {
+                let at = u64::try_from(at_ms).map_err(|_| {
+                    AgentError::new("bad_request", "at_ms must be a Unix time in milliseconds")
+                })?;
+                ctx.set_alarm(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at));
+                state.armed_for = Some(at_ms);
+            }
+            TimerMsg::Get => ctx.read_only(),
+        }
+        Ok(state.clone())
+    }
+
+    async fn on_alarm(
+        &self,
+        state: &mut TimerState,
+        _: &mut Context<'_>,
+    ) -> Result<(), AgentError> {
+        state.fired += 1;
+        state.armed_for = None;
+        state.last_fired_ms = Some(crate::host::unix_ms());
+        Ok(())
     }
 }
 

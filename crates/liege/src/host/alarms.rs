@@ -5,10 +5,11 @@
 //! memory, so a node can hold millions of pending alarms. After a failover the new owner
 //! fires every overdue alarm of the partitions it claimed at its next poll; a restarted node
 //! likewise. At least once: the alarm is cleared by the checkpoint write of its own turn, so
-//! a turn that fails (or whose commit is lost) fires again at a later poll, with the same
-//! signal id (`alarm-{due ms}`), deduplicated like any signal.
+//! a turn that fails (or whose commit is lost) fires again at a later poll — after a backoff
+//! doubling from 200 ms to a minute while it keeps failing — with the same signal id
+//! (`alarm-{due ms}`), deduplicated like any signal.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +28,16 @@ pub(crate) const POLL: Duration = Duration::from_millis(100);
 const FETCH: u32 = 4_096;
 /// Alarm turns in flight at most.
 const IN_FLIGHT: usize = 4_096;
+/// Longest wait before retrying an alarm whose turn keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Runs until `shutdown` is cancelled.
 pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: CancellationToken) {
-    let mut running: JoinSet<AgentKey> = JoinSet::new();
+    let mut running: JoinSet<(AgentKey, bool)> = JoinSet::new();
     let mut firing: HashSet<AgentKey> = HashSet::new();
+    // Keys whose alarm turn failed: consecutive failures and when to try again (an alarm
+    // that keeps failing is retried with backoff, not at every poll).
+    let mut backoff: HashMap<AgentKey, (u32, tokio::time::Instant)> = HashMap::new();
     loop {
         tokio::select! {
             biased;
@@ -39,8 +45,15 @@ pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: Cancella
             _ = tokio::time::sleep(POLL) => {}
         }
         while let Some(done) = running.try_join_next() {
-            if let Ok(key) = done {
+            if let Ok((key, ok)) = done {
                 firing.remove(&key);
+                if ok {
+                    backoff.remove(&key);
+                } else {
+                    let failures = backoff.get(&key).map_or(0, |(n, _)| *n) + 1;
+                    let wait = (POLL * 2u32.saturating_pow(failures.min(10))).min(MAX_BACKOFF);
+                    backoff.insert(key, (failures, tokio::time::Instant::now() + wait));
+                }
             }
         }
         faults.gate().await;
@@ -68,7 +81,13 @@ pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: Cancella
             if firing.len() >= IN_FLIGHT {
                 break;
             }
-            if !host.agents.contains(&alarm.key.kind) || !firing.insert(alarm.key.clone()) {
+            let waiting = backoff
+                .get(&alarm.key)
+                .is_some_and(|(_, next)| tokio::time::Instant::now() < *next);
+            if waiting
+                || !host.agents.contains(&alarm.key.kind)
+                || !firing.insert(alarm.key.clone())
+            {
                 continue;
             }
             host.telemetry.alarms_fired.inc();
@@ -78,10 +97,14 @@ pub(crate) async fn run(host: Arc<Host>, faults: Arc<Faults>, shutdown: Cancella
                     .with_source("/liege/alarms")
                     .with_id(format!("alarm-{}", alarm.due_ms));
                 let op = LocalOp::Call(Box::new(signal));
-                if let Err(e) = host.execute(&alarm.key, &op).await {
-                    tracing::debug!(key = %alarm.key, error = %e, "alarm turn failed; it fires again");
-                }
-                alarm.key
+                let ok = match host.execute(&alarm.key, &op).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(key = %alarm.key, error = %e, "alarm turn failed; it fires again");
+                        false
+                    }
+                };
+                (alarm.key, ok)
             });
         }
     }

@@ -192,3 +192,49 @@ pub(crate) async fn an_alarm_fires_after_the_only_node_restarts(store: TestStore
         .expect("state");
     assert_eq!(state.value, serde_json::json!({"fired": 1}));
 }
+
+/// An alarm handler that always fails, counting its attempts.
+struct Flaky(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Agent for Flaky {
+    const KIND: &'static str = "flaky";
+    type State = u32;
+    type Msg = ReminderMsg;
+    type Reply = ();
+
+    async fn handle(
+        &self,
+        _: &mut u32,
+        _: ReminderMsg,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), AgentError> {
+        ctx.set_alarm(SystemTime::now());
+        Ok(())
+    }
+
+    async fn on_alarm(&self, _: &mut u32, _: &mut Context<'_>) -> Result<(), AgentError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(AgentError::new("down", "the downstream is down"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_whose_turn_keeps_failing_is_retried_with_backoff() {
+    crate::common::init_tracing();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let cluster = TestCluster::builder()
+        .node("a", "iad")
+        .agents(Agents::with_builtins().register(Flaky(attempts.clone())))
+        .start()
+        .await;
+    cluster
+        .node("a")
+        .agent::<Flaky>("f")
+        .call(ReminderMsg::Cancel)
+        .await
+        .expect("arm");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    // Every poll (100 ms) would be ~30 attempts; 200, 400, 800, 1600 ms waits give ~5.
+    assert!((2..=8).contains(&n), "{n} attempts in 3 s");
+}
