@@ -12,3 +12,5 @@ CREATE TABLE alarms (
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 CREATE INDEX alarms_by_due ON alarms (partition_id, due_ms);
+-- Is anything due at all? One probe, so an idle poll costs one index lookup.
+CREATE INDEX alarms_by_due_ms ON alarms (due_ms);
