@@ -16,10 +16,12 @@
 //! cluster/       driver.rs runs the engine against the store and the host; router.rs
 //!                routes a call to its owner; peer.rs answers peers; node.rs is the handle
 //! host/          the agent host: activations, one turn at a time per key, the
-//!                group-commit writer, passivation, the host side of handoffs
+//!                group-commit writer, passivation, the host side of handoffs,
+//!                the alarm poller (alarms.rs)
 //! store/         the Store trait; memory, sqlite, postgres backends; shared row rules
 //! transport/     TCP frames, postcard messages, the handshake, multiplexed requests
-//! agent/         the Agent trait, Signal (CloudEvents), the checkpoint envelope
+//! agent/         the typed Agent trait (messages are CloudEvents), the built-in Counter
+//!                and Timer, Signal, calls between agents (calls.rs), the checkpoint
 //! http/          the HTTP API (axum)
 //! core/          also: ids, placement (rendezvous hashing, region policy)
 //! telemetry.rs   typed events and the Prometheus registry (one per node)
@@ -42,6 +44,14 @@
 //!
 //! Meanwhile the driver feeds the engine: lease renewals every TTL/4, directory reads,
 //! claims of orphans, handoffs to desired owners — and the engine alone decides.
+//!
+//! ## Writing an agent
+//!
+//! Implement [`Agent`] (typed state, a message enum tagged as CloudEvent `type`/`data`, a
+//! reply), register it with [`Agents::register`], call it with
+//! [`Node::agent`](cluster::Node::agent). `docs/AGENTS.md` walks through it; the examples are
+//! `crates/liege/examples/typed_counter.rs` and `cart.rs`, and
+//! `crates/liege-cli/examples/rate_limiter.rs` (your kinds with the whole `liege` CLI).
 //!
 //! ## Where to start reading
 //!

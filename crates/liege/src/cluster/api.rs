@@ -51,7 +51,7 @@ pub enum StartError {
     Mismatch(String),
 }
 
-/// Where a key lives, as answered by [`Node::owner_node`].
+/// Where a key lives, as answered by [`Node::owner_node`](crate::cluster::Node::owner_node).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerInfo {
     /// The key's partition.

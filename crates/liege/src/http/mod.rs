@@ -32,7 +32,7 @@ pub fn router(node: Node) -> Router {
     router_with(node, HttpConfig::default())
 }
 
-/// The API's routes for `node`, behind [`guard::guard`] with `config`.
+/// The API's routes for `node`, behind `guard::guard` with `config`.
 pub fn router_with(node: Node, config: HttpConfig) -> Router {
     let guard = guard::Guard::new(config);
     Router::new()

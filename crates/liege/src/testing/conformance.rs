@@ -1,6 +1,6 @@
 //! The store conformance suite: every [`Store`] backend must pass every case.
 //!
-//! Run it all with [`run_all`], or one test per case with [`conformance_tests!`]
+//! Run it all with [`run_all`], or one test per case with [`conformance_tests!`](crate::conformance_tests)
 //! (recommended: failures then name the broken rule):
 //!
 //! ```ignore

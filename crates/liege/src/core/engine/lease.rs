@@ -1,5 +1,5 @@
 //! The lease: how long a node may serve after a successful renewal ([`serving_window`]), and
-//! [`LeaseState`], the part of the engine that joins, renews and notices a missed deadline.
+//! `LeaseState`, the part of the engine that joins, renews and notices a missed deadline.
 //!
 //! The node records the monotonic instant `sent` *before* sending a renewal. The store sets
 //! `expires = store_now + ttl` while handling it, and `store_now` is no earlier than the

@@ -21,7 +21,7 @@
 //!   the lease is gone ([`lease`]).
 //! - **Reconcile** after every read: partitions lost to a newer epoch are dropped, claims that
 //!   committed unseen are adopted, orphans whose desired owner is this node are claimed in one
-//!   batch, and partitions whose desired owner is another settled node are handed off ([`plan`]).
+//!   batch, and partitions whose desired owner is another settled node are handed off (`plan`).
 //! - **Claim eligibility**: only orphans (unowned, or owned by an incarnation whose lease has
 //!   expired by the estimated store clock); a node that joined less than a TTL ago first takes
 //!   back only its own previous partitions and unowned ones, so nodes rejoining after a store
