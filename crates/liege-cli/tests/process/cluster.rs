@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::NodeProcess;
+use crate::support::{node_command, NodeProcess};
 
 #[test]
 fn three_processes_on_one_sqlite_file_serve_every_key_and_survive_a_sigkill() {
@@ -110,18 +110,7 @@ fn a_node_with_another_secret_refuses_to_join() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("liege.db");
     let _first = NodeProcess::start("a", "iad", &db, &["--secret", "the-right-cluster-secret"]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
-        .args([
-            "node",
-            "--name",
-            "b",
-            "--http",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--store")
-        .arg(format!("sqlite:{}", db.display()))
+    let out = node_command("b", &db)
         .args(["--secret", "the-wrong-cluster-secret"])
         .output()
         .expect("runs");
@@ -137,18 +126,7 @@ fn a_second_node_with_a_live_nodes_name_fails_at_once() {
     let secret = ["--secret", "name-clash-cluster-secret-01"];
     let _first = NodeProcess::start("a", "iad", &db, &secret);
     let started = std::time::Instant::now();
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_liege"))
-        .args([
-            "node",
-            "--name",
-            "a",
-            "--http",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--store")
-        .arg(format!("sqlite:{}", db.display()))
+    let mut second = node_command("a", &db)
         .args(secret)
         .args(["--lease-ttl-ms", "600"])
         .stdout(std::process::Stdio::null())

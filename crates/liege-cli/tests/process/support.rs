@@ -38,6 +38,17 @@ pub(crate) fn example(name: &str) -> PathBuf {
     path
 }
 
+/// `liege node --name NAME` on the SQLite file `db`, on loopback ports the OS picks: for tests
+/// that watch a node fail to start (add the rest of the arguments, then run it).
+pub(crate) fn node_command(name: &str, db: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_liege"));
+    cmd.args(["node", "--name", name])
+        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("sqlite:{}", db.display()));
+    cmd
+}
+
 /// A free loopback port (bound, then released).
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

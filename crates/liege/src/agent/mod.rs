@@ -104,8 +104,8 @@ impl<'a> Context<'a> {
     /// - A `CallError` converts into an [`AgentError`] with its code, so `?` works in a
     ///   handler.
     pub async fn call<B: Agent>(&mut self, id: &str, msg: B::Msg) -> Result<B::Reply, CallError> {
-        let key = AgentKey::new(B::KIND, id).map_err(|e| CallError::BadRequest(e.to_string()))?;
-        let signal = signal_of(&msg).map_err(|e| CallError::BadRequest(e.to_string()))?;
+        let key = typed_key::<B>(id)?;
+        let signal = typed_signal(&msg)?;
         let scope = self
             .scope
             .as_deref_mut()
@@ -116,13 +116,31 @@ impl<'a> Context<'a> {
             .ok_or_else(|| CallError::Unavailable("the node is shutting down".into()))?;
         let (signal, timeout) = scope.prepare(&key, signal, crate::host::unix_ms())?;
         let value = outbound.call(key.clone(), signal, timeout).await?;
-        serde_json::from_value(value).map_err(|e| {
-            CallError::Internal(format!(
-                "the reply of {key} does not decode as {}: {e}",
-                std::any::type_name::<B::Reply>()
-            ))
-        })
+        typed_value(&key, value)
     }
+}
+
+/// The key `id` of kind `A`, or a `BadRequest` saying why it is not one (typed clients).
+pub(crate) fn typed_key<A: Agent>(id: &str) -> Result<AgentKey, CallError> {
+    AgentKey::new(A::KIND, id).map_err(|e| CallError::BadRequest(e.to_string()))
+}
+
+/// The signal carrying a typed message, or a `BadRequest` (typed clients).
+pub(crate) fn typed_signal<M: Serialize>(msg: &M) -> Result<Signal, CallError> {
+    signal_of(msg).map_err(|e| CallError::BadRequest(e.to_string()))
+}
+
+/// A reply (or state) of `key` as the type a typed client expects.
+pub(crate) fn typed_value<T: DeserializeOwned>(
+    key: &AgentKey,
+    value: Value,
+) -> Result<T, CallError> {
+    serde_json::from_value(value).map_err(|e| {
+        CallError::Internal(format!(
+            "the answer of {key} does not decode as {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
 }
 
 /// A kind of keyed singleton agent, with typed messages, replies and state.

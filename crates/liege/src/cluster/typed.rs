@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::api::CallOptions;
 use super::node::Node;
-use crate::agent::{signal_of, Agent};
+use crate::agent::{typed_key, typed_signal, typed_value, Agent};
 use crate::core::ids::AgentKey;
 use crate::error::CallError;
 
@@ -54,7 +54,7 @@ impl<A: Agent> AgentRef<A> {
     pub(super) fn new(node: Node, id: &str) -> Self {
         Self {
             node,
-            key: AgentKey::new(A::KIND, id).map_err(|e| CallError::BadRequest(e.to_string())),
+            key: typed_key::<A>(id),
             options: CallOptions::default(),
             _agent: PhantomData,
         }
@@ -88,23 +88,18 @@ impl<A: Agent> AgentRef<A> {
 
     async fn send(&self, msg: A::Msg, id: Option<&str>) -> Result<A::Reply, CallError> {
         let key = self.key()?;
-        let mut signal = signal_of(&msg).map_err(|e| CallError::BadRequest(e.to_string()))?;
+        let mut signal = typed_signal(&msg)?;
         if let Some(id) = id {
             signal = signal.with_id(id);
         }
         let reply = self.node.call(key, signal, self.options.clone()).await?;
-        serde_json::from_value(reply.value).map_err(|e| {
-            CallError::Internal(format!(
-                "the reply of {key} does not decode as {}: {e}",
-                std::any::type_name::<A::Reply>()
-            ))
-        })
+        typed_value(key, reply.value)
     }
 
     /// Enqueues `msg` without waiting for its reply; returns once the owner admitted it.
     pub async fn cast(&self, msg: A::Msg) -> Result<(), CallError> {
         let key = self.key()?;
-        let signal = signal_of(&msg).map_err(|e| CallError::BadRequest(e.to_string()))?;
+        let signal = typed_signal(&msg)?;
         self.node.cast(key, signal, self.options.clone()).await
     }
 
@@ -112,8 +107,7 @@ impl<A: Agent> AgentRef<A> {
     pub async fn get_state(&self) -> Result<A::State, CallError> {
         let key = self.key()?;
         let reply = self.node.get(key, self.options.clone()).await?;
-        serde_json::from_value(reply.value)
-            .map_err(|e| CallError::Internal(format!("the state of {key} does not decode: {e}")))
+        typed_value(key, reply.value)
     }
 
     /// The node where the agent is active, if it is (does not activate it).
