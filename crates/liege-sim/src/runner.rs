@@ -52,8 +52,9 @@ pub fn run_seeds(template: &SimConfig, seeds: Range<u64>, threads: usize) -> Sum
     let end = seeds.end;
     let failure: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
     let totals = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
-    let running: Arc<Mutex<Vec<Option<(u64, Instant)>>>> =
-        Arc::new(Mutex::new(vec![None; threads]));
+    // Per worker thread: the seed it runs and since when (the watchdog's view).
+    type Running = Vec<Option<(u64, Instant)>>;
+    let running: Arc<Mutex<Running>> = Arc::new(Mutex::new(vec![None; threads]));
     let done = Arc::new(AtomicBool::new(false));
     let watchdog = {
         let (running, done) = (running.clone(), done.clone());

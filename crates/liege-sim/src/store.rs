@@ -220,6 +220,23 @@ impl Store for SimStore {
         self.around(self.inner.due_alarms(partitions, due_by_ms, limit))
             .await
     }
+    async fn append(
+        &self,
+        append: &liege::store::JournalAppend,
+    ) -> StoreResult<Result<Rev, WriteError>> {
+        self.around(self.inner.append(append)).await
+    }
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<liege::store::JournalEntry>> {
+        self.around(self.inner.read_journal(key, from, limit)).await
+    }
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
+        self.around(self.inner.journal_head(key)).await
+    }
     async fn settings(&self) -> StoreResult<Settings> {
         self.around(self.inner.settings()).await
     }

@@ -64,6 +64,7 @@ fn batch(writer: &NodeId, prefix: &str, n: u64) -> Vec<CheckpointWrite> {
                 data: Some(vec![7; 64]),
                 dedupe: Vec::new(),
                 alarm: liege::store::AlarmUpdate::Keep,
+                journal: None,
             }
         })
         .collect()

@@ -206,6 +206,29 @@ impl Store for FaultyStore {
         let r = self.inner.due_alarms(partitions, due_by_ms, limit).await;
         self.leave_with(r).await
     }
+    async fn append(
+        &self,
+        append: &crate::store::JournalAppend,
+    ) -> StoreResult<Result<Rev, WriteError>> {
+        self.enter().await?;
+        let r = self.inner.append(append).await;
+        self.leave_with(r).await
+    }
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::store::JournalEntry>> {
+        self.enter().await?;
+        let r = self.inner.read_journal(key, from, limit).await;
+        self.leave_with(r).await
+    }
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
+        self.enter().await?;
+        let r = self.inner.journal_head(key).await;
+        self.leave_with(r).await
+    }
     async fn settings(&self) -> StoreResult<Settings> {
         self.enter().await?;
         let r = self.inner.settings().await;

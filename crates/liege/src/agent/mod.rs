@@ -3,6 +3,7 @@
 
 pub mod calls;
 pub(crate) mod checkpoint;
+pub mod journal;
 pub mod signal;
 
 use std::any::Any;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use journal::Journal;
 pub use signal::{Signal, SignalError};
 
 use crate::core::ids::AgentKey;
@@ -26,6 +28,15 @@ pub struct Context<'a> {
     read_only: bool,
     scope: Option<&'a mut calls::CallScope>,
     alarm: crate::store::AlarmUpdate,
+    /// The key's journal (kinds with [`Agent::JOURNAL`]): store, committed head, entries of
+    /// earlier turns not yet written.
+    journal: Option<(
+        &'a dyn crate::store::Store,
+        crate::core::ids::Rev,
+        &'a [Vec<u8>],
+    )>,
+    /// Entries this turn appended.
+    appended: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -44,7 +55,64 @@ impl<'a> Context<'a> {
             read_only: false,
             scope,
             alarm: crate::store::AlarmUpdate::Keep,
+            journal: None,
+            appended: Vec::new(),
         }
+    }
+
+    /// Gives the turn its key's journal: committed up to `head`, then `pending`.
+    pub(crate) fn with_journal(
+        mut self,
+        store: &'a dyn crate::store::Store,
+        head: crate::core::ids::Rev,
+        pending: &'a [Vec<u8>],
+    ) -> Self {
+        self.journal = Some((store, head, pending));
+        self
+    }
+
+    /// Appends `entry` (as JSON) to the key's journal and returns the revision it gets. It is
+    /// written with this turn's checkpoint, in the same fenced transaction, only if the turn
+    /// commits: a failed turn appends nothing, and a retried one appends again only if its
+    /// first attempt did not commit. Kinds must set [`Agent::JOURNAL`]; otherwise this fails
+    /// with `journal_disabled` (and so does the turn, if the handler passes it on with `?`).
+    pub fn append<E: Serialize>(&mut self, entry: &E) -> Result<crate::core::ids::Rev, AgentError> {
+        let Some((_, head, pending)) = self.journal else {
+            return Err(AgentError::new(
+                "journal_disabled",
+                format!(
+                    "kind {:?} has no journal: set `const JOURNAL: bool = true;` in its Agent impl",
+                    self.key.kind
+                ),
+            ));
+        };
+        let bytes = serde_json::to_vec(entry).map_err(|e| {
+            AgentError::new(
+                "bad_entry",
+                format!("the journal entry does not serialize: {e}"),
+            )
+        })?;
+        self.appended.push(bytes);
+        Ok(crate::core::ids::Rev(
+            head.0 + (pending.len() + self.appended.len()) as u64,
+        ))
+    }
+
+    /// The key's journal as this turn sees it (committed entries, then unwritten ones, then
+    /// this turn's), or `journal_disabled` for a kind without [`Agent::JOURNAL`].
+    pub fn journal(&self) -> Result<Journal<'_>, AgentError> {
+        let (store, head, pending) = self.journal.ok_or_else(|| {
+            AgentError::new(
+                "journal_disabled",
+                format!("kind {:?} has no journal", self.key.kind),
+            )
+        })?;
+        Ok(Journal::new(store, self.key, head, pending, &self.appended))
+    }
+
+    /// The entries this turn appended, taken by the host.
+    pub(crate) fn take_appended(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.appended)
     }
 
     /// Asks to be woken at `at`: the key's owner runs [`Agent::on_alarm`] as a turn then
@@ -85,9 +153,9 @@ impl<'a> Context<'a> {
         self.read_only = true;
     }
 
-    /// True if the turn declared it changed nothing and changed no alarm.
+    /// True if the turn declared it changed nothing, changed no alarm and appended nothing.
     pub(crate) fn is_read_only(&self) -> bool {
-        self.read_only && self.alarm == crate::store::AlarmUpdate::Keep
+        self.read_only && self.alarm == crate::store::AlarmUpdate::Keep && self.appended.is_empty()
     }
 
     /// Calls the agent `id` of kind `B` from inside this turn and waits for its typed reply,
@@ -213,6 +281,24 @@ pub trait Agent: Send + Sync + 'static {
     /// What a handled message answers.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
 
+    /// `true` if the kind uses its keys' journals ([`Context::append`], [`Journal`]): the host
+    /// then reads a key's journal head when it activates it (one more store read per
+    /// activation). Default `false`.
+    const JOURNAL: bool = false;
+
+    /// Runs once when a key is activated, after its state is loaded from its checkpoint (or
+    /// `Default`) and before its first turn. An event-sourced agent replays here the journal
+    /// entries its snapshot does not cover. An error fails the request that activated the
+    /// key and nothing is kept (the next request tries again). The default does nothing.
+    fn on_activate(
+        &self,
+        state: &mut Self::State,
+        journal: &Journal<'_>,
+    ) -> impl Future<Output = Result<(), AgentError>> + Send {
+        let _ = (state, journal);
+        async { Ok(()) }
+    }
+
     /// Handles one message, returning the reply or an agent error (which undoes the turn).
     fn handle(
         &self,
@@ -316,6 +402,14 @@ pub(crate) trait DynAgent: Send + Sync {
     fn decode(&self, data: Option<&[u8]>) -> Result<AnyState, AgentError>;
     fn encode(&self, state: &AnyState) -> Vec<u8>;
     fn to_json(&self, state: &AnyState) -> Value;
+    /// [`Agent::JOURNAL`].
+    fn journal(&self) -> bool;
+    /// [`Agent::on_activate`].
+    fn activate<'a>(
+        &'a self,
+        state: &'a mut AnyState,
+        journal: &'a Journal<'_>,
+    ) -> BoxFuture<'a, Result<(), AgentError>>;
     /// Runs one turn; on an error the state is as it was before.
     fn handle<'a>(
         &'a self,
@@ -350,6 +444,23 @@ impl<A: Agent> DynAgent for Erased<A> {
 
     fn to_json(&self, state: &AnyState) -> Value {
         serde_json::to_value(typed::<A>(state)).expect("agent state serializes to JSON")
+    }
+
+    fn journal(&self) -> bool {
+        A::JOURNAL
+    }
+
+    fn activate<'a>(
+        &'a self,
+        state: &'a mut AnyState,
+        journal: &'a Journal<'_>,
+    ) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(async move {
+            let state = state
+                .downcast_mut::<A::State>()
+                .expect("state was created by this agent's decode");
+            self.0.on_activate(state, journal).await
+        })
     }
 
     fn handle<'a>(

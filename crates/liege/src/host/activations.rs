@@ -37,6 +37,10 @@ pub(crate) struct Turn {
     pub(crate) retained: RetainedIds,
     /// The alarm change of turns not yet written (non-durable modes keep it with the state).
     pub(crate) pending_alarm: crate::store::AlarmUpdate,
+    /// Head of the key's committed journal (kinds with a journal; read at load).
+    pub(crate) journal_head: Rev,
+    /// Journal entries of turns not yet written, after `journal_head`.
+    pub(crate) journal_pending: Vec<Vec<u8>>,
 }
 
 /// One live agent instance on this node.
@@ -145,6 +149,8 @@ impl Activations {
                 dedupe: DedupeWindow::default(),
                 retained: RetainedIds::default(),
                 pending_alarm: crate::store::AlarmUpdate::Keep,
+                journal_head: Rev(0),
+                journal_pending: Vec::new(),
             }),
             queued: AtomicU32::new(0),
             last_used: AtomicU64::new(now_ms),

@@ -428,6 +428,38 @@ impl Host {
     }
 
     async fn load(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
+        self.load_checkpoint(act, turn).await?;
+        turn.journal_pending.clear();
+        turn.journal_head = if act.agent.journal() {
+            match self.store.journal_head(&act.key).await {
+                Ok(head) => head,
+                Err(e) => {
+                    turn.state = None;
+                    return Err(CallError::Unavailable(format!(
+                        "reading the journal head of {}: {e}",
+                        act.key
+                    )));
+                }
+            }
+        } else {
+            Rev(0)
+        };
+        let journal =
+            crate::agent::Journal::new(&*self.store, &act.key, turn.journal_head, &[], &[]);
+        let state = turn.state.as_mut().expect("loaded above");
+        if let Err(e) = act.agent.activate(state, &journal).await {
+            // Nothing of a failed activation is kept: the next request loads again.
+            turn.state = None;
+            return Err(CallError::Agent(e));
+        }
+        Ok(())
+    }
+
+    async fn load_checkpoint(
+        &self,
+        act: &Arc<Activation>,
+        turn: &mut Turn,
+    ) -> Result<(), CallError> {
         // An earlier activation of this key may have left a write in flight (its caller gave
         // up mid-commit): read only once it has committed or failed.
         self.writer.quiesce(&act.key).await;
@@ -537,6 +569,9 @@ impl Host {
             self.config.call_timeout,
         );
         let mut ctx = Context::new(&act.key, Some(&mut scope));
+        if act.agent.journal() {
+            ctx = ctx.with_journal(&*self.store, turn.journal_head, &turn.journal_pending);
+        }
         if signal.ty == crate::agent::ALARM_SIGNAL_TYPE {
             ctx.clear_fired_alarm();
         }
@@ -548,14 +583,17 @@ impl Host {
                 return Err(CallError::Agent(e));
             }
         };
-        if ctx.is_read_only() {
+        let (read_only, alarm, appended) =
+            (ctx.is_read_only(), ctx.alarm_update(), ctx.take_appended());
+        drop(ctx);
+        if read_only {
             self.observe(act, "ok", started);
             return Ok(reply);
         }
-        let alarm = ctx.alarm_update();
         if alarm != crate::store::AlarmUpdate::Keep {
             turn.pending_alarm = alarm;
         }
+        turn.journal_pending.extend(appended);
         let bytes = serde_json::to_vec(&reply).expect("a JSON value serializes");
         let fingerprint = DedupeWindow::fingerprint(&signal.ty, signal.data.as_ref());
         if signal.has_caller_id() {
@@ -612,12 +650,18 @@ impl Host {
             // with them (and a committed record written twice is only replaced).
             dedupe: turn.retained.pending.clone(),
             alarm: turn.pending_alarm,
+            journal: (!turn.journal_pending.is_empty()).then(|| crate::store::JournalEntries {
+                expected_rev: turn.journal_head,
+                entries: turn.journal_pending.clone(),
+            }),
         };
         match self.writer.write(write).await {
             Ok(Ok(rev)) => {
                 turn.rev = rev;
                 turn.retained.pending.clear();
                 turn.pending_alarm = crate::store::AlarmUpdate::Keep;
+                turn.journal_head = Rev(turn.journal_head.0 + turn.journal_pending.len() as u64);
+                turn.journal_pending.clear();
                 self.count_state_bytes(act, size);
                 act.dirty.store(false, Ordering::Release);
                 Ok(())
@@ -634,7 +678,7 @@ impl Host {
                     hint: owner,
                 })
             }
-            Ok(Err(e @ WriteError::Conflict { .. })) => {
+            Ok(Err(e @ (WriteError::Conflict { .. } | WriteError::JournalConflict { .. }))) => {
                 tracing::error!(key = %act.key, error = %e, "checkpoint revision conflict: reloading");
                 Err(CallError::Unavailable(format!("checkpoint conflict: {e}")))
             }

@@ -209,7 +209,9 @@ async fn commit(store: &SharedStore, telemetry: &Telemetry, mut jobs: Vec<Job>) 
                 telemetry.write_outcome(match &outcome {
                     Ok(_) => "ok",
                     Err(WriteError::Fenced { .. }) => "fenced",
-                    Err(WriteError::Conflict { .. }) => "conflict",
+                    Err(WriteError::Conflict { .. } | WriteError::JournalConflict { .. }) => {
+                        "conflict"
+                    }
                 });
                 let _ = job.reply.send(Ok(outcome));
             }

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use super::rules::{self, ClaimDecision, LeaseState};
 use super::{
     AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DueAlarm, Lease, Membership, NodeLease, NodeRecord, OperatorSetting, PartitionRow, Settings,
-    SharedStore, Store, StoreChange, StoreError, StoreOptions, StoreResult, StoreTime, WriteError,
+    DueAlarm, JournalAppend, JournalEntry, Lease, Membership, NodeLease, NodeRecord,
+    OperatorSetting, PartitionRow, Settings, SharedStore, Store, StoreChange, StoreError,
+    StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -63,6 +64,8 @@ struct Tables {
     dedupe: HashMap<(AgentKey, u128), DedupeRecord>,
     /// Alarms by key: (partition, due ms).
     alarms: HashMap<AgentKey, (PartitionId, i64)>,
+    /// Journals by key: entry `i` has revision `i + 1`.
+    journals: HashMap<AgentKey, Vec<Vec<u8>>>,
     settings: std::collections::BTreeSet<String>,
     audit: Vec<AuditRecord>,
 }
@@ -75,6 +78,11 @@ impl Tables {
             left: n.left,
         })
     }
+}
+
+/// The revision of the last entry of `key`'s journal.
+fn journal_head(t: &Tables, key: &AgentKey) -> Rev {
+    Rev(t.journals.get(key).map_or(0, |j| j.len() as u64))
 }
 
 impl MemoryStore {
@@ -113,8 +121,18 @@ impl MemoryStore {
         } else {
             rules::check_fence(w.partition, &w.writer, w.epoch, owner, epoch)?;
             rules::check_rev(w.expected_rev, actual)?;
+            if let Some(j) = &w.journal {
+                rules::check_journal(j.expected_rev, journal_head(t, &w.key))?;
+            }
             rules::rev_after(w.expected_rev, w.data.is_none())
         };
+        if w.data.is_none() {
+            t.journals.remove(&w.key);
+        } else if let Some(j) = &w.journal {
+            let journal = t.journals.entry(w.key.clone()).or_default();
+            // Sabotage only: a stale writer's entries land after whatever is there.
+            journal.extend(j.entries.iter().cloned());
+        }
         match &w.data {
             Some(data) => {
                 let checkpoint = Checkpoint {
@@ -433,6 +451,53 @@ impl Store for MemoryStore {
         due.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
         due.truncate(limit as usize);
         Ok(due)
+    }
+
+    async fn append(&self, append: &JournalAppend) -> StoreResult<Result<Rev, WriteError>> {
+        let mut t = self.tables.lock();
+        let (owner, epoch) = match t.partitions.get(append.partition.0 as usize) {
+            Some(row) => (row.owner.as_ref(), row.epoch),
+            None => (None, Epoch(0)),
+        };
+        let j = &append.journal;
+        let checked =
+            rules::check_fence(append.partition, &append.writer, append.epoch, owner, epoch)
+                .and_then(|()| rules::check_journal(j.expected_rev, journal_head(&t, &append.key)));
+        if let Err(e) = checked {
+            return Ok(Err(e));
+        }
+        t.journals
+            .entry(append.key.clone())
+            .or_default()
+            .extend(j.entries.iter().cloned());
+        Ok(Ok(rules::journal_after(j.expected_rev, j.entries.len())))
+    }
+
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<JournalEntry>> {
+        let t = self.tables.lock();
+        let Some(journal) = t.journals.get(key) else {
+            return Ok(Vec::new());
+        };
+        let start = from.0.max(1);
+        Ok(journal
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(start - 1).unwrap_or(usize::MAX))
+            .take(limit as usize)
+            .map(|(i, data)| JournalEntry {
+                rev: Rev(i as u64 + 1),
+                data: data.clone(),
+            })
+            .collect())
+    }
+
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
+        Ok(journal_head(&self.tables.lock(), key))
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

@@ -9,7 +9,11 @@
 //! - **the partition directory**: owner and epoch per partition ([`Store::claim`],
 //!   [`Store::release`], [`Store::directory`]);
 //! - **checkpoints**: one row per agent key with a revision, written only through fenced
-//!   batches ([`Store::write`]) that check the directory in the same transaction.
+//!   batches ([`Store::write`]) that check the directory in the same transaction;
+//! - **journals**: per key, an append-only sequence of entries numbered 1, 2, 3, …
+//!   ([`Store::append`], [`Store::read_journal`]), appended only under the same fence and only
+//!   at the revision the writer expects — alone or with a checkpoint write
+//!   ([`CheckpointWrite::journal`]), in its transaction.
 //!
 //! # What callers MUST do
 //! - Write checkpoints only with the `(partition, epoch)` they hold; a [`WriteError::Fenced`]
@@ -190,6 +194,46 @@ pub struct CheckpointWrite {
     /// What happens to the key's alarm, in the same transaction, iff this write commits
     /// (deleting the checkpoint always clears it).
     pub alarm: AlarmUpdate,
+    /// Entries to append to the key's journal in the same transaction: the write commits iff
+    /// the journal's head is also as expected, and then both change (deleting the
+    /// checkpoint deletes the journal too; a delete must carry none). `None`: the journal is
+    /// not touched or checked.
+    pub journal: Option<JournalEntries>,
+}
+
+/// Entries to append to a key's journal and the head revision the writer expects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalEntries {
+    /// The revision of the journal's last entry as the writer saw it (`Rev(0)`: empty). The
+    /// append commits only if it is still the head; the entries then get the revisions
+    /// `expected_rev + 1, expected_rev + 2, …`.
+    pub expected_rev: Rev,
+    /// The entries, in order (opaque bytes; the agent layer writes JSON).
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// A fenced append to a key's journal on its own ([`Store::append`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalAppend {
+    /// The key whose journal grows.
+    pub key: AgentKey,
+    /// Partition of the key (the caller computed it; the store trusts it).
+    pub partition: PartitionId,
+    /// The epoch the writer holds the partition at.
+    pub epoch: Epoch,
+    /// The writer; the directory must name exactly this incarnation.
+    pub writer: NodeId,
+    /// The expected head and the entries.
+    pub journal: JournalEntries,
+}
+
+/// One entry of a key's journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// Its revision: 1 for the first entry, then +1 without gaps.
+    pub rev: Rev,
+    /// Its bytes, as appended.
+    pub data: Vec<u8>,
 }
 
 /// A change to a key's durable alarm, carried by a checkpoint write.
@@ -307,6 +351,14 @@ pub enum WriteError {
         /// What the writer expected.
         expected: Rev,
         /// What the store has.
+        actual: Rev,
+    },
+    /// The journal's head is not the expected revision (another append came first).
+    #[error("journal head is {actual}, writer expected {expected}")]
+    JournalConflict {
+        /// The head the writer expected.
+        expected: Rev,
+        /// The head the store has.
         actual: Rev,
     },
 }
@@ -488,6 +540,24 @@ pub trait Store: Send + Sync + 'static {
         due_by_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<DueAlarm>>;
+
+    /// Appends `append.journal.entries` to the key's journal, iff the directory names the
+    /// writer at its epoch for the partition ([`WriteError::Fenced`]) and the journal's head
+    /// is `append.journal.expected_rev` ([`WriteError::JournalConflict`]); returns the new
+    /// head. All or nothing, like a checkpoint write; a [`StoreError`] is an unknown outcome.
+    async fn append(&self, append: &JournalAppend) -> StoreResult<Result<Rev, WriteError>>;
+
+    /// At most `limit` entries of the key's journal from revision `from` on (inclusive),
+    /// in revision order; empty past the head or for a key without a journal.
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<JournalEntry>>;
+
+    /// The revision of the key's last journal entry (`Rev(0)` if it has none).
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev>;
 
     /// `Err` with the reason if the store's machinery in this process is broken beyond
     /// retrying (e.g. a connection thread died): `/healthz` then fails so the platform

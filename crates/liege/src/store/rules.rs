@@ -112,6 +112,21 @@ pub(crate) fn check_rev(expected: Rev, actual: Rev) -> Result<(), WriteError> {
     }
 }
 
+/// Does the journal's head allow an append expecting `expected`?
+pub(crate) fn check_journal(expected: Rev, actual: Rev) -> Result<(), WriteError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(WriteError::JournalConflict { expected, actual })
+    }
+}
+
+/// The head after appending `n` entries at `expected` (saturating: a u64 of entries is not
+/// reachable).
+pub(crate) fn journal_after(expected: Rev, n: usize) -> Rev {
+    Rev(expected.0.saturating_add(n as u64))
+}
+
 /// The revision a committed write leaves: `expected + 1` for an upsert; `Rev(0)` for a
 /// delete, because an absent key has revision 0 and the next write must expect that.
 pub(crate) fn rev_after(expected: Rev, is_delete: bool) -> Rev {

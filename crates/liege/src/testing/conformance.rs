@@ -19,6 +19,7 @@
 mod alarms;
 mod claims;
 mod dedupe;
+mod journal;
 mod membership;
 mod races;
 mod writes;
@@ -29,6 +30,7 @@ use std::time::Duration;
 pub use alarms::*;
 pub use claims::*;
 pub use dedupe::*;
+pub use journal::*;
 pub use membership::*;
 pub use races::*;
 pub use writes::*;
@@ -91,6 +93,9 @@ define_cases!(
     dedupe_records_commit_exactly_with_their_write,
     prune_deletes_only_expired_dedupe_records,
     alarms_change_only_with_committed_writes_and_are_found_by_due_time,
+    journal_appends_only_at_the_expected_head_and_reads_in_order,
+    a_journal_append_with_a_stale_epoch_is_fenced_and_changes_nothing,
+    journal_entries_commit_exactly_with_their_checkpoint_write,
     concurrent_claims_give_each_partition_exactly_one_owner,
     writers_cannot_commit_with_the_old_epoch_after_a_takeover,
 );
@@ -149,6 +154,9 @@ macro_rules! conformance_tests {
             dedupe_records_commit_exactly_with_their_write,
             prune_deletes_only_expired_dedupe_records,
             alarms_change_only_with_committed_writes_and_are_found_by_due_time,
+            journal_appends_only_at_the_expected_head_and_reads_in_order,
+            a_journal_append_with_a_stale_epoch_is_fenced_and_changes_nothing,
+            journal_entries_commit_exactly_with_their_checkpoint_write,
             concurrent_claims_give_each_partition_exactly_one_owner,
             writers_cannot_commit_with_the_old_epoch_after_a_takeover,
         );
@@ -256,6 +264,7 @@ pub fn put(
         data: data.map(<[u8]>::to_vec),
         dedupe: Vec::new(),
         alarm: crate::store::AlarmUpdate::Keep,
+        journal: None,
     }
 }
 

@@ -224,7 +224,7 @@ async fn a_failed_turn_leaves_the_state_as_it_was() {
         let cluster = TestCluster::builder()
             .node("a", "iad")
             .agents(Agents::with_builtins().register(Careless))
-            .configure(move |c| c.persistence = persistence.clone())
+            .configure(move |c| c.persistence = persistence)
             .start()
             .await;
         let list = cluster.node("a").agent::<Careless>("l");
@@ -576,10 +576,11 @@ async fn a_wildcard_cluster_address_is_never_advertised() {
     let mut config = liege::cluster::NodeConfig::new("wild", "iad");
     config.secret = Some(b"a-cluster-secret-of-32-bytes-ok!".to_vec());
     config.cluster_listen = "0.0.0.0:0".parse().unwrap();
-    let err = liege::cluster::Node::start(config.clone(), store.clone(), Agents::with_builtins())
-        .await
-        .err()
-        .expect("refused: peers cannot dial 0.0.0.0");
+    let Err(err) =
+        liege::cluster::Node::start(config.clone(), store.clone(), Agents::with_builtins()).await
+    else {
+        panic!("refused: peers cannot dial 0.0.0.0");
+    };
     assert!(err.to_string().contains("peers cannot dial"), "{err}");
     config.cluster_advertise = Some("10.1.2.3:7070".into());
     let node = liege::cluster::Node::start(config, store, Agents::with_builtins())

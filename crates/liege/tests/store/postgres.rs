@@ -95,6 +95,7 @@ fn write(
         data: data.map(<[u8]>::to_vec),
         dedupe: Vec::new(),
         alarm: liege::store::AlarmUpdate::Keep,
+        journal: None,
     }
 }
 

@@ -372,6 +372,23 @@ impl Store for TempStore {
     ) -> StoreResult<Vec<liege::store::DueAlarm>> {
         self.inner.due_alarms(partitions, due_by_ms, limit).await
     }
+    async fn append(
+        &self,
+        append: &liege::store::JournalAppend,
+    ) -> StoreResult<Result<Rev, WriteError>> {
+        self.inner.append(append).await
+    }
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<liege::store::JournalEntry>> {
+        self.inner.read_journal(key, from, limit).await
+    }
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
+        self.inner.journal_head(key).await
+    }
     async fn settings(&self) -> StoreResult<Settings> {
         self.inner.settings().await
     }

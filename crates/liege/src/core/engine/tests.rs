@@ -793,9 +793,9 @@ fn every_planned_move_reports_started_then_exactly_one_outcome() {
     );
     assert_eq!(seen.len(), moves.len(), "{seen:?}");
     assert_ne!(failed_flush, failed_release);
-    for p in seen.keys().copied() {
+    for p in seen.keys() {
         assert_eq!(
-            seen[&p],
+            seen[p],
             vec!["migration_started", "migration_failed"],
             "p{p}"
         );

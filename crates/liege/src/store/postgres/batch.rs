@@ -41,21 +41,67 @@ use crate::store::{AlarmUpdate, CheckpointWrite, StoreError, StoreResult, WriteE
 /// The variant with alarm changes takes two more after those: the idx of the changing write
 /// and its new due time (NULL: remove the alarm; a deleted checkpoint always brings one);
 /// applied only for committed writes.
-pub(super) fn write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> &'static str {
+///
+/// The variant with journal appends takes five more after those: per appending write its idx
+/// and the journal head it expects (a write whose head moved commits nothing: status 3, with
+/// the head), then per entry the idx of its write, its revision and its bytes, inserted only
+/// for committed writes. A deleted checkpoint takes its journal with it (every variant with
+/// deletes).
+pub(super) fn write_sql(
+    audit: bool,
+    deletes: bool,
+    dedupe: bool,
+    alarms: bool,
+    journal: bool,
+) -> &'static str {
     static VARIANTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = VARIANTS.get_or_init(|| {
-        (0..16)
-            .map(|i| build_write_sql(i & 8 != 0, i & 4 != 0, i & 2 != 0, i & 1 != 0))
+        (0..32)
+            .map(|i| build_write_sql(i & 16 != 0, i & 8 != 0, i & 4 != 0, i & 2 != 0, i & 1 != 0))
             .collect()
     });
-    &variants[usize::from(audit) * 8
-        + usize::from(deletes) * 4
-        + usize::from(dedupe) * 2
-        + usize::from(alarms)]
+    &variants[usize::from(audit) * 16
+        + usize::from(deletes) * 8
+        + usize::from(dedupe) * 4
+        + usize::from(alarms) * 2
+        + usize::from(journal)]
 }
 
-fn build_write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> String {
-    let mut sql = String::from(
+fn build_write_sql(
+    audit: bool,
+    deletes: bool,
+    dedupe: bool,
+    alarms: bool,
+    journal: bool,
+) -> String {
+    // Parameter numbers of the optional groups, in order after the ten of every variant.
+    let mut next = 11;
+    let mut take = |n: usize| {
+        let first = next;
+        next += n;
+        first
+    };
+    if dedupe {
+        take(5); // $11..$15, written out below
+    }
+    let alarm_at = if alarms { take(2) } else { 0 };
+    let journal_at = if journal { take(5) } else { 0 };
+    // The journal check: a write that appends expects its key's head.
+    let (journal_join, jok) = if journal {
+        (
+            format!(
+                "
+    LEFT JOIN unnest(${}::bigint[], ${}::bigint[]) AS jx (widx, jexp) ON jx.widx = i.idx",
+                journal_at,
+                journal_at + 1
+            ),
+            "jx.widx IS NULL OR jx.jexp = (SELECT coalesce(max(j.rev), 0) FROM liege_journal j
+                                          WHERE j.kind = i.kind AND j.id = i.kid)",
+        )
+    } else {
+        (String::new(), "true")
+    };
+    let mut sql = format!(
         "WITH fence AS MATERIALIZED (
     SELECT p.id, p.owner_name, p.owner_incarnation, p.epoch FROM liege_partitions p
     WHERE p.id = ANY ($2::bigint[]) ORDER BY p.id FOR SHARE
@@ -63,20 +109,22 @@ fn build_write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> St
     SELECT i.*, f.owner_name AS owner, f.owner_incarnation AS oinc,
            coalesce(f.epoch, 0) AS pepoch,
            coalesce(f.owner_name = i.wname AND f.owner_incarnation = i.winc
-                    AND f.epoch = i.wepoch, false) AS fence_ok
+                    AND f.epoch = i.wepoch, false) AS fence_ok,
+           ({jok}) AS jok
     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                 $6::text[], $7::text[], $8::bigint[], $9::bytea[])
         AS i (idx, part, wepoch, wname, winc, kind, kid, exp, data)
-    LEFT JOIN fence f ON f.id = i.part
+    LEFT JOIN fence f ON f.id = i.part{journal_join}
 ), ins AS (
     INSERT INTO liege_checkpoints (kind, id, rev, data)
     SELECT chk.kind, chk.kid, 1, chk.data FROM chk
-    WHERE chk.fence_ok AND chk.data IS NOT NULL AND chk.exp = 0 ORDER BY chk.kind, chk.kid
+    WHERE chk.fence_ok AND chk.jok AND chk.data IS NOT NULL AND chk.exp = 0
+    ORDER BY chk.kind, chk.kid
     ON CONFLICT (kind, id) DO NOTHING
     RETURNING kind, id
 ), upd AS (
     UPDATE liege_checkpoints c SET rev = chk.exp + 1, data = chk.data FROM chk
-    WHERE chk.fence_ok AND chk.data IS NOT NULL AND chk.exp > 0
+    WHERE chk.fence_ok AND chk.jok AND chk.data IS NOT NULL AND chk.exp > 0
       AND c.kind = chk.kind AND c.id = chk.kid AND c.rev = chk.exp
     RETURNING c.kind, c.id
 )",
@@ -86,12 +134,12 @@ fn build_write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> St
         sql.push_str(
             ", dels AS (
     DELETE FROM liege_checkpoints c USING chk
-    WHERE chk.fence_ok AND chk.data IS NULL AND c.kind = chk.kind AND c.id = chk.kid
+    WHERE chk.fence_ok AND chk.jok AND chk.data IS NULL AND c.kind = chk.kind AND c.id = chk.kid
       AND c.rev = chk.exp
     RETURNING c.kind, c.id
 ), nothing AS (
     SELECT chk.kind, chk.kid AS id FROM chk
-    WHERE chk.fence_ok AND chk.data IS NULL AND chk.exp = 0 AND NOT EXISTS (
+    WHERE chk.fence_ok AND chk.jok AND chk.data IS NULL AND chk.exp = 0 AND NOT EXISTS (
         SELECT 1 FROM liege_checkpoints c WHERE c.kind = chk.kind AND c.id = chk.kid)
 )",
         );
@@ -121,8 +169,29 @@ fn build_write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> St
 )",
         );
     }
+    if deletes {
+        // A deleted checkpoint takes its journal with it.
+        sql.push_str(
+            ", jdel AS (
+    DELETE FROM liege_journal j USING done d
+    WHERE d.newrev = 0 AND j.kind = d.kind AND j.id = d.kid
+)",
+        );
+    }
+    if journal {
+        let (w, r, e) = (journal_at + 2, journal_at + 3, journal_at + 4);
+        sql.push_str(&format!(
+            ", jins AS (
+    INSERT INTO liege_journal (kind, id, rev, entry)
+    SELECT d.kind, d.kid, x.rev, x.entry
+    FROM unnest(${w}::bigint[], ${r}::bigint[], ${e}::bytea[]) AS x (widx, rev, entry)
+    JOIN done d ON d.idx = x.widx AND d.newrev > 0
+    ORDER BY d.kind, d.kid, x.rev
+)"
+        ));
+    }
     if alarms {
-        let (a, b) = if dedupe { (16, 17) } else { (11, 12) };
+        let (a, b) = (alarm_at, alarm_at + 1);
         sql.push_str(&format!(
             ", alm AS MATERIALIZED (
     SELECT d.kind, d.kid, d.part, x.due FROM unnest(${a}::bigint[], ${b}::bigint[]) AS x (widx, due)
@@ -148,15 +217,24 @@ fn build_write_sql(audit: bool, deletes: bool, dedupe: bool, alarms: bool) -> St
 )",
         );
     }
-    sql.push_str(
+    // Status 3 (journal head moved) reports the head instead of the revision.
+    let head_on_conflict = if journal {
+        "WHEN NOT chk.jok THEN (SELECT coalesce(max(j.rev), 0) FROM liege_journal j
+                               WHERE j.kind = chk.kind AND j.id = chk.kid) "
+    } else {
+        ""
+    };
+    sql.push_str(&format!(
         "
 SELECT chk.idx,
-       CASE WHEN NOT chk.fence_ok THEN 1 WHEN d.idx IS NULL THEN 2 ELSE 0 END,
-       coalesce(d.newrev, (SELECT c.rev FROM liege_checkpoints c
-                           WHERE c.kind = chk.kind AND c.id = chk.kid), 0),
+       CASE WHEN NOT chk.fence_ok THEN 1 WHEN NOT chk.jok THEN 3 WHEN d.idx IS NULL THEN 2
+            ELSE 0 END,
+       CASE {head_on_conflict}WHEN d.idx IS NOT NULL THEN d.newrev
+            ELSE coalesce((SELECT c.rev FROM liege_checkpoints c
+                           WHERE c.kind = chk.kind AND c.id = chk.kid), 0) END,
        chk.owner, chk.oinc, chk.pepoch
 FROM chk LEFT JOIN done d ON d.idx = chk.idx",
-    );
+    ));
     if !audit {
         // Every variant takes the same ten parameters.
         sql.push_str(" WHERE $10::boolean IS NOT NULL");
@@ -187,6 +265,13 @@ pub(super) struct Columns<'a> {
     /// The round's alarm changes: idx of their write and the new due time (`None`: remove).
     pub(super) alarm_idx: Vec<i64>,
     pub(super) alarm_due: Vec<Option<i64>>,
+    /// The round's journal appends: idx of each appending write and the head it expects,
+    /// then idx, revision and bytes of each entry.
+    pub(super) journal_idx: Vec<i64>,
+    pub(super) journal_expected: Vec<i64>,
+    pub(super) entry_idx: Vec<i64>,
+    pub(super) entry_rev: Vec<i64>,
+    pub(super) entry_data: Vec<&'a [u8]>,
 }
 
 impl<'a> Columns<'a> {
@@ -203,6 +288,11 @@ impl<'a> Columns<'a> {
     /// True if the round changes alarms.
     pub(super) fn has_alarms(&self) -> bool {
         !self.alarm_idx.is_empty()
+    }
+
+    /// True if the round appends to journals.
+    pub(super) fn has_journal(&self) -> bool {
+        !self.journal_idx.is_empty()
     }
 
     /// Splits `batch` into rounds: round n holds the n-th write of every key. A batch without
@@ -235,6 +325,17 @@ impl<'a> Columns<'a> {
             if let Some(due) = alarm {
                 c.alarm_idx.push(i64::try_from(i + 1).map_err(too_big)?);
                 c.alarm_due.push(due);
+            }
+            if let (Some(_), Some(j)) = (&w.data, &w.journal) {
+                let idx = i64::try_from(i + 1).map_err(too_big)?;
+                c.journal_idx.push(idx);
+                c.journal_expected.push(to_db_u64(j.expected_rev.0));
+                for (n, entry) in j.entries.iter().enumerate() {
+                    c.entry_idx.push(idx);
+                    let rev = crate::store::rules::journal_after(j.expected_rev, n + 1);
+                    c.entry_rev.push(to_db_u64(rev.0));
+                    c.entry_data.push(entry);
+                }
             }
             // One statement may not upsert a row twice: the last record of a signal wins.
             let mut signals = std::collections::HashSet::new();
@@ -282,6 +383,10 @@ pub(super) fn decode(
                     epoch: Epoch(from_db_u64(epoch)),
                 })
             }
+            3 => Err(WriteError::JournalConflict {
+                expected: write.journal.as_ref().map_or(Rev(0), |j| j.expected_rev),
+                actual: Rev(from_db_u64(rev)),
+            }),
             _ => Err(WriteError::Conflict {
                 expected: write.expected_rev,
                 actual: Rev(from_db_u64(rev)),
@@ -341,6 +446,7 @@ mod tests {
             data: None,
             dedupe: Vec::new(),
             alarm: AlarmUpdate::Keep,
+            journal: None,
         }
     }
 

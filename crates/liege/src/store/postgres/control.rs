@@ -6,10 +6,12 @@ use tokio::sync::broadcast;
 use super::batch::{self, get, partition_from_db, Columns};
 use super::{from_db_u64, to_db_u64, ttl_to_db, PostgresStore};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+use crate::store::rules;
 use crate::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DirectoryChanges, DueAlarm, Lease, Membership, NodeLease, NodeRecord, OperatorSetting,
-    PartitionRow, Settings, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+    DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Membership, NodeLease,
+    NodeRecord, OperatorSetting, PartitionRow, Settings, Store, StoreChange, StoreError,
+    StoreResult, StoreTime, WriteError,
 };
 
 const INIT_SQL: &str =
@@ -48,6 +50,31 @@ const SETTING_OFF_SQL: &str = "WITH d AS (DELETE FROM liege_operator_settings WH
 const DUE_ALARMS_SQL: &str = "SELECT kind, id, partition, due_ms FROM liege_alarms \
     WHERE partition = ANY ($1::bigint[]) AND due_ms <= $2 ORDER BY due_ms, kind, id LIMIT $3";
 
+/// A fenced append on its own: `$1` kind, `$2` id, `$3` writer name, `$4` incarnation, `$5`
+/// epoch, `$6` partition, `$7` expected head, `$8` entries. One row: fence ok, head, the
+/// directory's owner name, incarnation and epoch. The share lock on the directory row holds
+/// the fence to the commit; a concurrent append at the same head collides on the primary key
+/// (SQLSTATE 23505), reported as a journal conflict.
+const APPEND_SQL: &str = "WITH fence AS MATERIALIZED (
+    SELECT p.owner_name, p.owner_incarnation, p.epoch,
+           coalesce(p.owner_name = $3 AND p.owner_incarnation = $4 AND p.epoch = $5, false) AS ok
+    FROM liege_partitions p WHERE p.id = $6 FOR SHARE
+), head AS MATERIALIZED (
+    SELECT coalesce(max(j.rev), 0) AS rev FROM liege_journal j WHERE j.kind = $1 AND j.id = $2
+), go AS MATERIALIZED (
+    SELECT coalesce((SELECT ok FROM fence), false) AND (SELECT rev FROM head) = $7 AS ok
+), ins AS (
+    INSERT INTO liege_journal (kind, id, rev, entry)
+    SELECT $1, $2, $7 + e.n, e.entry FROM unnest($8::bytea[]) WITH ORDINALITY AS e (entry, n)
+    WHERE (SELECT ok FROM go)
+)
+SELECT coalesce(f.ok, false), (SELECT rev FROM head), f.owner_name, f.owner_incarnation,
+       coalesce(f.epoch, 0)
+FROM (SELECT 1) AS one LEFT JOIN fence f ON true";
+const READ_JOURNAL_SQL: &str = "SELECT rev, entry FROM liege_journal \
+    WHERE kind = $1 AND id = $2 AND rev >= $3 ORDER BY rev LIMIT $4";
+const JOURNAL_HEAD_SQL: &str =
+    "SELECT coalesce(max(rev), 0) FROM liege_journal WHERE kind = $1 AND id = $2";
 const DEDUPE_SQL: &str =
     "SELECT fingerprint, reply, expires_at FROM liege_dedupe WHERE record = $1";
 /// Deletes a bounded number of expired records (found through the BRIN index) and counts them.
@@ -320,10 +347,25 @@ impl Store for PostgresStore {
                     &c.alarm_due,
                 ]);
             }
+            if c.has_journal() {
+                p.extend([
+                    &c.journal_idx as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &c.journal_expected,
+                    &c.entry_idx,
+                    &c.entry_rev,
+                    &c.entry_data,
+                ]);
+            }
             p
         }
         let sql = |r: &Columns<'_>| {
-            batch::write_sql(audit, r.has_deletes(), r.has_dedupe(), r.has_alarms())
+            batch::write_sql(
+                audit,
+                r.has_deletes(),
+                r.has_dedupe(),
+                r.has_alarms(),
+                r.has_journal(),
+            )
         };
         let rows = match rounds.as_slice() {
             // The batches a node forms: one statement, one transaction, one round trip.
@@ -396,6 +438,88 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn append(&self, append: &JournalAppend) -> StoreResult<Result<Rev, WriteError>> {
+        let (kind, id): (&str, &str) = (&append.key.kind, &append.key.id);
+        let writer: &str = &append.writer.name;
+        let incarnation = to_db_u64(append.writer.incarnation);
+        let epoch = to_db_u64(append.epoch.0);
+        let partition = i64::from(append.partition.0);
+        let expected = to_db_u64(append.journal.expected_rev.0);
+        let entries = &append.journal.entries;
+        let rows = match self
+            .query(
+                APPEND_SQL,
+                &[
+                    &kind,
+                    &id,
+                    &writer,
+                    &incarnation,
+                    &epoch,
+                    &partition,
+                    &expected,
+                    entries,
+                ],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            // Another append at the same head committed first.
+            Err(e) if is_unique_violation(&e) => {
+                let actual = self.journal_head(&append.key).await?;
+                return Ok(Err(WriteError::JournalConflict {
+                    expected: append.journal.expected_rev,
+                    actual,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let row = first(&rows)?;
+        let ok: bool = get(row, 0)?;
+        let head = Rev(from_db_u64(get(row, 1)?));
+        if !ok {
+            let owner_name: Option<String> = get(row, 2)?;
+            let owner_inc: Option<i64> = get(row, 3)?;
+            return Ok(Err(WriteError::Fenced {
+                partition: append.partition,
+                owner: owner_name
+                    .zip(owner_inc)
+                    .map(|(n, i)| NodeId::new(n, from_db_u64(i))),
+                epoch: Epoch(from_db_u64(get(row, 4)?)),
+            }));
+        }
+        if let Err(e) = rules::check_journal(append.journal.expected_rev, head) {
+            return Ok(Err(e));
+        }
+        Ok(Ok(rules::journal_after(head, entries.len())))
+    }
+
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<JournalEntry>> {
+        let (kind, id): (&str, &str) = (&key.kind, &key.id);
+        let (from, limit) = (to_db_u64(from.0), i64::from(limit));
+        let rows = self
+            .query(READ_JOURNAL_SQL, &[&kind, &id, &from, &limit])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JournalEntry {
+                    rev: Rev(from_db_u64(get(row, 0)?)),
+                    data: get(row, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
+        let (kind, id): (&str, &str) = (&key.kind, &key.id);
+        let rows = self.query(JOURNAL_HEAD_SQL, &[&kind, &id]).await?;
+        Ok(Rev(from_db_u64(get(first(&rows)?, 0)?)))
+    }
+
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         if !self.options.store.audit {
             return Ok(Vec::new());
@@ -407,6 +531,11 @@ impl Store for PostgresStore {
     fn watch(&self) -> Option<broadcast::Receiver<StoreChange>> {
         Some(self.changes.subscribe())
     }
+}
+
+/// True for a unique-key violation (SQLSTATE 23505), as [`super::pool::map_error`] words it.
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Other(text) if text.ends_with("(23505)"))
 }
 
 fn first(rows: &[tokio_postgres::Row]) -> StoreResult<&tokio_postgres::Row> {

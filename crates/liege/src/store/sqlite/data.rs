@@ -9,7 +9,7 @@ use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
 use crate::store::{
     dedupe_record_key, AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord,
-    DueAlarm, StoreResult, WriteError,
+    DueAlarm, JournalAppend, JournalEntries, JournalEntry, StoreResult, WriteError,
 };
 
 pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
@@ -104,8 +104,23 @@ fn apply(
         if let Err(e) = rules::check_rev(w.expected_rev, actual) {
             return Ok(Err(e));
         }
+        if let Some(j) = &w.journal {
+            if let Err(e) = rules::check_journal(j.expected_rev, journal_head(tx, &w.key)?) {
+                return Ok(Err(e));
+            }
+        }
         rules::rev_after(w.expected_rev, w.data.is_none())
     };
+    match (&w.data, &w.journal) {
+        (None, _) => {
+            tx.prepare_cached("DELETE FROM journal WHERE kind = ?1 AND id = ?2")
+                .sql()?
+                .execute([kind, id])
+                .sql()?;
+        }
+        (Some(_), Some(j)) => insert_entries(tx, &w.key, j)?,
+        (Some(_), None) => {}
+    }
     match &w.data {
         Some(data) => {
             tx.prepare_cached(
@@ -177,6 +192,93 @@ fn apply(
         .sql()?;
     }
     Ok(Ok(rev))
+}
+
+/// The revision of the last entry of `key`'s journal (0: none).
+fn journal_head(tx: &Connection, key: &AgentKey) -> StoreResult<Rev> {
+    let head: i64 = tx
+        .prepare_cached("SELECT coalesce(max(rev), 0) FROM journal WHERE kind = ?1 AND id = ?2")
+        .sql()?
+        .query_row([&*key.kind, &*key.id], |r| r.get(0))
+        .sql()?;
+    Ok(Rev(from_sql_u64(head)))
+}
+
+/// Inserts `j.entries` after `j.expected_rev` (checked by the caller, in its transaction).
+fn insert_entries(tx: &Transaction<'_>, key: &AgentKey, j: &JournalEntries) -> StoreResult<()> {
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO journal (kind, id, rev, entry) VALUES (?1, ?2, ?3, ?4)")
+        .sql()?;
+    for (i, entry) in j.entries.iter().enumerate() {
+        let rev = rules::journal_after(j.expected_rev, i + 1);
+        stmt.execute(rusqlite::params![
+            &*key.kind,
+            &*key.id,
+            to_sql_u64(rev.0),
+            entry
+        ])
+        .sql()?;
+    }
+    Ok(())
+}
+
+/// A fenced append on its own, in one `BEGIN IMMEDIATE` transaction.
+pub(super) fn append(
+    conn: &mut Connection,
+    append: &JournalAppend,
+) -> StoreResult<Result<Rev, WriteError>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .sql()?;
+    let (owner, epoch) = fence(&tx, append.partition)?;
+    let j = &append.journal;
+    if let Err(e) = rules::check_fence(
+        append.partition,
+        &append.writer,
+        append.epoch,
+        owner.as_ref(),
+        epoch,
+    ) {
+        return Ok(Err(e));
+    }
+    if let Err(e) = rules::check_journal(j.expected_rev, journal_head(&tx, &append.key)?) {
+        return Ok(Err(e));
+    }
+    insert_entries(&tx, &append.key, j)?;
+    tx.commit().sql()?;
+    Ok(Ok(rules::journal_after(j.expected_rev, j.entries.len())))
+}
+
+/// At most `limit` entries of `key`'s journal from revision `from` on.
+pub(super) fn read_journal(
+    conn: &mut Connection,
+    key: &AgentKey,
+    from: Rev,
+    limit: u32,
+) -> StoreResult<Vec<JournalEntry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT rev, entry FROM journal WHERE kind = ?1 AND id = ?2 AND rev >= ?3 \
+             ORDER BY rev LIMIT ?4",
+        )
+        .sql()?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params![&*key.kind, &*key.id, to_sql_u64(from.0), limit],
+            |r| {
+                Ok(JournalEntry {
+                    rev: Rev(from_sql_u64(r.get(0)?)),
+                    data: r.get(1)?,
+                })
+            },
+        )
+        .sql()?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().sql()
+}
+
+/// The head of `key`'s journal.
+pub(super) fn head(conn: &mut Connection, key: &AgentKey) -> StoreResult<Rev> {
+    journal_head(conn, key)
 }
 
 pub(super) fn dedupe(

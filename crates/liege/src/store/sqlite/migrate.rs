@@ -20,6 +20,7 @@ const MAIN: &[&str] = &[
     include_str!("migrations/0003_placement.sql"),
     include_str!("migrations/0004_dedupe.sql"),
     include_str!("migrations/0005_alarms.sql"),
+    include_str!("migrations/0006_journal.sql"),
 ];
 
 /// Migrations of the members file, numbered the same way.

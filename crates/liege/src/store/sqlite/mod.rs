@@ -88,8 +88,8 @@ use worker::Worker;
 
 use super::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, DueAlarm,
-    Lease, Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreOptions,
-    StoreResult, StoreTime, WriteError,
+    JournalAppend, JournalEntry, Lease, Membership, NodeRecord, OperatorSetting, Settings,
+    SharedStore, Store, StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -299,6 +299,28 @@ impl Store for SqliteStore {
         self.data
             .run(move |c| data::due_alarms(c, &partitions, due_by_ms, limit))
             .await
+    }
+
+    async fn append(&self, append: &JournalAppend) -> StoreResult<Result<Rev, WriteError>> {
+        let append = append.clone();
+        self.data.run_write(move |c| data::append(c, &append)).await
+    }
+
+    async fn read_journal(
+        &self,
+        key: &AgentKey,
+        from: Rev,
+        limit: u32,
+    ) -> StoreResult<Vec<JournalEntry>> {
+        let key = key.clone();
+        self.data
+            .run(move |c| data::read_journal(c, &key, from, limit))
+            .await
+    }
+
+    async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
+        let key = key.clone();
+        self.data.run(move |c| data::head(c, &key)).await
     }
 
     fn health(&self) -> Result<(), String> {

@@ -176,6 +176,9 @@ async fn writer_loop(store: Arc<PostgresStore>, held: Held, done: Arc<AtomicBool
                     let stale = (w.partition, w.epoch);
                     held.lock().unwrap().retain(|h| (h.0, h.1) != stale);
                 }
+                Err(e @ WriteError::JournalConflict { .. }) => {
+                    panic!("these writes append to no journal: {e}")
+                }
             }
         }
     }
