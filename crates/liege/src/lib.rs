@@ -20,8 +20,9 @@
 //!                the alarm poller (alarms.rs)
 //! store/         the Store trait; memory, sqlite, postgres backends; shared row rules
 //! transport/     TCP frames, postcard messages, the handshake, multiplexed requests
-//! agent/         the typed Agent trait (messages are CloudEvents), the built-in Counter
-//!                and Timer, Signal, calls between agents (calls.rs), the checkpoint
+//! agent/         the typed Agent trait (messages are CloudEvents), the built-in Counter,
+//!                Timer and Ledger, Signal, calls between agents (calls.rs), the key's
+//!                journal as an agent reads it (journal.rs), the checkpoint
 //! http/          the HTTP API (axum)
 //! core/          also: ids, placement (rendezvous hashing, region policy)
 //! telemetry.rs   typed events and the Prometheus registry (one per node)
@@ -79,7 +80,8 @@ pub mod testing;
 pub mod transport;
 
 pub use agent::{
-    Agent, Agents, Context, Counter, CounterMsg, CounterReply, Signal, Timer, TimerMsg, TimerState,
+    Agent, Agents, Context, Counter, CounterMsg, CounterReply, Journal, Ledger, LedgerMsg,
+    LedgerReply, LedgerState, Signal, Timer, TimerMsg, TimerState,
 };
 pub use core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 pub use error::{AgentError, CallError, ConfigError};

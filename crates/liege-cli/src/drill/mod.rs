@@ -15,6 +15,7 @@ mod args;
 pub(crate) mod client;
 mod fault;
 mod html;
+mod ledger;
 mod load;
 mod measure;
 pub(crate) mod observe;

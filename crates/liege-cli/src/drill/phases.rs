@@ -18,7 +18,7 @@ use super::progress::Progress;
 use super::report::{DrainOutcome, Findings};
 use super::store::StoreSetup;
 use super::topology::{ensure_dir, fresh_run_dir, Cluster, NodeTemplate};
-use super::{fault, html, measure, observe, SetupError};
+use super::{fault, html, ledger, measure, observe, SetupError};
 
 /// Timers armed per run (at most one per key).
 const TIMERS: usize = 200;
@@ -271,6 +271,20 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         ms(args.duration) / 3
     ));
 
+    // ledgers: journal appends, one after another per ledger, through the fault to the end
+    // of the load; each must end holding exactly its acknowledged entries
+    let ledger_ids: Arc<Vec<String>> = Arc::new(
+        (0..args.keys.min(ledger::LEDGERS))
+            .map(|i| format!("drill-{run_tag}-l{i}"))
+            .collect(),
+    );
+    let ledgers_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ledgers = ledger::start(&client, &spec.entries, &ledger_ids, &ledgers_stop);
+    progress.say(format!(
+        "ledgers: appending to {} journals until the load ends",
+        ledger_ids.len()
+    ));
+
     // record owners
     let owners = observe::owners(&client, &addrs, &keys).await;
     let per_node = fault::keys_per_node(&owners);
@@ -416,6 +430,8 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         progress.say("resume: store server started again");
     }
     let workers = cont.await.context("the load phase failed")??;
+    ledgers_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appends = ledgers.await.context("the ledger appends failed")?;
 
     // converge
     let alive: Vec<(String, SocketAddr)> = match args.scenario {
@@ -466,6 +482,8 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     // verify
     progress.say("verify: reading every counter and timer, the audit and the telemetry");
     let timers = check_timers(&client, &alive, &timer_ids, due_ms, unarmed).await;
+    let alive_http: Vec<SocketAddr> = alive.iter().map(|(_, a)| *a).collect();
+    let ledgers = ledger::check(&client, &alive_http, &ledger_ids, &appends).await;
     let mut states = vec![KeyState::default(); args.keys];
     let (mut logical, mut attempts) = (Vec::new(), Vec::new());
     for w in workers {
@@ -524,6 +542,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         audit_violation: audit.and_then(Result::err),
         drain,
         timers,
+        ledgers,
         self_fenced: match args.scenario {
             Scenario::Pause => Some(
                 targets

@@ -53,6 +53,8 @@ pub(crate) struct Findings {
     pub(crate) drain: Option<DrainOutcome>,
     /// The durable alarms armed at the start: how often each fired.
     pub(crate) timers: TimerCheck,
+    /// The journals appended to through the fault: exactly the acknowledged entries?
+    pub(crate) ledgers: super::ledger::LedgerCheck,
     /// The fencing violation (or why the audit was unreadable), if any.
     pub(crate) audit_violation: Option<String>,
     /// Cluster event counters per surviving node, counted from the fault on.
@@ -172,6 +174,26 @@ impl Findings {
                 "{} of {} durable alarms fired exactly once ({} never, {} more than once, {} unreadable, {} not armed)",
                 t.once, t.armed, t.never, t.more, t.unreadable, t.unarmed
             ),
+        });
+        let l = &self.ledgers;
+        out.push(Criterion {
+            name: "journal",
+            pass: l.ledgers > 0 && l.exact == l.ledgers && l.stuck == 0,
+            detail: if l.problems.is_empty() && l.stuck == 0 {
+                format!(
+                    "{} of {} journals hold exactly their acknowledged entries in order, once, \
+                     and a count equal to their head ({} appends acknowledged)",
+                    l.exact, l.ledgers, l.acked
+                )
+            } else {
+                format!(
+                    "{} of {} journals exact, {} with an append never acknowledged; {}",
+                    l.exact,
+                    l.ledgers,
+                    l.stuck,
+                    l.problems.join("; ")
+                )
+            },
         });
         if self.audit_checked {
             out.push(Criterion {
@@ -326,6 +348,9 @@ impl Findings {
             "alarms": {"armed": self.timers.armed, "fired_once": self.timers.once,
                 "never": self.timers.never, "more_than_once": self.timers.more,
                 "unreadable": self.timers.unreadable, "unarmed": self.timers.unarmed},
+            "journal": {"ledgers": self.ledgers.ledgers, "exact": self.ledgers.exact,
+                "acked": self.ledgers.acked, "stuck": self.ledgers.stuck,
+                "problems": self.ledgers.problems},
             "drain": self.drain.as_ref().map(|d| json!({
                 "off_ms": d.off.as_ref().ok(), "back_ms": d.back.as_ref().ok(),
                 "off_error": d.off.as_ref().err(), "back_error": d.back.as_ref().err(),

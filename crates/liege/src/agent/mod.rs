@@ -519,7 +519,10 @@ impl Agents {
     /// The registry with the built-in kinds: the demo `counter`, and `timer` (a durable
     /// alarm per key, which the drill uses to check that alarms survive its faults).
     pub fn with_builtins() -> Self {
-        Self::new().register(Counter).register(Timer)
+        Self::new()
+            .register(Counter)
+            .register(Timer)
+            .register(Ledger)
     }
 
     /// Adds the kind [`Agent::KIND`] (replacing one of that name). Panics if the name is not
@@ -672,6 +675,97 @@ impl Agent for Timer {
         state.armed_for = None;
         state.last_fired_ms = Some(crate::host::unix_ms());
         Ok(())
+    }
+}
+
+/// The built-in kind `ledger`: an append-only log per key on the key's journal.
+///
+/// Messages ([`LedgerMsg`]): `append` with data `{"entry": any JSON}` appends it (the reply's
+/// `head` is its revision); `read` with data `{"from": rev, "limit": n}` (defaults 1 and
+/// 1,000) returns entries. The state counts the entries its turns appended — written in the
+/// same transaction as the entries, so it always equals the journal's head. `liege drill`
+/// appends to some ledgers through the fault and checks each holds exactly the acknowledged
+/// entries, in order, once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ledger;
+
+/// What a [`Ledger`] handles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum LedgerMsg {
+    /// Append one entry.
+    Append {
+        /// The entry.
+        entry: Value,
+    },
+    /// Read entries.
+    Read {
+        /// First revision to read (default 1).
+        #[serde(default = "first_rev")]
+        from: u64,
+        /// Most entries to return (default 1,000).
+        #[serde(default = "read_limit")]
+        limit: u32,
+    },
+}
+
+fn first_rev() -> u64 {
+    1
+}
+
+fn read_limit() -> u32 {
+    1_000
+}
+
+/// A [`Ledger`]'s state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerState {
+    /// Entries appended by this key's turns (equals the journal's head).
+    pub appended: u64,
+}
+
+/// A [`Ledger`]'s answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerReply {
+    /// The journal's head after the message.
+    pub head: u64,
+    /// The entries read, `(revision, entry)` in order (empty for `append`).
+    #[serde(default)]
+    pub entries: Vec<(u64, Value)>,
+}
+
+impl Agent for Ledger {
+    const KIND: &'static str = "ledger";
+    const JOURNAL: bool = true;
+    type State = LedgerState;
+    type Msg = LedgerMsg;
+    type Reply = LedgerReply;
+
+    async fn handle(
+        &self,
+        state: &mut LedgerState,
+        msg: LedgerMsg,
+        ctx: &mut Context<'_>,
+    ) -> Result<LedgerReply, AgentError> {
+        match msg {
+            LedgerMsg::Append { entry } => {
+                let rev = ctx.append(&entry)?;
+                state.appended += 1;
+                Ok(LedgerReply {
+                    head: rev.0,
+                    entries: Vec::new(),
+                })
+            }
+            LedgerMsg::Read { from, limit } => {
+                ctx.read_only();
+                let journal = ctx.journal()?;
+                let entries = journal.read::<Value>(crate::Rev(from), limit).await?;
+                Ok(LedgerReply {
+                    head: journal.head().0,
+                    entries: entries.into_iter().map(|(r, e)| (r.0, e)).collect(),
+                })
+            }
+        }
     }
 }
 

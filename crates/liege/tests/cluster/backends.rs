@@ -87,4 +87,6 @@ on_every_store!(
     an_alarm_fires_once_unless_cancelled_or_its_turn_failed,
     an_alarm_fires_on_the_new_owner_after_its_owner_is_killed,
     an_alarm_fires_after_the_only_node_restarts,
+    journal_entries_commit_with_their_turn_and_survive_the_owners_death,
+    an_agent_rebuilds_from_its_journal_on_activation,
 );

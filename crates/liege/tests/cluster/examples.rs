@@ -62,6 +62,38 @@ fn the_guide_shows_the_cart_example_and_the_example_runs() {
 }
 
 #[test]
+fn the_event_sourced_cart_rebuilds_from_its_snapshot_and_journal_across_runs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("../../docs/AGENTS.md")).expect("guide");
+    let body = between("examples/event_sourced_cart.rs", "GUIDE");
+    assert!(
+        guide.contains(&format!("```rust\n{body}```")),
+        "docs/AGENTS.md differs from examples/event_sourced_cart.rs"
+    );
+    let dir = tempfile_dir();
+    // Three events a run, a snapshot every four: the second run's reactivation replays only
+    // the two events after the snapshot taken at revision 4.
+    for expected in [
+        "user-42: tea x2, journal at 3, snapshot at 0, replayed 3",
+        "user-42: tea x4, journal at 6, snapshot at 4, replayed 2",
+    ] {
+        let out = Command::new(example("event_sourced_cart"))
+            .arg(&dir)
+            .env("LIEGE_LOG", "warn")
+            .output()
+            .expect("the example runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(expected), "{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_typed_counter_example_runs_and_its_counter_is_durable() {
     runs_twice_over_one_directory("typed_counter", |n| format!("tenant-7 = {n}"));
 }

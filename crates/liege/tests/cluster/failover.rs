@@ -25,6 +25,10 @@ pub(crate) use crate::alarms::{
     an_alarm_fires_on_the_new_owner_after_its_owner_is_killed,
     an_alarm_fires_once_unless_cancelled_or_its_turn_failed,
 };
+pub(crate) use crate::journal::{
+    an_agent_rebuilds_from_its_journal_on_activation,
+    journal_entries_commit_with_their_turn_and_survive_the_owners_death,
+};
 
 fn long() -> CallOptions {
     CallOptions {

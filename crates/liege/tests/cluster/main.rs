@@ -8,5 +8,6 @@ mod calls;
 mod common;
 mod examples;
 mod failover;
+mod journal;
 mod outage;
 mod single_node;
