@@ -122,9 +122,14 @@ impl CallScope {
                 last: "the calling turn's deadline passed before the nested call".into(),
             });
         }
-        // Deterministic per (calling signal, callee, position in the turn): a retry of the
-        // calling turn repeats the same nested ids, which the callee deduplicates.
+        // Deterministic per (calling key, calling signal, callee, position in the turn): a
+        // retry of the calling turn repeats the same nested ids, which the callee
+        // deduplicates. The calling key is part of it because signal ids are unique only per
+        // key: two keys may each get a signal `order-17` (or alarms due the same millisecond),
+        // and their calls to one callee must not be taken for repeats of each other.
+        let caller = self.chain.last().copied().unwrap_or_default();
         let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&caller.to_le_bytes());
         h.update(self.parent_id.as_bytes());
         h.update(&target.to_le_bytes());
         h.update(&self.made.to_le_bytes());

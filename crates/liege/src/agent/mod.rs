@@ -165,7 +165,7 @@ impl<'a> Context<'a> {
     /// - A call back to a key whose turn is waiting on this call — this key, or any key
     ///   up the chain, on any node — fails at once with the agent error `call_cycle` (it
     ///   could only deadlock). Calls nest at most [`calls::MAX_CALL_DEPTH`] deep.
-    /// - The nested signal's id is derived from this turn's signal id, the callee and the
+    /// - The nested signal's id is derived from this turn's key and signal id, the callee and the
     ///   call's position in the turn: if this turn is retried (its checkpoint did not
     ///   commit, the caller retried), the nested call is deduplicated by the callee rather
     ///   than applied twice.

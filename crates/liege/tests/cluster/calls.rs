@@ -190,3 +190,32 @@ async fn a_retried_calling_turn_does_not_apply_its_nested_call_twice() {
         .unwrap();
     assert_eq!(value.value, serde_json::json!(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_callers_with_the_same_signal_id_both_apply_their_nested_calls() {
+    init_tracing();
+    let cluster = two_nodes().await;
+    let target = owned_by(&cluster, "counter", "b", "shared");
+    // Signal ids are unique per key only: two relays each handle an `order-17` and forward
+    // the same increment to one counter. Both are new calls, not a retry of one another.
+    for relay in ["r-one", "r-two"] {
+        let key = liege::AgentKey::new("relay", relay).unwrap();
+        let signal = liege::agent::signal_of(&RelayMsg::Forward {
+            to: target.clone(),
+            fail: false,
+        })
+        .unwrap()
+        .with_id("order-17");
+        cluster
+            .node("a")
+            .call(&key, signal, CallOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{relay}: {e}"));
+    }
+    let value = cluster
+        .node("a")
+        .get(&counter(&target), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(value.value, serde_json::json!(2), "both increments applied");
+}

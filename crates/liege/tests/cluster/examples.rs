@@ -94,6 +94,33 @@ fn the_event_sourced_cart_rebuilds_from_its_snapshot_and_journal_across_runs() {
 }
 
 #[test]
+fn the_order_workflow_retries_payment_with_alarms_and_cancels_on_timeout() {
+    let dir = tempfile_dir();
+    let out = Command::new(example("order_workflow"))
+        .arg(&dir)
+        .env("LIEGE_LOG", "warn")
+        .output()
+        .expect("the example runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        // Declined twice, paid by the third alarm turn, shipped before its deadline.
+        "shipped: Shipped { attempts: 3 }",
+        // Declined by every attempt: gave up after the fourth.
+        "over the limit: Cancelled { reason: \"payment declined 4 times\" }",
+        // Paid, then its shipping deadline (an alarm) cancelled and refunded it.
+        "never shipped: Cancelled { reason: \"not shipped within 1500 ms (Refunded(40))\" }",
+    ] {
+        assert!(stdout.contains(line), "{line} not in:\n{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_typed_counter_example_runs_and_its_counter_is_durable() {
     runs_twice_over_one_directory("typed_counter", |n| format!("tenant-7 = {n}"));
 }
