@@ -372,7 +372,7 @@ async fn simulate(config: SimConfig) -> Outcome {
 async fn final_checks(world: &Arc<World>, store: &SharedStore, ops: &[check::Op]) {
     let audit = store.audit().await.expect("memory audit");
     if let Err(detail) = liege::testing::check_audit(&audit) {
-        world.checker.fail("fenced history", detail);
+        world.checker.fail("fenced history", detail.to_string());
         return;
     }
     let mut partition_of: BTreeMap<&liege::AgentKey, u32> = BTreeMap::new();

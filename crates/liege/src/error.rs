@@ -152,3 +152,19 @@ impl ConfigError {
         }
     }
 }
+
+/// Why a node considers its store unreachable ([`crate::cluster::Node::store_reachable`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreUnreachable {
+    /// No membership and directory read has succeeded since the node started.
+    #[error("no directory read has succeeded yet")]
+    NeverRead,
+    /// The last successful read is older than the limit.
+    #[error("last successful directory read {ago_ms} ms ago (limit {limit_ms} ms)")]
+    Stale {
+        /// How long ago the last successful read was.
+        ago_ms: u64,
+        /// Two lease TTLs, at least 1 s.
+        limit_ms: u64,
+    },
+}

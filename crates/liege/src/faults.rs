@@ -239,7 +239,7 @@ impl Store for FaultyStore {
         let r = self.inner.set_setting(setting, on).await;
         self.leave_with(r).await
     }
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> StoreResult<()> {
         self.inner.health()
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

@@ -84,4 +84,4 @@ pub use agent::{
     LedgerReply, LedgerState, Signal, Timer, TimerMsg, TimerState,
 };
 pub use core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
-pub use error::{AgentError, CallError, ConfigError};
+pub use error::{AgentError, CallError, ConfigError, StoreUnreachable};

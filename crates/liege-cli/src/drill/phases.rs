@@ -509,7 +509,7 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     );
     let audit = match &store {
         Some(store) => Some(match store.audit().await {
-            Ok(records) => liege::testing::check_audit(&records),
+            Ok(records) => liege::testing::check_audit(&records).map_err(|v| v.to_string()),
             Err(e) => Err(format!("audit unreadable: {e:#}")),
         }),
         None => None,

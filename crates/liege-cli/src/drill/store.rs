@@ -59,7 +59,7 @@ impl TempPostgresHarness {
 
     async fn with_server(
         &self,
-        f: fn(&mut TempPostgres) -> Result<(), String>,
+        f: fn(&mut TempPostgres) -> Result<(), liege::testing::postgres::TempPostgresError>,
     ) -> anyhow::Result<()> {
         let server = self.server.clone();
         tokio::task::spawn_blocking(move || {
@@ -67,7 +67,7 @@ impl TempPostgresHarness {
             f(&mut guard)
         })
         .await?
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::from)
     }
 }
 

@@ -402,7 +402,9 @@ impl Node {
             (
                 "store",
                 store.is_ok(),
-                store.err().unwrap_or_else(|| "ok".to_string()),
+                store
+                    .err()
+                    .map_or_else(|| "ok".to_string(), |e| e.to_string()),
             ),
             (
                 "directory_loop",
@@ -441,15 +443,16 @@ impl Node {
 
     /// Store reachability, for `/readyz`: `Ok` if this node's last membership and directory
     /// read succeeded within two lease TTLs (at least 1 s), else `Err` saying when.
-    pub fn store_reachable(&self) -> Result<(), String> {
+    pub fn store_reachable(&self) -> Result<(), crate::error::StoreUnreachable> {
+        use crate::error::StoreUnreachable;
         let now = self.inner.host.now();
         let limit = (2 * self.inner.config.lease_ttl.as_millis() as u64).max(1_000);
         match self.inner.telemetry.last_read_ok_ms.load(Ordering::Relaxed) {
-            0 => Err("no directory read has succeeded yet".into()),
-            at if now.saturating_sub(at) > limit => Err(format!(
-                "last successful directory read {} ms ago (limit {limit} ms)",
-                now.saturating_sub(at)
-            )),
+            0 => Err(StoreUnreachable::NeverRead),
+            at if now.saturating_sub(at) > limit => Err(StoreUnreachable::Stale {
+                ago_ms: now.saturating_sub(at),
+                limit_ms: limit,
+            }),
             _ => Ok(()),
         }
     }
@@ -462,7 +465,7 @@ impl Node {
 
     /// `Err` with the reason if the store's machinery in this process is broken (a dead
     /// connection thread); see [`crate::store::Store::health`].
-    pub fn store_health(&self) -> Result<(), String> {
+    pub fn store_health(&self) -> Result<(), crate::store::StoreError> {
         self.inner.store.health()
     }
 

@@ -524,8 +524,8 @@ async fn readyz(State(node): State<Node>) -> Response {
         "lease_valid": lease_valid,
         "directory_loaded": directory_loaded,
         "stopping": stopping,
-        "store": store.err().unwrap_or_else(|| "ok".to_string()),
-        "store_reachable": reachable.err().unwrap_or_else(|| "ok".to_string()),
+        "store": store.err().map_or_else(|| "ok".to_string(), |e| e.to_string()),
+        "store_reachable": reachable.err().map_or_else(|| "ok".to_string(), |e| e.to_string()),
         "drained": node.drained(),
     }));
     let status = if ready {

@@ -559,10 +559,10 @@ pub trait Store: Send + Sync + 'static {
     /// The revision of the key's last journal entry (`Rev(0)` if it has none).
     async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev>;
 
-    /// `Err` with the reason if the store's machinery in this process is broken beyond
-    /// retrying (e.g. a connection thread died): `/healthz` then fails so the platform
-    /// restarts the node. Network errors are not reported here (they are retried).
-    fn health(&self) -> Result<(), String> {
+    /// [`StoreError::Other`] with the reason if the store's machinery in this process is
+    /// broken beyond retrying (e.g. a connection thread died): `/healthz` then fails so the
+    /// platform restarts the node. Network errors are not reported here (they are retried).
+    fn health(&self) -> StoreResult<()> {
         Ok(())
     }
 

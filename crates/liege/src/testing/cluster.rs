@@ -323,36 +323,87 @@ impl TestCluster {
 
     /// Checks the audit for the singleton guarantee: per key, commits never go back to an
     /// older epoch, and each `(partition, epoch)` has exactly one writer; revisions grow by one.
-    pub async fn check_audit(&self) -> Result<usize, String> {
+    pub async fn check_audit(&self) -> Result<usize, AuditViolation> {
         check_audit(&self.audit().await)
     }
 }
 
-/// The audit check of [`TestCluster::check_audit`], for records from any store.
-pub fn check_audit(records: &[AuditRecord]) -> Result<usize, String> {
+/// A breach of the singleton guarantee found in an audit log ([`check_audit`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuditViolation {
+    /// Two incarnations committed under one `(partition, epoch)`.
+    #[error("partition {partition} epoch {epoch} has two writers: {first} and {second}")]
+    TwoWriters {
+        /// The partition.
+        partition: crate::core::ids::PartitionId,
+        /// The epoch.
+        epoch: crate::core::ids::Epoch,
+        /// The first writer seen.
+        first: crate::core::ids::NodeId,
+        /// The other one.
+        second: crate::core::ids::NodeId,
+    },
+    /// A key committed at an older epoch after a newer one: a stale owner wrote.
+    #[error(
+        "key {key} committed at epoch {epoch} by {writer} after epoch {after_epoch} by \
+         {after_writer} (stale owner wrote)"
+    )]
+    StaleWrite {
+        /// The key.
+        key: crate::core::ids::AgentKey,
+        /// The older epoch of the later commit.
+        epoch: crate::core::ids::Epoch,
+        /// Its writer.
+        writer: crate::core::ids::NodeId,
+        /// The newer epoch committed before it.
+        after_epoch: crate::core::ids::Epoch,
+        /// That commit's writer.
+        after_writer: crate::core::ids::NodeId,
+    },
+    /// A key's revisions did not go up by one.
+    #[error("key {key} went from rev {from} to rev {to}")]
+    RevisionGap {
+        /// The key.
+        key: crate::core::ids::AgentKey,
+        /// The revision before.
+        from: crate::core::ids::Rev,
+        /// The revision after.
+        to: crate::core::ids::Rev,
+    },
+}
+
+/// The audit check of [`TestCluster::check_audit`], for records from any store: the number
+/// of records checked, or the first violation.
+pub fn check_audit(records: &[AuditRecord]) -> Result<usize, AuditViolation> {
     let mut per_key: HashMap<&crate::core::ids::AgentKey, &AuditRecord> = HashMap::new();
     let mut writer_of: HashMap<(u32, u64), &crate::core::ids::NodeId> = HashMap::new();
     for r in records {
         if let Some(w) = writer_of.insert((r.partition.0, r.epoch.0), &r.writer) {
             if *w != r.writer {
-                return Err(format!(
-                    "partition {} epoch {} has two writers: {} and {}",
-                    r.partition, r.epoch, w, r.writer
-                ));
+                return Err(AuditViolation::TwoWriters {
+                    partition: r.partition,
+                    epoch: r.epoch,
+                    first: w.clone(),
+                    second: r.writer.clone(),
+                });
             }
         }
         if let Some(prev) = per_key.insert(&r.key, r) {
             if r.epoch < prev.epoch {
-                return Err(format!(
-                    "key {} committed at epoch {} by {} after epoch {} by {} (stale owner wrote)",
-                    r.key, r.epoch, r.writer, prev.epoch, prev.writer
-                ));
+                return Err(AuditViolation::StaleWrite {
+                    key: r.key.clone(),
+                    epoch: r.epoch,
+                    writer: r.writer.clone(),
+                    after_epoch: prev.epoch,
+                    after_writer: prev.writer.clone(),
+                });
             }
             if r.rev.0 != prev.rev.0 + 1 {
-                return Err(format!(
-                    "key {} went from rev {} to rev {}",
-                    r.key, prev.rev, r.rev
-                ));
+                return Err(AuditViolation::RevisionGap {
+                    key: r.key.clone(),
+                    from: prev.rev,
+                    to: r.rev,
+                });
             }
         }
     }

@@ -3,9 +3,12 @@
 
 mod cluster;
 pub mod conformance;
+/// Decoders of untrusted bytes, for the fuzz targets (not a stable API).
 #[doc(hidden)]
 pub mod decoders;
 
 pub mod postgres;
 
-pub use cluster::{check_audit, TestCluster, TestClusterBuilder, TestNode, TestStore};
+pub use cluster::{
+    check_audit, AuditViolation, TestCluster, TestClusterBuilder, TestNode, TestStore,
+};

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL server for tests: [`TempPostgres`].
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), String> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use liege::testing::postgres::TempPostgres;
 //! let Some(pg) = TempPostgres::start()? else {
 //!     return Ok(()); // "skipped: ..." was printed; LIEGE_REQUIRE_POSTGRES=1 makes it an error
@@ -55,12 +55,12 @@ impl TempPostgres {
     /// Creates and starts a server. `Ok(None)` (after printing `skipped: ...`) when no
     /// PostgreSQL binaries are installed, unless `LIEGE_REQUIRE_POSTGRES=1`, which makes that
     /// an error.
-    pub fn start() -> Result<Option<TempPostgres>, String> {
+    pub fn start() -> Result<Option<TempPostgres>, TempPostgresError> {
         let Some(bindir) = find_bindir() else {
             let reason = "no PostgreSQL server binaries (initdb, pg_ctl) found; \
                           set LIEGE_PG_BINDIR or install postgresql";
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-                return Err(format!("{REQUIRE_ENV}=1 but {reason}"));
+                return Err(format!("{REQUIRE_ENV}=1 but {reason}").into());
             }
             println!("skipped: {reason}");
             return Ok(None);
@@ -107,7 +107,7 @@ impl TempPostgres {
 
     /// Starts the server again on the same data directory and port (after [`Self::stop`]).
     /// Returns once it accepts connections.
-    pub fn start_again(&mut self) -> Result<(), String> {
+    pub fn start_again(&mut self) -> Result<(), TempPostgresError> {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c max_connections=200 -c fsync=on",
@@ -124,7 +124,7 @@ impl TempPostgres {
             .args(["-o", &opts, "-w", "-t", "60", "start"]))?;
         if let Err(e) = check(&out, "pg_ctl start") {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(format!("{e}\nserver log:\n{tail}"));
+            return Err(format!("{e}\nserver log:\n{tail}").into());
         }
         self.running = true;
         Ok(())
@@ -138,7 +138,7 @@ impl TempPostgres {
         cert_pem: &str,
         key_pem: &str,
         tls_only: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), TempPostgresError> {
         let data = self.data_dir();
         let write = |name: &str, text: &str| -> Result<(), String> {
             let path = data.join(name);
@@ -179,7 +179,7 @@ ssl_key_file = 'server.key'
     }
 
     /// Stops the server (fast shutdown: open connections are closed). Data is kept.
-    pub fn stop(&mut self) -> Result<(), String> {
+    pub fn stop(&mut self) -> Result<(), TempPostgresError> {
         let out = run(self
             .command("pg_ctl")
             .arg("-D")
@@ -213,7 +213,7 @@ ssl_key_file = 'server.key'
     }
 
     /// Creates a fresh, empty database and returns its URL.
-    pub async fn create_database(&self) -> Result<String, String> {
+    pub async fn create_database(&self) -> Result<String, TempPostgresError> {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);
         let name = format!("liege_test_{n}");
         // Over the Unix socket, which works whatever TCP requires (see `enable_tls`).
@@ -232,12 +232,16 @@ ssl_key_file = 'server.key'
             .map_err(|e| format!("create database {name}: {e}"));
         drop(client);
         let _ = driver.await;
-        created.map(|()| self.url_for(&name))
+        created?;
+        Ok(self.url_for(&name))
     }
 
     /// A [`PostgresStore`] on a fresh, empty database: what a conformance suite's `make`
     /// needs. Uses generous timeouts, since test machines are often loaded.
-    pub async fn fresh_store(&self, options: StoreOptions) -> Result<SharedStore, String> {
+    pub async fn fresh_store(
+        &self,
+        options: StoreOptions,
+    ) -> Result<SharedStore, TempPostgresError> {
         let url = self.create_database().await?;
         let options = PostgresOptions {
             store: options,
@@ -337,5 +341,17 @@ fn check(out: &Output, what: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+}
+
+/// Why a throwaway PostgreSQL server could not be started, stopped or given a database: the
+/// step that failed and what it said (with the server log's tail where there is one).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("temporary PostgreSQL: {0}")]
+pub struct TempPostgresError(pub String);
+
+impl From<String> for TempPostgresError {
+    fn from(why: String) -> Self {
+        Self(why)
     }
 }

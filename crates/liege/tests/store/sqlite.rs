@@ -395,7 +395,7 @@ impl Store for TempStore {
     async fn set_setting(&self, setting: &OperatorSetting, on: bool) -> StoreResult<()> {
         self.inner.set_setting(setting, on).await
     }
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> StoreResult<()> {
         self.inner.health()
     }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {

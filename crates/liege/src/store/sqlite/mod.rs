@@ -323,10 +323,12 @@ impl Store for SqliteStore {
         self.data.run(move |c| data::head(c, &key)).await
     }
 
-    fn health(&self) -> Result<(), String> {
-        self.data.health()?;
-        self.control.health()?;
-        self.members.health()
+    fn health(&self) -> StoreResult<()> {
+        self.data
+            .health()
+            .and_then(|()| self.control.health())
+            .and_then(|()| self.members.health())
+            .map_err(crate::store::StoreError::Other)
     }
 
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
