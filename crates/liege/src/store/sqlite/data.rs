@@ -118,7 +118,8 @@ fn apply(
                 .execute([kind, id])
                 .sql()?;
         }
-        (Some(_), Some(j)) => insert_entries(tx, &w.key, j)?,
+        // Sabotage: the stale writer's entries overwrite whatever is at their revisions.
+        (Some(_), Some(j)) => insert_entries(tx, &w.key, j, skip_fencing)?,
         (Some(_), None) => {}
     }
     match &w.data {
@@ -204,10 +205,20 @@ fn journal_head(tx: &Connection, key: &AgentKey) -> StoreResult<Rev> {
     Ok(Rev(from_sql_u64(head)))
 }
 
-/// Inserts `j.entries` after `j.expected_rev` (checked by the caller, in its transaction).
-fn insert_entries(tx: &Transaction<'_>, key: &AgentKey, j: &JournalEntries) -> StoreResult<()> {
+/// Inserts `j.entries` after `j.expected_rev` (checked by the caller, in its transaction);
+/// `replace` (sabotage only) overwrites entries already at those revisions.
+fn insert_entries(
+    tx: &Transaction<'_>,
+    key: &AgentKey,
+    j: &JournalEntries,
+    replace: bool,
+) -> StoreResult<()> {
     let mut stmt = tx
-        .prepare_cached("INSERT INTO journal (kind, id, rev, entry) VALUES (?1, ?2, ?3, ?4)")
+        .prepare_cached(if replace {
+            "INSERT OR REPLACE INTO journal (kind, id, rev, entry) VALUES (?1, ?2, ?3, ?4)"
+        } else {
+            "INSERT INTO journal (kind, id, rev, entry) VALUES (?1, ?2, ?3, ?4)"
+        })
         .sql()?;
     for (i, entry) in j.entries.iter().enumerate() {
         let rev = rules::journal_after(j.expected_rev, i + 1);
@@ -244,7 +255,7 @@ pub(super) fn append(
     if let Err(e) = rules::check_journal(j.expected_rev, journal_head(&tx, &append.key)?) {
         return Ok(Err(e));
     }
-    insert_entries(&tx, &append.key, j)?;
+    insert_entries(&tx, &append.key, j, false)?;
     tx.commit().sql()?;
     Ok(Ok(rules::journal_after(j.expected_rev, j.entries.len())))
 }
