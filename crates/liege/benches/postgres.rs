@@ -2,7 +2,8 @@
 //! Durable batched checkpoint writes to a throwaway PostgreSQL server (`fsync` on).
 //!
 //! `cargo bench -p liege --bench postgres`. `postgres_write`: each iteration commits batches
-//! of 256 fenced writes to distinct keys; criterion reports writes per second.
+//! of 256 fenced writes to distinct keys (also with one journal entry each); criterion
+//! reports writes per second.
 //! `postgres_coordination`: what one node's refresh costs in a cluster of 100 nodes and 1,024
 //! partitions (membership read, full and incremental directory reads, a renewal) — the
 //! figures of `docs/SCALING.md`. Skipped (with a "skipped:" line) when no PostgreSQL
@@ -85,6 +86,27 @@ fn durable_batches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             n += 1;
             let (store, writes) = (store.clone(), batch(&writer, "one", n));
+            async move {
+                let results = store.write(&writes).await.expect("write");
+                assert!(results.iter().all(Result::is_ok));
+            }
+        })
+    });
+
+    // The same batch with one 64-byte journal entry per write, in the same transaction: what
+    // an event-sourced agent's turn adds to the write path.
+    let mut n = 0;
+    group.bench_function("one_writer_batch_256_with_journal", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let mut writes = batch(&writer, "journal", n);
+            for w in &mut writes {
+                w.journal = Some(liege::store::JournalEntries {
+                    expected_rev: Rev(0),
+                    entries: vec![vec![9; 64]],
+                });
+            }
+            let store = store.clone();
             async move {
                 let results = store.write(&writes).await.expect("write");
                 assert!(results.iter().all(Result::is_ok));

@@ -377,6 +377,28 @@ fn migrations(
     seen
 }
 
+/// The migration events of `moved` partitions, waiting (5 s at most) until each has an
+/// outcome: the directory shows a release as soon as it commits, and the node emits the
+/// partition's outcome when its driver gets the release's answer, a moment later.
+async fn settled_migrations(
+    rx: &mut tokio::sync::broadcast::Receiver<liege::telemetry::Event>,
+    region: &str,
+    moved: usize,
+) -> BTreeMap<u32, Vec<&'static str>> {
+    let mut seen: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        for (p, names) in migrations(rx, region) {
+            seen.entry(p).or_default().extend(names);
+        }
+        let settled = seen.len() >= moved && seen.values().all(|n| n.len() >= 2);
+        if settled || tokio::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn one_started_then_one_succeeded(seen: &BTreeMap<u32, Vec<&'static str>>, moved: usize) {
     assert_eq!(seen.len(), moved, "every partition that moved: {seen:?}");
     for (p, names) in seen {
@@ -406,7 +428,8 @@ pub(crate) async fn a_drain_emits_one_started_then_one_succeeded_per_partition(s
         .await
         .expect("drain a");
     wait_until(&cluster, "a drained", |o| !o.contains_key("a")).await;
-    one_started_then_one_succeeded(&migrations(&mut events, "iad"), held);
+    let seen = settled_migrations(&mut events, "iad", held).await;
+    one_started_then_one_succeeded(&seen, held);
 }
 
 pub(crate) async fn a_rebalance_after_a_join_emits_one_started_then_one_succeeded_per_move(
@@ -424,5 +447,6 @@ pub(crate) async fn a_rebalance_after_a_join_emits_one_started_then_one_succeede
     assert!(cluster.wait_converged(Duration::from_secs(20)).await);
     let moved = owners(&cluster).await.get("b").copied().unwrap_or(0);
     assert!(moved > 0, "the newcomer got partitions");
-    one_started_then_one_succeeded(&migrations(&mut events, "iad"), moved);
+    let seen = settled_migrations(&mut events, "iad", moved).await;
+    one_started_then_one_succeeded(&seen, moved);
 }
