@@ -680,6 +680,11 @@ impl Host {
             }
             Ok(Err(e @ (WriteError::Conflict { .. } | WriteError::JournalConflict { .. }))) => {
                 tracing::error!(key = %act.key, error = %e, "checkpoint revision conflict: reloading");
+                // The store moved on without this copy (e.g. a write reported failed had
+                // committed): it must never be written again. Dropped here, not only by the
+                // request path, so that an interval or passivation flush, which keeps its
+                // state on a retryable error, does not retry the same stale write forever.
+                self.kill_activation(act);
                 Err(CallError::Unavailable(format!("checkpoint conflict: {e}")))
             }
             Err(e) => Err(CallError::Unavailable(format!("checkpoint write: {e}"))),

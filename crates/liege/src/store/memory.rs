@@ -120,10 +120,12 @@ impl MemoryStore {
             rules::rev_after(actual, w.data.is_none())
         } else {
             rules::check_fence(w.partition, &w.writer, w.epoch, owner, epoch)?;
-            rules::check_rev(w.expected_rev, actual)?;
-            if let Some(j) = &w.journal {
+            // Same order on every backend: fence, journal head, revision. A delete's journal
+            // (it must carry none) is ignored.
+            if let (Some(_), Some(j)) = (&w.data, &w.journal) {
                 rules::check_journal(j.expected_rev, journal_head(t, &w.key))?;
             }
+            rules::check_rev(w.expected_rev, actual)?;
             rules::rev_after(w.expected_rev, w.data.is_none())
         };
         if w.data.is_none() {

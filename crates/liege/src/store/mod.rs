@@ -196,8 +196,9 @@ pub struct CheckpointWrite {
     pub alarm: AlarmUpdate,
     /// Entries to append to the key's journal in the same transaction: the write commits iff
     /// the journal's head is also as expected, and then both change (deleting the
-    /// checkpoint deletes the journal too; a delete must carry none). `None`: the journal is
-    /// not touched or checked.
+    /// checkpoint deletes the journal too; a delete's entries are ignored, unchecked). `None`:
+    /// the journal is not touched or checked. Checks run in this order on every backend:
+    /// fence, journal head, revision.
     pub journal: Option<JournalEntries>,
 }
 

@@ -9,5 +9,6 @@ mod common;
 mod examples;
 mod failover;
 mod journal;
+mod lossy;
 mod outage;
 mod single_node;

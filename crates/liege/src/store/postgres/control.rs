@@ -500,7 +500,8 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<JournalEntry>> {
         let (kind, id): (&str, &str) = (&key.kind, &key.id);
-        let (from, limit) = (to_db_u64(from.0), i64::from(limit));
+        // Clamped, not reinterpreted: a `from` past i64::MAX is past every head.
+        let (from, limit) = (i64::try_from(from.0).unwrap_or(i64::MAX), i64::from(limit));
         let rows = self
             .query(READ_JOURNAL_SQL, &[&kind, &id, &from, &limit])
             .await?;

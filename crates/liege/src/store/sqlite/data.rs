@@ -101,13 +101,15 @@ fn apply(
         // Sabotage: the stale writer overwrites whatever is there.
         rules::rev_after(actual, w.data.is_none())
     } else {
-        if let Err(e) = rules::check_rev(w.expected_rev, actual) {
-            return Ok(Err(e));
-        }
-        if let Some(j) = &w.journal {
+        // Same order on every backend: fence, journal head, revision. A delete's journal
+        // (it must carry none) is ignored.
+        if let (Some(_), Some(j)) = (&w.data, &w.journal) {
             if let Err(e) = rules::check_journal(j.expected_rev, journal_head(tx, &w.key)?) {
                 return Ok(Err(e));
             }
+        }
+        if let Err(e) = rules::check_rev(w.expected_rev, actual) {
+            return Ok(Err(e));
         }
         rules::rev_after(w.expected_rev, w.data.is_none())
     };
@@ -275,7 +277,13 @@ pub(super) fn read_journal(
         .sql()?;
     let rows = stmt
         .query_map(
-            rusqlite::params![&*key.kind, &*key.id, to_sql_u64(from.0), limit],
+            // Clamped, not reinterpreted: a `from` past i64::MAX is past every head.
+            rusqlite::params![
+                &*key.kind,
+                &*key.id,
+                i64::try_from(from.0).unwrap_or(i64::MAX),
+                limit
+            ],
             |r| {
                 Ok(JournalEntry {
                     rev: Rev(from_sql_u64(r.get(0)?)),

@@ -256,6 +256,30 @@ pub async fn journal_entries_commit_exactly_with_their_checkpoint_write(store: S
     );
     assert_eq!(journal(&*store, &x).await.len(), 2);
     assert!(journal(&*store, &y).await.is_empty());
+    // Both wrong: every backend checks the journal head before the revision.
+    let r = store
+        .write(&[with_journal(
+            put(&x, 0, Epoch(1), &a, 9, Some(b"bad")),
+            9,
+            &[b"no"],
+        )])
+        .await
+        .expect("write");
+    assert_eq!(
+        r,
+        vec![Err(WriteError::JournalConflict {
+            expected: Rev(9),
+            actual: Rev(2)
+        })]
+    );
+    assert!(
+        store
+            .read_journal(&x, Rev(u64::MAX), 10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "a revision past i64::MAX is past the head"
+    );
     let y_now = store.read(&y).await.expect("read").expect("y exists");
     assert_eq!((y_now.rev, y_now.data), (Rev(1), b"y1".to_vec()));
 
