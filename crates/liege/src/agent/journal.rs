@@ -13,6 +13,67 @@ use crate::store::Store;
 
 /// Read access to one key's journal, from a turn ([`Context::journal`](super::Context::journal))
 /// or on activation ([`Agent::on_activate`](super::Agent::on_activate)).
+///
+/// An audit log per account: every change is an entry; the state is only a count.
+///
+/// ```
+/// use liege::{Agent, AgentError, Context, Rev};
+/// use serde::{Deserialize, Serialize};
+///
+/// struct Audit;
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+/// enum AuditMsg {
+///     Record { what: String },
+///     Since { rev: u64 },
+/// }
+///
+/// impl Agent for Audit {
+///     const KIND: &'static str = "audit";
+///     const JOURNAL: bool = true;
+///     type State = u64;
+///     type Msg = AuditMsg;
+///     type Reply = Vec<String>;
+///
+///     async fn handle(
+///         &self,
+///         count: &mut u64,
+///         msg: AuditMsg,
+///         ctx: &mut Context<'_>,
+///     ) -> Result<Vec<String>, AgentError> {
+///         match msg {
+///             AuditMsg::Record { what } => {
+///                 ctx.append(&what)?; // written with this turn's checkpoint, or not at all
+///                 *count += 1;
+///                 Ok(Vec::new())
+///             }
+///             AuditMsg::Since { rev } => {
+///                 ctx.read_only();
+///                 let entries = ctx.journal()?.read::<String>(Rev(rev), 100).await?;
+///                 Ok(entries.into_iter().map(|(_, what)| what).collect())
+///             }
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = liege::testing::TestCluster::builder()
+///     .node("iad-1", "iad")
+///     .agents(liege::Agents::with_builtins().register(Audit))
+///     .start()
+///     .await;
+/// let account = cluster.node("iad-1").agent::<Audit>("acct-9");
+/// for what in ["opened", "deposit 10", "withdraw 3"] {
+///     account.call(AuditMsg::Record { what: what.into() }).await?;
+/// }
+/// assert_eq!(
+///     account.call(AuditMsg::Since { rev: 2 }).await?,
+///     vec!["deposit 10", "withdraw 3"]
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy)]
 pub struct Journal<'a> {
     store: &'a dyn Store,

@@ -114,6 +114,27 @@ pub(crate) fn secret_verifier(secret: &[u8], salt: &[u8]) -> Vec<u8> {
 impl Node {
     /// Starts a node: checks the cluster facts in the store, binds the transport, joins with a
     /// fresh lease and starts the engine's driver, the writer and housekeeping.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// use liege::cluster::{Node, NodeConfig};
+    /// use liege::{Agents, Counter, CounterMsg};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("liege-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let url = format!("sqlite:{}", dir.join("liege.db").display()).parse()?;
+    /// let store = liege::store::open(&url, Default::default()).await?;
+    /// let node = Node::start(NodeConfig::new("iad-1", "iad"), store, Agents::with_builtins()).await?;
+    /// assert!(node.wait_ready(Duration::from_secs(10)).await);
+    /// let reply = node.agent::<Counter>("c").call(CounterMsg::Inc { by: 1 }).await?;
+    /// assert!(reply.value >= 1);
+    /// node.shutdown().await;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(
         config: NodeConfig,
         store: SharedStore,

@@ -13,14 +13,21 @@ use crate::error::CallError;
 /// `A::Msg`, replies `A::Reply`, checked by the compiler. Every call is routed like
 /// [`Node::call`] (to the owner, wherever it is, retried inside the deadline).
 ///
-/// ```no_run
-/// # async fn demo(node: liege::cluster::Node) -> Result<(), liege::CallError> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use liege::testing::TestCluster;
 /// use liege::{Counter, CounterMsg};
 ///
-/// let tenant = node.agent::<Counter>("tenant-7");
+/// let cluster = TestCluster::builder().node("iad-1", "iad").start().await;
+/// let tenant = cluster.node("iad-1").agent::<Counter>("tenant-7");
 /// let reply = tenant.call(CounterMsg::Inc { by: 2 }).await?;
-/// assert!(reply.value >= 2);
-/// let value: i64 = tenant.get_state().await?;
+/// assert_eq!(reply.value, 2);
+/// // A retry with the same idempotency key is answered, not applied again.
+/// tenant.call_idempotent("req-1", CounterMsg::Inc { by: 5 }).await?;
+/// tenant.call_idempotent("req-1", CounterMsg::Inc { by: 5 }).await?;
+/// assert_eq!(tenant.get_state().await?, 7);
+/// assert!(tenant.lookup().await?.is_some(), "active, on iad-1");
 /// # Ok(()) }
 /// ```
 pub struct AgentRef<A: Agent> {

@@ -546,6 +546,52 @@ pub trait Store: Send + Sync + 'static {
     /// writer at its epoch for the partition ([`WriteError::Fenced`]) and the journal's head
     /// is `append.journal.expected_rev` ([`WriteError::JournalConflict`]); returns the new
     /// head. All or nothing, like a checkpoint write; a [`StoreError`] is an unknown outcome.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use liege::store::{ClusterMeta, JournalAppend, JournalEntries, NodeRecord, WriteError};
+    /// use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
+    ///
+    /// let store = liege::store::memory::open(Default::default()).await?;
+    /// let meta = ClusterMeta {
+    ///     partitions: 4,
+    ///     secret_salt: vec![1],
+    ///     secret_verifier: vec![2],
+    ///     placement: None,
+    /// };
+    /// store.init_cluster(&meta).await?;
+    /// let node = NodeRecord {
+    ///     id: NodeId::new("iad-1", 1),
+    ///     region: "iad".into(),
+    ///     cluster_addr: "127.0.0.1:7070".into(),
+    ///     http_addr: "127.0.0.1:8080".into(),
+    /// };
+    /// store.join(&node, 10_000).await?;
+    /// let claimed = store.claim(&node.id, &[PartitionId(0)]).await?;
+    /// assert_eq!(claimed, vec![(PartitionId(0), Epoch(1))]);
+    ///
+    /// let append = |epoch, expected_rev, entry: &[u8]| JournalAppend {
+    ///     key: AgentKey::new("cart", "user-42").unwrap(),
+    ///     partition: PartitionId(0),
+    ///     epoch,
+    ///     writer: node.id.clone(),
+    ///     journal: JournalEntries { expected_rev, entries: vec![entry.to_vec()] },
+    /// };
+    /// assert_eq!(store.append(&append(Epoch(1), Rev(0), b"added tea")).await?, Ok(Rev(1)));
+    /// // Not at the head: refused, nothing appended.
+    /// let late = store.append(&append(Epoch(1), Rev(0), b"added milk")).await?;
+    /// assert!(matches!(late, Err(WriteError::JournalConflict { actual: Rev(1), .. })));
+    /// // A stale epoch: fenced.
+    /// let stale = store.append(&append(Epoch(0), Rev(1), b"added milk")).await?;
+    /// assert!(matches!(stale, Err(WriteError::Fenced { .. })));
+    ///
+    /// let key = AgentKey::new("cart", "user-42").unwrap();
+    /// let entries = store.read_journal(&key, Rev(1), 10).await?;
+    /// assert_eq!(entries.len(), 1);
+    /// assert_eq!((entries[0].rev, &entries[0].data[..]), (Rev(1), &b"added tea"[..]));
+    /// # Ok(()) }
+    /// ```
     async fn append(&self, append: &JournalAppend) -> StoreResult<Result<Rev, WriteError>>;
 
     /// At most `limit` entries of the key's journal from revision `from` on (inclusive),
