@@ -138,13 +138,7 @@ pub(crate) async fn an_alarm_fires_on_the_new_owner_after_its_owner_is_killed(st
         .start()
         .await;
     assert!(cluster.wait_converged(Duration::from_secs(20)).await);
-    let id = (0..1000)
-        .map(|i| format!("k{i}"))
-        .find(|id| {
-            let key = liege::AgentKey::new("reminder", id.as_str()).unwrap();
-            cluster.node("a").owner_node(&key).unwrap().owner.as_deref() == Some("b")
-        })
-        .expect("a key owned by b");
+    let id = crate::common::owned_by(&cluster, "reminder", "b", "k");
     cluster
         .node("a")
         .agent::<Reminder>(&id)

@@ -8,7 +8,7 @@ use liege::testing::TestCluster;
 use liege::{Agent, AgentError, Agents, CallError, Context, Counter, CounterMsg};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{counter, init_tracing};
+use crate::common::{counter, init_tracing, owned_by};
 
 /// Forwards increments to counters, or bounces a ball between relays.
 struct Relay;
@@ -65,17 +65,6 @@ async fn two_nodes() -> TestCluster {
         .await;
     assert!(cluster.wait_converged(Duration::from_secs(20)).await);
     cluster
-}
-
-/// An id of a `kind` key owned by `owner`.
-fn owned_by(cluster: &TestCluster, kind: &str, owner: &str, prefix: &str) -> String {
-    (0..1000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|id| {
-            let key = liege::AgentKey::new(kind, id.as_str()).unwrap();
-            cluster.node("a").owner_node(&key).unwrap().owner.as_deref() == Some(owner)
-        })
-        .expect("some key is owned by each node")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

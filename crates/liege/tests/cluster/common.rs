@@ -43,3 +43,19 @@ pub(crate) fn metric_sum(exposition: &str, series: &str, labels: &[&str]) -> f64
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum()
 }
+
+/// An id (`{prefix}0`, `{prefix}1`, …) of a `kind` key that `owner` owns, as node `a` sees it.
+pub(crate) fn owned_by(
+    cluster: &liege::testing::TestCluster,
+    kind: &str,
+    owner: &str,
+    prefix: &str,
+) -> String {
+    (0..1000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|id| {
+            let key = AgentKey::new(kind, id.as_str()).unwrap();
+            cluster.node("a").owner_node(&key).unwrap().owner.as_deref() == Some(owner)
+        })
+        .unwrap_or_else(|| panic!("no {kind} key owned by {owner}"))
+}

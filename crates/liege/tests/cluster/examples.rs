@@ -77,17 +77,7 @@ fn the_event_sourced_cart_rebuilds_from_its_snapshot_and_journal_across_runs() {
         "user-42: tea x2, journal at 3, snapshot at 0, replayed 3",
         "user-42: tea x4, journal at 6, snapshot at 4, replayed 2",
     ] {
-        let out = Command::new(example("event_sourced_cart"))
-            .arg(&dir)
-            .env("LIEGE_LOG", "warn")
-            .output()
-            .expect("the example runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = run_example("event_sourced_cart", &dir);
         assert!(stdout.contains(expected), "{stdout}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -96,17 +86,7 @@ fn the_event_sourced_cart_rebuilds_from_its_snapshot_and_journal_across_runs() {
 #[test]
 fn the_order_workflow_retries_payment_with_alarms_and_cancels_on_timeout() {
     let dir = tempfile_dir();
-    let out = Command::new(example("order_workflow"))
-        .arg(&dir)
-        .env("LIEGE_LOG", "warn")
-        .output()
-        .expect("the example runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_example("order_workflow", &dir);
     for line in [
         // Declined twice, paid by the third alarm turn, shipped before its deadline.
         "shipped: Shipped { attempts: 3 }",
@@ -125,22 +105,27 @@ fn the_typed_counter_example_runs_and_its_counter_is_durable() {
     runs_twice_over_one_directory("typed_counter", |n| format!("tenant-7 = {n}"));
 }
 
+/// Runs example `name` once over `dir` and returns its standard output (it must succeed).
+fn run_example(name: &str, dir: &std::path::Path) -> String {
+    let out = Command::new(example(name))
+        .arg(dir)
+        .env("LIEGE_LOG", "warn")
+        .output()
+        .expect("the example runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs example `name` twice over one fresh directory: the second run must see the first
 /// run's writes (the example adds 2 each time and prints `line(total)`).
 fn runs_twice_over_one_directory(name: &str, line: impl Fn(u32) -> String) {
     let dir = tempfile_dir();
     for expected in [2, 4] {
-        let out = Command::new(example(name))
-            .arg(&dir)
-            .env("LIEGE_LOG", "warn")
-            .output()
-            .expect("the example runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = run_example(name, &dir);
         assert!(stdout.contains(&line(expected)), "{stdout}");
     }
     let _ = std::fs::remove_dir_all(&dir);

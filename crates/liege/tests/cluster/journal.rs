@@ -115,13 +115,7 @@ pub(crate) async fn journal_entries_commit_with_their_turn_and_survive_the_owner
         .start()
         .await;
     assert!(cluster.wait_converged(Duration::from_secs(20)).await);
-    let id = (0..1000)
-        .map(|i| format!("k{i}"))
-        .find(|id| {
-            let key = AgentKey::new("log", id.as_str()).unwrap();
-            cluster.node("a").owner_node(&key).unwrap().owner.as_deref() == Some("b")
-        })
-        .expect("a key owned by b");
+    let id = crate::common::owned_by(&cluster, "log", "b", "k");
     let log = cluster.node("a").agent::<Log>(&id);
     log.call(append("e1", false)).await.expect("e1");
     for _ in 0..2 {
