@@ -761,6 +761,14 @@ impl Engine {
                 return;
             }
         };
+        // A read that came back first may already have adopted some of these at the claimed
+        // epoch: they were still taken over from a failed owner by this claim, so their first
+        // turns are recoveries too (the events were not emitted for them, nor are they now).
+        let adopted: Vec<(PartitionId, Epoch)> = claimed
+            .iter()
+            .copied()
+            .filter(|&(p, e)| self.shared.table.held(p) == Held::Serving(e))
+            .collect();
         // A late answer may report a claim this node has since adopted from a read — and
         // maybe is handing off, or released, or saw superseded. It only adds partitions this
         // node does not hold at all, at an epoch no older than any it knows of.
@@ -774,7 +782,16 @@ impl Engine {
             })
             .collect();
         let window = RECOVERY_WINDOW_TTLS * self.cfg.lease_ttl.as_millis() as u64;
-        let recovering = claims::claimed_events(&flight, &claimed, &self.view, now, window, out);
+        let mut recovering =
+            claims::claimed_events(&flight, &claimed, &self.view, now, window, out);
+        recovering.extend(claims::claimed_events(
+            &flight,
+            &adopted,
+            &self.view,
+            now,
+            window,
+            &mut Vec::new(),
+        ));
         if !recovering.is_empty() {
             self.shared.note_recovering(recovering, now);
         }

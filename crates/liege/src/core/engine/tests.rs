@@ -270,6 +270,30 @@ fn orphans_of_an_expired_node_are_claimed_in_one_batch_and_announced_once() {
 }
 
 #[test]
+fn a_failover_claim_adopted_from_a_read_before_its_answer_still_counts_as_a_recovery() {
+    let mut b = Bench::new("a", 2);
+    let me = b.joined();
+    let dead = NodeId::new("b", 9);
+    b.live_at(2 * TTL);
+    let owners = [(Some(&dead), 3), (Some(&dead), 3)];
+    let out = b.read(2000, snapshot(5000, &[(&me, 6000), (&dead, 4000)], &owners));
+    let claimed = claim_of(&out).expect("a claim");
+    // The claim commits; a read sent after it comes back before the claim's own answer.
+    let mine = [(Some(&me), 4), (Some(&me), 4)];
+    b.read(2050, snapshot(5050, &[(&me, 6000), (&dead, 4000)], &mine));
+    assert_eq!(b.table().held(PartitionId(0)), Held::Serving(Epoch(4)));
+    b.step(Input::Claimed {
+        node: me.clone(),
+        partitions: claimed.clone(),
+        result: Ok(claimed.iter().map(|p| (*p, Epoch(4))).collect()),
+    });
+    for p in [PartitionId(0), PartitionId(1)] {
+        let r = b.e.published().recovery(p, Epoch(4), b.now);
+        assert!(r.is_some(), "{p}: taken from a failed owner, so a recovery");
+    }
+}
+
+#[test]
 fn a_partition_owned_at_a_newer_epoch_is_dropped_and_a_stale_read_undoes_nothing() {
     let mut b = Bench::new("a", 1);
     let me = b.joined();
