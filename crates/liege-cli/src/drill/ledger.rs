@@ -174,20 +174,19 @@ async fn verify(
         "specversion": "1.0", "id": format!("{id}-read-{}", rand::random::<u64>()),
         "source": "/liege/drill", "type": "read", "data": {"from": 1, "limit": 1_000_000},
     });
-    let mut last_error = String::from("no node to read from");
-    for i in 0..nodes.len() * 3 {
-        let addr = nodes[(k + i) % nodes.len()];
-        let reply = client
-            .post_json(addr, &path, &read, Duration::from_secs(5))
-            .await;
-        let state = client.get_json(addr, &path, Duration::from_secs(5)).await;
-        match (reply, state) {
-            (Ok(reply), Ok(state)) => return compare(id, a, &reply, &state),
-            (Err(e), _) | (_, Err(e)) => last_error = e.to_string(),
+    let (reply, state) = super::observe::through_nodes(nodes, k, |addr| {
+        let (path, read) = (&path, &read);
+        async move {
+            let reply = client
+                .post_json(addr, path, read, Duration::from_secs(5))
+                .await?;
+            let state = client.get_json(addr, path, Duration::from_secs(5)).await?;
+            Ok::<_, super::client::AttemptError>((reply, state))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{id}: unreadable: {last_error}"))
+    })
+    .await
+    .map_err(|e| format!("{id}: unreadable: {e}"))?;
+    compare(id, a, &reply, &state)
 }
 
 /// The journal must be entries 1..=acked (plus the unacknowledged next one if the ledger got

@@ -170,6 +170,27 @@ where
     results
 }
 
+/// Asks `nodes` in turn, starting at the `k`-th, three rounds at most with 50 ms between
+/// failures, until `ask` answers `Ok`; the last error otherwise.
+pub(crate) async fn through_nodes<T, E: ToString, Fut>(
+    nodes: &[SocketAddr],
+    k: usize,
+    mut ask: impl FnMut(SocketAddr) -> Fut,
+) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut last = String::from("no node to ask");
+    for i in 0..nodes.len() * 3 {
+        match ask(nodes[(k + i) % nodes.len()]).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last)
+}
+
 /// The owner name of every key, asked of the given nodes in turn (empty when unknown).
 pub(crate) async fn owners(
     client: &Client,
@@ -207,15 +228,13 @@ pub(crate) async fn finals(
     per_key(keys, 32, move |k, id| {
         let (client, nodes) = (client.clone(), nodes.clone());
         async move {
-            for i in 0..nodes.len() * 3 {
-                let addr = nodes[(k + i) % nodes.len()];
-                let path = format!("/v1/agents/counter/{id}");
-                match client.get_json(addr, &path, Duration::from_secs(5)).await {
-                    Ok(v) => return counter_value(&v),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-            None
+            let path = format!("/v1/agents/counter/{id}");
+            through_nodes(&nodes, k, |addr| {
+                client.get_json(addr, &path, Duration::from_secs(5))
+            })
+            .await
+            .ok()
+            .and_then(|v| counter_value(&v))
         }
     })
     .await
@@ -238,19 +257,12 @@ pub(crate) async fn arm_timers(
                 "specversion": "1.0", "id": format!("arm-{id}"), "source": "/liege/drill",
                 "type": "arm", "data": {"at_ms": at_ms},
             });
-            for i in 0..nodes.len() * 3 {
-                let addr = nodes[(k + i) % nodes.len()];
-                let path = format!("/v1/agents/timer/{id}");
-                if client
-                    .post_json(addr, &path, &event, Duration::from_secs(5))
-                    .await
-                    .is_ok()
-                {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            false
+            let path = format!("/v1/agents/timer/{id}");
+            through_nodes(&nodes, k, |addr| {
+                client.post_json(addr, &path, &event, Duration::from_secs(5))
+            })
+            .await
+            .is_ok()
         }
     })
     .await;
@@ -268,15 +280,13 @@ pub(crate) async fn timers_fired(
     per_key(ids, 32, move |k, id| {
         let (client, nodes) = (client.clone(), nodes.clone());
         async move {
-            for i in 0..nodes.len() * 3 {
-                let addr = nodes[(k + i) % nodes.len()];
-                let path = format!("/v1/agents/timer/{id}");
-                match client.get_json(addr, &path, Duration::from_secs(5)).await {
-                    Ok(v) => return v["fired"].as_u64(),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-            None
+            let path = format!("/v1/agents/timer/{id}");
+            through_nodes(&nodes, k, |addr| {
+                client.get_json(addr, &path, Duration::from_secs(5))
+            })
+            .await
+            .ok()
+            .and_then(|v| v["fired"].as_u64())
         }
     })
     .await

@@ -80,6 +80,14 @@ impl Tables {
     }
 }
 
+/// The directory's owner and epoch of `p` (unowned at epoch 0 if there is no row).
+fn fence(t: &Tables, p: PartitionId) -> (Option<&NodeId>, Epoch) {
+    match t.partitions.get(p.0 as usize) {
+        Some(row) => (row.owner.as_ref(), row.epoch),
+        None => (None, Epoch(0)),
+    }
+}
+
 /// The revision of the last entry of `key`'s journal.
 fn journal_head(t: &Tables, key: &AgentKey) -> Rev {
     Rev(t.journals.get(key).map_or(0, |j| j.len() as u64))
@@ -110,10 +118,7 @@ impl MemoryStore {
 
     /// Applies one write of a batch to the tables, or says why it cannot commit.
     fn apply(&self, t: &mut Tables, w: &CheckpointWrite) -> Result<Rev, WriteError> {
-        let (owner, epoch) = match t.partitions.get(w.partition.0 as usize) {
-            Some(row) => (row.owner.as_ref(), row.epoch),
-            None => (None, Epoch(0)),
-        };
+        let (owner, epoch) = fence(t, w.partition);
         let actual = t.checkpoints.get(&w.key).map_or(Rev(0), |c| c.rev);
         let rev = if self.sabotage.skip_fencing() {
             // The stale writer overwrites whatever is there.
@@ -457,10 +462,7 @@ impl Store for MemoryStore {
 
     async fn append(&self, append: &JournalAppend) -> StoreResult<Result<Rev, WriteError>> {
         let mut t = self.tables.lock();
-        let (owner, epoch) = match t.partitions.get(append.partition.0 as usize) {
-            Some(row) => (row.owner.as_ref(), row.epoch),
-            None => (None, Epoch(0)),
-        };
+        let (owner, epoch) = fence(&t, append.partition);
         let j = &append.journal;
         let checked =
             rules::check_fence(append.partition, &append.writer, append.epoch, owner, epoch)

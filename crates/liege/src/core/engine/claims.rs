@@ -114,6 +114,29 @@ impl Claims {
     }
 }
 
+/// The [`Recovery`] of partition `p`, claimed at `e`, if its previous owner (as the claim
+/// recorded it) failed: timed from that owner's lease end by the estimated store clock.
+pub(crate) fn recovery(
+    flight: &InFlight,
+    p: PartitionId,
+    e: Epoch,
+    view: &View,
+    now: LocalMs,
+    window_ms: u64,
+) -> Option<Recovery> {
+    let prev = flight.prev.get(&p)?.as_ref()?;
+    let store_now = view.store_now_at(now);
+    let node = view.node(&prev.name).filter(|n| n.record.id == *prev);
+    let expired_at = node.map_or(store_now, |n| n.lease_expires_at);
+    let ago = (store_now - expired_at).max(0) as u64;
+    Some(Recovery {
+        epoch: e,
+        since: now.saturating_sub(ago),
+        from_region: node.map_or_else(|| "".into(), |n| n.record.region.as_str().into()),
+        until: now + window_ms,
+    })
+}
+
 /// The events of a committed claim: `PartitionClaimed` per partition, and per previous owner
 /// a `FailoverSucceeded` timed from its lease expiry by the estimated store clock. Returns
 /// the partitions taken from a failed owner, as [`Recovery`]s open for `window_ms`.
@@ -136,18 +159,8 @@ pub(crate) fn claimed_events(
             done.entry(prev.name.to_string())
                 .or_insert((0, expired_at))
                 .0 += 1;
-            let ago = (store_now - expired_at).max(0) as u64;
-            recovering.push((
-                p,
-                Recovery {
-                    epoch: e,
-                    since: now.saturating_sub(ago),
-                    from_region: node
-                        .map_or_else(|| "".into(), |n| n.record.region.as_str().into()),
-                    until: now + window_ms,
-                },
-            ));
         }
+        recovering.extend(recovery(flight, p, e, view, now, window_ms).map(|r| (p, r)));
         out.push(Command::Emit(Event::PartitionClaimed {
             partition: p.0,
             epoch: e.0,

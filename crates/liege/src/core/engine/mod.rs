@@ -784,14 +784,9 @@ impl Engine {
         let window = RECOVERY_WINDOW_TTLS * self.cfg.lease_ttl.as_millis() as u64;
         let mut recovering =
             claims::claimed_events(&flight, &claimed, &self.view, now, window, out);
-        recovering.extend(claims::claimed_events(
-            &flight,
-            &adopted,
-            &self.view,
-            now,
-            window,
-            &mut Vec::new(),
-        ));
+        recovering.extend(adopted.iter().filter_map(|&(p, e)| {
+            claims::recovery(&flight, p, e, &self.view, now, window).map(|r| (p, r))
+        }));
         if !recovering.is_empty() {
             self.shared.note_recovering(recovering, now);
         }

@@ -81,9 +81,7 @@ fn build_write_sql(
         next += n;
         first
     };
-    if dedupe {
-        take(5); // $11..$15, written out below
-    }
+    let dedupe_at = if dedupe { take(5) } else { 0 };
     let alarm_at = if alarms { take(2) } else { 0 };
     let journal_at = if journal { take(5) } else { 0 };
     // The journal check: a write that appends expects its key's head.
@@ -156,18 +154,19 @@ fn build_write_sql(
 )"
     ));
     if dedupe {
-        sql.push_str(
+        let [a, b, c, d, e] = std::array::from_fn(|i| dedupe_at + i);
+        sql.push_str(&format!(
             ", ded AS (
     INSERT INTO liege_dedupe (record, fingerprint, reply, expires_at)
     SELECT x.rec, x.fp, x.reply, x.exp
-    FROM unnest($11::bigint[], $12::bytea[], $13::bigint[], $14::bytea[], $15::bigint[])
+    FROM unnest(${a}::bigint[], ${b}::bytea[], ${c}::bigint[], ${d}::bytea[], ${e}::bigint[])
         AS x (widx, rec, fp, reply, exp)
     WHERE x.widx IN (SELECT d.idx FROM done d)
     ORDER BY x.rec
     ON CONFLICT (record) DO UPDATE SET fingerprint = excluded.fingerprint,
         reply = excluded.reply, expires_at = excluded.expires_at
-)",
-        );
+)"
+        ));
     }
     if deletes {
         // A deleted checkpoint takes its journal with it.

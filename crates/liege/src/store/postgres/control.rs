@@ -464,7 +464,7 @@ impl Store for PostgresStore {
         {
             Ok(rows) => rows,
             // Another append at the same head committed first.
-            Err(e) if is_unique_violation(&e) => {
+            Err(e) if super::pool::is_unique_violation(&e) => {
                 let actual = self.journal_head(&append.key).await?;
                 return Ok(Err(WriteError::JournalConflict {
                     expected: append.journal.expected_rev,
@@ -532,11 +532,6 @@ impl Store for PostgresStore {
     fn watch(&self) -> Option<broadcast::Receiver<StoreChange>> {
         Some(self.changes.subscribe())
     }
-}
-
-/// True for a unique-key violation (SQLSTATE 23505), as [`super::pool::map_error`] words it.
-fn is_unique_violation(e: &StoreError) -> bool {
-    matches!(e, StoreError::Other(text) if text.ends_with("(23505)"))
 }
 
 fn first(rows: &[tokio_postgres::Row]) -> StoreResult<&tokio_postgres::Row> {

@@ -189,6 +189,12 @@ fn breaks_connection(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// True if `e` is [`map_error`]'s rendering of a unique-key violation (SQLSTATE 23505): the
+/// code ends the text of every database error it maps.
+pub(super) fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Other(text) if text.ends_with("(23505)"))
+}
+
 /// Maps a driver error to a store error: transport problems, timeouts, shutdowns, lock and
 /// serialization failures are retryable [`StoreError::Unavailable`]; the rest are
 /// [`StoreError::Other`]. `LG001` becomes [`StoreError::LeaseLost`] naming a placeholder

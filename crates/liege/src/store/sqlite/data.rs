@@ -198,7 +198,7 @@ fn apply(
 }
 
 /// The revision of the last entry of `key`'s journal (0: none).
-fn journal_head(tx: &Connection, key: &AgentKey) -> StoreResult<Rev> {
+pub(super) fn journal_head(tx: &Connection, key: &AgentKey) -> StoreResult<Rev> {
     let head: i64 = tx
         .prepare_cached("SELECT coalesce(max(rev), 0) FROM journal WHERE kind = ?1 AND id = ?2")
         .sql()?
@@ -293,11 +293,6 @@ pub(super) fn read_journal(
         )
         .sql()?;
     rows.collect::<rusqlite::Result<Vec<_>>>().sql()
-}
-
-/// The head of `key`'s journal.
-pub(super) fn head(conn: &mut Connection, key: &AgentKey) -> StoreResult<Rev> {
-    journal_head(conn, key)
 }
 
 pub(super) fn dedupe(

@@ -320,7 +320,7 @@ impl Store for SqliteStore {
 
     async fn journal_head(&self, key: &AgentKey) -> StoreResult<Rev> {
         let key = key.clone();
-        self.data.run(move |c| data::head(c, &key)).await
+        self.data.run(move |c| data::journal_head(c, &key)).await
     }
 
     fn health(&self) -> StoreResult<()> {
