@@ -1,5 +1,6 @@
 //! Cluster transport over loopback TCP: one request's round trip, and 64 requests pipelined on
-//! one connection.
+//! one connection; and, as the floor on this machine, a bare tokio TCP echo of a 16-byte
+//! message in the same runtime (no framing, no seal, no multiplexing, no reader task).
 //!
 //! `cargo bench -p liege --bench transport`. Both ends share one 2-worker runtime, so the
 //! figures include the server's work; the median is in
@@ -12,7 +13,8 @@ use async_trait::async_trait;
 use criterion::{Criterion, Throughput};
 use futures_util::future::join_all;
 use liege::transport::{serve, Peers, Request, RequestHandler, Response, TransportConfig};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &[u8] = b"bench secret";
@@ -63,8 +65,39 @@ fn transport(c: &mut Criterion) {
             assert!(answers.iter().all(|a| a == &Ok(Response::Pong)));
         });
     });
+    group.throughput(Throughput::Elements(1));
+    let echo = runtime.block_on(bare_echo());
+    let echo = tokio::sync::Mutex::new(echo);
+    group.bench_function("bare_tcp_echo_round_trip", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let mut stream = echo.lock().await;
+            let mut message = [7u8; 16];
+            stream.write_all(&message).await.expect("write");
+            stream.read_exact(&mut message).await.expect("read");
+        });
+    });
     group.finish();
     shutdown.cancel();
+}
+
+/// A connection to a bare echo server on the runtime: what one loopback round trip costs
+/// here before any transport work.
+async fn bare_echo() -> TcpStream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut message = [0u8; 16];
+        while stream.read_exact(&mut message).await.is_ok() {
+            if stream.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
 }
 
 fn main() {
