@@ -228,6 +228,11 @@ impl NodeProcess {
     }
 
     /// POST/GET helper that panics on transport errors.
+    ///
+    /// A `503 not_ready` is waited out for up to 10 s, as a client honouring `Retry-After`
+    /// would: a node answers it before doing anything, and one of these nodes (600 ms lease on
+    /// one SQLite file, the whole suite running beside it) can miss a renewal and fence itself
+    /// for a moment. Every other answer is returned as it is.
     pub(crate) fn req(
         &self,
         method: &str,
@@ -235,11 +240,18 @@ impl NodeProcess {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Value) {
-        let (status, body) = try_request(self.http, method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.name));
-        let json = serde_json::from_slice(&body)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
-        (status, json)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, raw) = try_request(self.http, method, path, headers, body)
+                .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.name));
+            let json = serde_json::from_slice(&raw)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&raw).into()));
+            let not_ready = status == 503 && json["error"]["code"] == "not_ready";
+            if !not_ready || Instant::now() >= deadline {
+                return (status, json);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `POST /demo/keys/{id}/inc` returning the new value.
