@@ -3,24 +3,27 @@
 //!
 //! [`serve_with`] runs hyper's HTTP/1 server with a timer (header read timeout, which also
 //! closes keep-alive connections idle that long) on an accept loop that caps open
-//! connections. [`guard`] is the middleware in front of every route: it sheds requests past
+//! connections. [`Guarded`] is the middleware in front of every route: it sheds requests past
 //! the in-flight cap with 503 and `Retry-After`, checks `Authorization: Bearer` in constant
 //! time, refuses a body that does not declare a JSON media type (415), and reads the whole body
 //! under its deadline *before* any handler runs, so a slow client never holds a turn lock or a
 //! store connection.
 
 use crate::error::ConfigError;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
@@ -98,7 +101,7 @@ impl HttpConfig {
     }
 }
 
-/// State of the [`guard`] middleware.
+/// State of the [`Guarded`] middleware.
 #[derive(Clone)]
 pub(crate) struct Guard {
     config: Arc<HttpConfig>,
@@ -142,107 +145,229 @@ fn open_route(path: &str, config: &HttpConfig) -> bool {
     path == "/healthz" || path == "/readyz" || (config.metrics_public && path == "/metrics")
 }
 
-/// The middleware in front of every route (see the module docs).
-pub(crate) async fn guard(State(g): State<Guard>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = g.in_flight.clone().try_acquire_owned() else {
-        let mut response = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_requests_in_flight",
-            format!(
-                "this node is handling {} requests already; retry shortly",
-                g.config.max_in_flight
-            ),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    };
-    if g.config.api_token.is_none()
-        && !g.config.admin_without_token
-        && request.uri().path().starts_with("/admin/")
-    {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_needs_token",
-            "the /admin/ routes need the node's --api-token when its HTTP port is not on loopback",
-        )
-        .into_response();
-    }
-    if let Some(expected) = &g.config.api_token {
-        if !open_route(request.uri().path(), &g.config) {
-            let presented = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if !presented.is_some_and(|p| token_matches(p.as_bytes(), expected.as_bytes())) {
-                let mut response = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "this node requires `Authorization: Bearer <token>` (the node's --api-token)",
-                )
-                .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-        }
-    }
-    let has_body = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() != "0")
-        || request.headers().contains_key(header::TRANSFER_ENCODING);
-    if !has_body {
-        return next.run(request).await;
-    }
-    if !is_json(request.headers().get(header::CONTENT_TYPE)) {
-        return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "a request body must be JSON: Content-Type application/json, \
-             application/cloudevents+json, application/cloudevents-batch+json or another +json type",
-        )
-        .into_response();
-    }
-    // The whole body, under its deadline, before any handler runs.
-    let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout(g.config.body_timeout, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string())
-            }
+/// What [`Guard::admit`] decided about a request.
+enum Admission {
+    /// Answered without reaching a handler (shed, refused, unauthorised, wrong media type).
+    Refused(Response),
+    /// Let through with no body to read.
+    Bodiless(OwnedSemaphorePermit),
+    /// Let through once its body has arrived in full.
+    WithBody(OwnedSemaphorePermit),
+}
+
+impl Guard {
+    /// The checks that need only the request's head, in order: the in-flight cap, the admin
+    /// rule, the token, and the body's media type.
+    fn admit(&self, request: &Request) -> Admission {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let mut response = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_requests_in_flight",
+                format!(
+                    "this node is handling {} requests already; retry shortly",
+                    self.config.max_in_flight
+                ),
+            )
             .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Admission::Refused(response);
+        };
+        let path = request.uri().path();
+        if self.config.api_token.is_none()
+            && !self.config.admin_without_token
+            && path.starts_with("/admin/")
+        {
+            return Admission::Refused(
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "admin_needs_token",
+                    "the /admin/ routes need the node's --api-token when its HTTP port is not on loopback",
+                )
+                .into_response(),
+            );
         }
-        Err(_) => {
-            return ApiError::new(
+        if let Some(expected) = &self.config.api_token {
+            if !open_route(path, &self.config) {
+                let presented = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                if !presented.is_some_and(|p| token_matches(p.as_bytes(), expected.as_bytes())) {
+                    let mut response = ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "this node requires `Authorization: Bearer <token>` (the node's --api-token)",
+                    )
+                    .into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return Admission::Refused(response);
+                }
+            }
+        }
+        let has_body = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+            || request.headers().contains_key(header::TRANSFER_ENCODING);
+        if !has_body {
+            return Admission::Bodiless(permit);
+        }
+        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
+            return Admission::Refused(
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "a request body must be JSON: Content-Type application/json, \
+                     application/cloudevents+json, application/cloudevents-batch+json or another +json type",
+                )
+                .into_response(),
+            );
+        }
+        Admission::WithBody(permit)
+    }
+
+    /// The request with its whole body read under the body deadline, or the answer to give
+    /// instead (too large, broken, too slow).
+    async fn read_body(&self, request: Request) -> Result<Request, Response> {
+        let (parts, body) = request.into_parts();
+        let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+        match tokio::time::timeout(self.config.body_timeout, read).await {
+            Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+            Ok(Err(e)) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                Err(if too_large {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string())
+                }
+                .into_response())
+            }
+            Err(_) => Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
                     "the request body did not arrive within {:?}",
-                    g.config.body_timeout
+                    self.config.body_timeout
                 ),
             )
-            .into_response()
+            .into_response()),
         }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    }
+}
+
+/// The [`tower::Layer`] that puts a [`Guarded`] in front of a service.
+#[derive(Clone)]
+pub(crate) struct GuardLayer(pub(crate) Guard);
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            guard: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The middleware in front of every route (see the module docs). A request without a body
+/// goes to the inner service's own future with no allocation of its own; one with a body
+/// is boxed while the body is read.
+#[derive(Clone)]
+pub(crate) struct Guarded<S> {
+    guard: Guard,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Guarded<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Guarding<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.guard.admit(&request) {
+            Admission::Refused(response) => Guarding::Answered {
+                response: Some(response),
+            },
+            Admission::Bodiless(permit) => Guarding::Inner {
+                future: self.inner.call(request),
+                permit,
+            },
+            Admission::WithBody(permit) => {
+                // `self.inner` is the instance `poll_ready` readied: it goes with the request,
+                // and a fresh clone stays behind for the next one.
+                let fresh = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, fresh);
+                let guard = self.guard.clone();
+                Guarding::Body {
+                    future: Box::pin(async move {
+                        let _permit = permit;
+                        match guard.read_body(request).await {
+                            Ok(request) => inner.call(request).await,
+                            Err(response) => Ok(response),
+                        }
+                    }),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Guarded`]: an answer of its own, or the inner future holding its
+    /// in-flight permit until it completes.
+    #[project = GuardingProj]
+    pub(crate) enum Guarding<F> {
+        /// Refused at the head.
+        Answered { response: Option<Response> },
+        /// No body: the handler's future as it is.
+        Inner {
+            #[pin]
+            future: F,
+            permit: OwnedSemaphorePermit,
+        },
+        /// The body is read first.
+        Body {
+            future: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+        },
+    }
+}
+
+impl<F> Future for Guarding<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardingProj::Answered { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            GuardingProj::Inner { future, .. } => future.poll(cx),
+            GuardingProj::Body { future } => future.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Serves `app` on `listener` with `config`'s connection cap and header deadline until

@@ -32,7 +32,7 @@ pub fn router(node: Node) -> Router {
     router_with(node, HttpConfig::default())
 }
 
-/// The API's routes for `node`, behind `guard::guard` with `config`.
+/// The API's routes for `node`, behind the guard (`guard::Guarded`) with `config`.
 pub fn router_with(node: Node, config: HttpConfig) -> Router {
     let guard = guard::Guard::new(config);
     Router::new()
@@ -57,7 +57,7 @@ pub fn router_with(node: Node, config: HttpConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+        .layer(guard::GuardLayer(guard))
         .with_state(node)
 }
 
@@ -85,20 +85,78 @@ pub async fn serve_configured(
     guard::serve_with(listener, app, &config, shutdown).await
 }
 
-/// Runs a call on its own task: a client that disconnects (hyper then drops this handler)
-/// does not cancel a turn that has started, so it completes, is persisted and deduplicated,
-/// and the client's retry with the same idempotency key gets its reply. A turn cancelled
-/// midway would otherwise cost the activation (it is killed rather than left half-changed).
+/// Runs a call so that a client that disconnects (hyper then drops this handler) does not
+/// cancel a turn that has started: the call is polled in place, and if it is dropped before
+/// it finishes, what is left of it is spawned to finish on its own task ([`Detached`]). So the
+/// turn completes, is persisted and deduplicated, and the client's retry with the same
+/// idempotency key gets its reply. A turn cancelled midway would otherwise cost the activation
+/// (it is killed rather than left half-changed). A panic in the call is a 500, as it was when
+/// every call ran on a task of its own.
 async fn detached<T: Send + 'static>(
     call: impl std::future::Future<Output = Result<T, crate::error::CallError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::spawn(call).await {
+    use futures_util::FutureExt as _;
+    match Detached::new(std::panic::AssertUnwindSafe(call).catch_unwind()).await {
         Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the call's task failed: {e}"),
-        )),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the call failed: {what}"),
+            ))
+        }
+    }
+}
+
+/// A future that, dropped before it completes, spawns its remainder instead of cancelling
+/// it. Cheaper than a task per call: the spawn happens only for calls whose client went away.
+struct Detached<F: std::future::Future + Send + 'static> {
+    /// `None` once complete (or while being polled: a panic in `poll` then drops it, never
+    /// spawns a future that panicked).
+    call: Option<std::pin::Pin<Box<F>>>,
+}
+
+impl<F: std::future::Future + Send + 'static> Detached<F> {
+    fn new(call: F) -> Self {
+        Self {
+            call: Some(Box::pin(call)),
+        }
+    }
+}
+
+impl<F: std::future::Future + Send + 'static> std::future::Future for Detached<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let mut call = self.call.take().expect("Detached polled after completion");
+        match call.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => std::task::Poll::Ready(output),
+            std::task::Poll::Pending => {
+                self.call = Some(call);
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+impl<F: std::future::Future + Send + 'static> Drop for Detached<F> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            // Outside a runtime (it is shutting down) there is nothing left to finish on.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = call.await;
+                });
+            }
+        }
     }
 }
 
@@ -557,4 +615,50 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this route",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_dropped_call_finishes_on_its_own() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let done = finished.clone();
+        let call = detached(async move {
+            let _ = wait.await;
+            done.store(true, Ordering::SeqCst);
+            Ok::<_, crate::error::CallError>(())
+        });
+        // Started, then abandoned mid-way, as hyper drops the handler of a client that left.
+        let mut call = Box::pin(call);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), &mut call).await;
+        assert!(early.is_err(), "the call waits for its release");
+        drop(call);
+        release.send(()).expect("the remainder still waits");
+        for _ in 0..100 {
+            if finished.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the abandoned call did not finish");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_is_a_500() {
+        let answer = detached(async {
+            if std::hint::black_box(true) {
+                panic!("the agent broke");
+            }
+            Ok::<(), crate::error::CallError>(())
+        })
+        .await;
+        let response = answer.expect_err("a panic is an error").into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }
