@@ -208,21 +208,74 @@ pub(crate) struct Decoded<'a> {
     pub(crate) retained_until_ms: i64,
 }
 
+/// Byte strings as postcard writes a `&[u8]` (its length, then the bytes), in one copy
+/// instead of one push per byte, which is how serde's impl for slices reaches postcard.
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// The window's entries as the sequence of [`Envelope::dedupe`], without collecting them.
+struct Entries<'a>(&'a VecDeque<(u128, u64, Box<[u8]>)>);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(h, f, r)| (*h, *f, Raw(r))))
+    }
+}
+
+/// What [`encode`] writes: the same bytes as an [`Envelope`] (the decoder's type).
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    state: Raw<'a>,
+    dedupe: Entries<'a>,
+    retained_until_ms: i64,
+}
+
 /// Encodes state bytes (the agent's JSON), the dedupe window and the latest retained-record
 /// expiry into checkpoint bytes.
 pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained_until_ms: i64) -> Vec<u8> {
-    let env = Envelope {
-        state,
-        dedupe: dedupe
-            .entries
-            .iter()
-            .map(|(h, f, r)| (*h, *f, &r[..]))
-            .collect(),
+    let env = EnvelopeOut {
+        state: Raw(state),
+        dedupe: Entries(&dedupe.entries),
         retained_until_ms,
     };
-    let mut out = vec![FORMAT_V3];
-    out.extend_from_slice(&postcard::to_allocvec(&env).expect("encoding to a Vec cannot fail"));
-    out
+    // Tag, lengths and integers take at most 40 bytes per entry beyond the bytes themselves.
+    let capacity = 32
+        + state.len()
+        + dedupe
+            .entries
+            .iter()
+            .map(|(_, _, r)| 40 + r.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(capacity);
+    out.push(FORMAT_V3);
+    postcard::serialize_with_flavor(&env, AfterTag(out)).expect("encoding to a Vec cannot fail")
+}
+
+/// postcard's output into a `Vec` that already holds the format tag, slices copied whole
+/// (postcard's own `Extend` flavor copies them a byte at a time).
+struct AfterTag(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AfterTag {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 fn window(entries: Vec<(u128, u64, &[u8])>) -> DedupeWindow {
@@ -301,6 +354,32 @@ mod tests {
             back.get(DedupeWindow::hash_id("a")),
             Some((7, &b"{\"value\":1}"[..]))
         );
+    }
+
+    #[test]
+    fn encode_writes_the_bytes_of_the_decoders_envelope() {
+        let mut window = DedupeWindow::default();
+        for i in 0..20u128 {
+            let reply = format!("{{\"value\":{i}}}").into_bytes().into_boxed_slice();
+            window.record(i << 100 | i, 7 + i as u64, reply, 16);
+        }
+        let state = br#"{"count":12345678}"#;
+        let entries: Vec<(u128, u64, &[u8])> = window
+            .entries
+            .iter()
+            .map(|(h, f, r)| (*h, *f, &r[..]))
+            .collect();
+        let reference = Envelope {
+            state,
+            dedupe: entries,
+            retained_until_ms: 1_700_000_000_123,
+        };
+        let mut expected = vec![FORMAT_V3];
+        expected.extend(postcard::to_allocvec(&reference).expect("encodes"));
+        assert_eq!(encode(state, &window, 1_700_000_000_123), expected);
+        let empty = encode(b"", &DedupeWindow::default(), 0);
+        let decoded = decode(&empty).expect("decodes");
+        assert!(decoded.state.is_empty() && decoded.window.len() == 0);
     }
 
     #[test]
