@@ -170,6 +170,39 @@ fn a_node_serves_only_until_sent_plus_ttl_minus_margin_then_fences_and_rejoins()
 }
 
 #[test]
+fn a_join_the_store_could_not_take_is_retried_within_a_quarter_of_a_renewal_period() {
+    let mut b = Bench::new("a", 4);
+    let out = b.step(Input::Tick);
+    let Some(Command::Join {
+        record, sent_at, ..
+    }) = out.first().cloned()
+    else {
+        panic!("expected a join, got {out:?}");
+    };
+    // The store is down: the join is refused at once.
+    b.at(
+        5,
+        Input::Joined {
+            node: record.id.clone(),
+            sent_at,
+            result: Err(StoreError::Unavailable("connection refused".into())),
+        },
+    );
+    // TTL/4 is the renewal period; a failed join waits a quarter of it, not all of it.
+    let retry = 5 + TTL / 16;
+    let early = b.at(retry - 1, Input::Tick);
+    assert!(
+        !early.iter().any(|c| matches!(c, Command::Join { .. })),
+        "{early:?}"
+    );
+    let due = b.at(retry, Input::Tick);
+    assert!(
+        due.iter().any(|c| matches!(c, Command::Join { .. })),
+        "a node must try again soon after the store returns: {due:?}"
+    );
+}
+
+#[test]
 fn a_renewal_extends_the_deadline_and_an_older_answer_never_shortens_it() {
     let mut b = Bench::new("a", 1);
     let me = b.joined();

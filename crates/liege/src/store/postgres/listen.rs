@@ -22,6 +22,39 @@ pub(super) const CHANNEL: &str = "liege_changes";
 /// How often the listener checks its connection with a trivial query.
 const PING_EVERY: Duration = Duration::from_secs(2);
 
+/// The first wait before reconnecting the listener.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+/// The longest wait before reconnecting it. Without the listener a node learns changes only
+/// by its periodic reads, so after a store outage it should be back within about that.
+const LAST_RETRY: Duration = Duration::from_millis(250);
+
+/// The waits between reconnects: doubling from [`FIRST_RETRY`] up to [`LAST_RETRY`], and
+/// from the first again after a connection that was listening, so a blip hours after the
+/// last one is retried at once, not after the longest wait.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: FIRST_RETRY }
+    }
+}
+
+impl Backoff {
+    /// The wait after a connection ended that was `listening` (or never got that far).
+    fn after(&mut self, listening: bool) -> Duration {
+        if listening {
+            self.next = FIRST_RETRY;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(LAST_RETRY);
+        wait
+    }
+}
+
 /// Runs the listener until `cancel` fires.
 pub(super) async fn run(
     config: Config,
@@ -31,20 +64,19 @@ pub(super) async fn run(
     listening: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
-        tokio::select! {
+        let wait = tokio::select! {
             () = cancel.cancelled() => return,
             ended = listen_once(&config, tls.clone(), timeout, &changes, &listening) => {
-                listening.send_replace(false);
                 tracing::debug!(reason = %ended, "postgres listener disconnected; reconnecting");
+                backoff.after(listening.send_replace(false))
             }
-        }
+        };
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -104,5 +136,24 @@ async fn listen_once(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_double_to_a_cap_and_start_over_after_a_good_connection() {
+        let mut b = Backoff::default();
+        let ms = |d: Duration| d.as_millis();
+        let failing: Vec<u128> = (0..5).map(|_| ms(b.after(false))).collect();
+        assert_eq!(failing, [50, 100, 200, 250, 250]);
+        assert_eq!(
+            ms(b.after(true)),
+            50,
+            "a connection that listened starts over"
+        );
+        assert_eq!(ms(b.after(false)), 100);
     }
 }
