@@ -205,6 +205,15 @@ impl Store for SimStore {
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         self.around(self.inner.write(batch)).await
     }
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<liege::store::Loaded> {
+        self.around(self.inner.read_with_records(key, now_ms, limit))
+            .await
+    }
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         self.around(self.inner.dedupe(key, signal)).await
     }

@@ -186,6 +186,16 @@ impl Store for FaultyStore {
         let r = self.inner.write(batch).await;
         self.leave_with(r).await
     }
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<crate::store::Loaded> {
+        self.enter().await?;
+        let r = self.inner.read_with_records(key, now_ms, limit).await;
+        self.leave_with(r).await
+    }
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         self.enter().await?;
         let r = self.inner.dedupe(key, signal).await;

@@ -9,7 +9,9 @@
 //! - the **retained ids** ([`RetainedIds`]): every id a caller chose (`Idempotency-Key`, a
 //!   CloudEvent's `id`, [`crate::Signal::with_id`]), kept for the dedupe retention as
 //!   [`DedupeRecord`]s in the store, written in the same fenced transaction as the
-//!   checkpoint, with an in-memory cache in front.
+//!   checkpoint, with an in-memory cache in front. An activation reads the key's unexpired
+//!   records with its checkpoint ([`crate::store::Store::read_with_records`]); while they
+//!   all fit the cache, an id it has not seen is new without asking the store.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -21,8 +23,12 @@ use serde::{Deserialize, Serialize};
 const FORMAT_V1: u8 = 1;
 /// Format tag of the second envelope: every entry carries its signal's fingerprint.
 const FORMAT_V2: u8 = 2;
-/// Format tag of the current envelope: version 2 plus `retained_until_ms`.
+/// Format tag of the third envelope: version 2 plus `retained_until_ms`, its records keyed by
+/// [`crate::store::legacy_dedupe_record_key`].
 const FORMAT_V3: u8 = 3;
+/// Format tag of the current envelope: version 3 plus `legacy_until_ms`. Records written with
+/// it are keyed by [`crate::store::dedupe_record_key`], which a key's read lists.
+const FORMAT_V4: u8 = 4;
 
 /// A fingerprint no signal has: entries read from a version-1 checkpoint, whose payload is
 /// unknown (a reused id then gets the first reply, as before).
@@ -97,24 +103,42 @@ pub(crate) struct RetainedIds {
     /// Cache insertion order, for eviction (oldest first).
     order: VecDeque<u128>,
     /// True while every unexpired record of the key is in `cache`: a miss then needs no
-    /// store lookup. Set at load from `retained_until_ms`; cleared by the first eviction.
+    /// store lookup. Set at load (see [`RetainedIds::loaded`]); cleared by the first eviction.
     pub(crate) complete: bool,
     /// Records applied in memory and not yet committed; written with the next checkpoint.
     pub(crate) pending: Vec<DedupeRecord>,
     /// Latest expiry of any record of the key, committed or pending (Unix ms); stored in
     /// the checkpoint so a later activation knows whether the store may hold records.
     pub(crate) retained_until_ms: i64,
+    /// Latest expiry of the key's records written before format 4, which no read lists
+    /// (0: none live at load); carried in every checkpoint until they have expired.
+    pub(crate) legacy_until_ms: i64,
 }
 
 impl RetainedIds {
-    /// After loading a checkpoint whose `retained_until_ms` is given (0: none, or no
-    /// checkpoint): complete iff every record the key ever had has expired by `now_ms`.
-    pub(crate) fn loaded(retained_until_ms: i64, now_ms: i64) -> Self {
-        Self {
-            complete: retained_until_ms <= now_ms,
+    /// After loading a key at `now_ms`: the expiries its checkpoint gives (0: none, or no
+    /// checkpoint) and the records the store listed with it (`None`: not all of them).
+    /// Complete iff no legacy record is still live, and every live record was listed (or
+    /// none is live), and all of them fit `capacity`.
+    pub(crate) fn loaded(
+        retained_until_ms: i64,
+        legacy_until_ms: i64,
+        records: Option<Vec<DedupeRecord>>,
+        now_ms: i64,
+        capacity: usize,
+    ) -> Self {
+        let legacy_live = legacy_until_ms > now_ms;
+        let mut ids = Self {
+            complete: !legacy_live && (records.is_some() || retained_until_ms <= now_ms),
             retained_until_ms,
+            legacy_until_ms: if legacy_live { legacy_until_ms } else { 0 },
             ..Self::default()
+        };
+        for record in records.iter().flatten() {
+            // Evicting one (more records than the cache holds) clears `complete`.
+            ids.remember(record, capacity);
         }
+        ids
     }
 
     /// The cached fingerprint and reply of `id_hash`.
@@ -188,13 +212,25 @@ struct EnvelopeV2<'a> {
     dedupe: Vec<(u128, u64, &'a [u8])>,
 }
 
-/// Version 3 (written): version 2 plus the latest expiry of the key's dedupe records.
+/// Version 3: version 2 plus the latest expiry of the key's (legacy-keyed) dedupe records
+/// (still read).
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV3<'a> {
+    #[serde(borrow)]
+    state: &'a [u8],
+    dedupe: Vec<(u128, u64, &'a [u8])>,
+    retained_until_ms: i64,
+}
+
+/// Version 4 (written): version 3 plus the latest expiry of records still keyed the legacy
+/// way.
 #[derive(Serialize, Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
     state: &'a [u8],
     dedupe: Vec<(u128, u64, &'a [u8])>,
     retained_until_ms: i64,
+    legacy_until_ms: i64,
 }
 
 /// What a checkpoint decodes to.
@@ -204,8 +240,10 @@ pub(crate) struct Decoded<'a> {
     pub(crate) state: &'a [u8],
     /// The recent window.
     pub(crate) window: DedupeWindow,
-    /// Latest expiry of any dedupe record of the key (0: none was ever written).
+    /// Latest expiry of any dedupe record of the key a read lists (0: none was written).
     pub(crate) retained_until_ms: i64,
+    /// Latest expiry of any record of the key keyed the legacy way, which no read lists.
+    pub(crate) legacy_until_ms: i64,
 }
 
 /// Byte strings as postcard writes a `&[u8]` (its length, then the bytes), in one copy
@@ -233,15 +271,17 @@ struct EnvelopeOut<'a> {
     state: Raw<'a>,
     dedupe: Entries<'a>,
     retained_until_ms: i64,
+    legacy_until_ms: i64,
 }
 
-/// Encodes state bytes (the agent's JSON), the dedupe window and the latest retained-record
-/// expiry into checkpoint bytes.
-pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained_until_ms: i64) -> Vec<u8> {
+/// Encodes state bytes (the agent's JSON), the dedupe window and the latest expiries of the
+/// retained records into checkpoint bytes.
+pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained: &RetainedIds) -> Vec<u8> {
     let env = EnvelopeOut {
         state: Raw(state),
         dedupe: Entries(&dedupe.entries),
-        retained_until_ms,
+        retained_until_ms: retained.retained_until_ms,
+        legacy_until_ms: retained.legacy_until_ms,
     };
     // Tag, lengths and integers take at most 40 bytes per entry beyond the bytes themselves.
     let capacity = 32
@@ -252,7 +292,7 @@ pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained_until_ms: i64
             .map(|(_, _, r)| 40 + r.len())
             .sum::<usize>();
     let mut out = Vec::with_capacity(capacity);
-    out.push(FORMAT_V3);
+    out.push(FORMAT_V4);
     postcard::serialize_with_flavor(&env, AfterTag(out)).expect("encoding to a Vec cannot fail")
 }
 
@@ -291,12 +331,23 @@ fn window(entries: Vec<(u128, u64, &[u8])>) -> DedupeWindow {
 pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
     let corrupt = |e: postcard::Error| format!("corrupt checkpoint: {e}");
     match bytes.split_first() {
-        Some((&FORMAT_V3, rest)) => {
+        Some((&FORMAT_V4, rest)) => {
             let env: Envelope<'_> = postcard::from_bytes(rest).map_err(corrupt)?;
             Ok(Decoded {
                 state: env.state,
                 window: window(env.dedupe),
                 retained_until_ms: env.retained_until_ms,
+                legacy_until_ms: env.legacy_until_ms,
+            })
+        }
+        // Every record it speaks of is keyed the legacy way.
+        Some((&FORMAT_V3, rest)) => {
+            let env: EnvelopeV3<'_> = postcard::from_bytes(rest).map_err(corrupt)?;
+            Ok(Decoded {
+                state: env.state,
+                window: window(env.dedupe),
+                retained_until_ms: 0,
+                legacy_until_ms: env.retained_until_ms,
             })
         }
         // Written before dedupe records existed: the store holds none for the key.
@@ -306,6 +357,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
                 state: env.state,
                 window: window(env.dedupe),
                 retained_until_ms: 0,
+                legacy_until_ms: 0,
             })
         }
         Some((&FORMAT_V1, rest)) => {
@@ -319,6 +371,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
                 state: env.state,
                 window: window(entries),
                 retained_until_ms: 0,
+                legacy_until_ms: 0,
             })
         }
         Some((tag, _)) => Err(format!("unknown checkpoint format {tag}")),
@@ -329,6 +382,23 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn until(retained_until_ms: i64, legacy_until_ms: i64) -> RetainedIds {
+        RetainedIds {
+            retained_until_ms,
+            legacy_until_ms,
+            ..RetainedIds::default()
+        }
+    }
+
+    fn record(signal: u128, expires_at_ms: i64) -> DedupeRecord {
+        DedupeRecord {
+            signal,
+            fingerprint: 5,
+            reply: b"r".to_vec(),
+            expires_at_ms,
+        }
+    }
 
     #[test]
     fn checkpoint_round_trips_state_and_window() {
@@ -345,9 +415,12 @@ mod tests {
             b"{\"value\":2}".to_vec().into(),
             4,
         );
-        let bytes = encode(b"2", &w, 1234);
+        let bytes = encode(b"2", &w, &until(1234, 56));
         let d = decode(&bytes).unwrap();
-        assert_eq!((d.state, d.retained_until_ms), (&b"2"[..], 1234));
+        assert_eq!(
+            (d.state, d.retained_until_ms, d.legacy_until_ms),
+            (&b"2"[..], 1234, 56)
+        );
         let back = d.window;
         assert_eq!(back, w);
         assert_eq!(
@@ -373,11 +446,13 @@ mod tests {
             state,
             dedupe: entries,
             retained_until_ms: 1_700_000_000_123,
+            legacy_until_ms: 1_600_000_000_456,
         };
-        let mut expected = vec![FORMAT_V3];
+        let mut expected = vec![FORMAT_V4];
         expected.extend(postcard::to_allocvec(&reference).expect("encodes"));
-        assert_eq!(encode(state, &window, 1_700_000_000_123), expected);
-        let empty = encode(b"", &DedupeWindow::default(), 0);
+        let retained = until(1_700_000_000_123, 1_600_000_000_456);
+        assert_eq!(encode(state, &window, &retained), expected);
+        let empty = encode(b"", &DedupeWindow::default(), &RetainedIds::default());
         let decoded = decode(&empty).expect("decodes");
         assert!(decoded.state.is_empty() && decoded.window.len() == 0);
     }
@@ -415,13 +490,47 @@ mod tests {
     }
 
     #[test]
-    fn retained_ids_stay_complete_until_the_cache_evicts() {
-        // Records that expired by now: complete; one still live: not.
-        assert!(RetainedIds::loaded(0, 1_000).complete);
-        assert!(RetainedIds::loaded(1_000, 1_000).complete);
-        assert!(!RetainedIds::loaded(1_001, 1_000).complete);
+    fn version_3_checkpoints_speak_of_legacy_records() {
+        let v3 = EnvelopeV3 {
+            state: b"7",
+            dedupe: vec![(DedupeWindow::hash_id("y"), 9, &b"1"[..])],
+            retained_until_ms: 5_000,
+        };
+        let mut bytes = vec![FORMAT_V3];
+        bytes.extend(postcard::to_allocvec(&v3).unwrap());
+        let d = decode(&bytes).unwrap();
+        assert_eq!(
+            (d.state, d.retained_until_ms, d.legacy_until_ms),
+            (&b"7"[..], 0, 5_000)
+        );
+    }
 
-        let mut r = RetainedIds::loaded(0, 1_000);
+    #[test]
+    fn retained_ids_are_complete_only_if_every_live_record_is_cached() {
+        let some = |n: u128| Some((0..n).map(|i| record(i, 2_000)).collect::<Vec<_>>());
+        // Nothing live, or every live record listed and cached: complete.
+        assert!(RetainedIds::loaded(0, 0, None, 1_000, 8).complete);
+        assert!(RetainedIds::loaded(1_000, 0, None, 1_000, 8).complete);
+        let listed = RetainedIds::loaded(2_000, 0, some(3), 1_000, 8);
+        assert!(listed.complete);
+        assert_eq!(listed.get(2), Some((5, &b"r"[..])));
+        // A live record not listed, more than the cache holds, or a live legacy record: not.
+        assert!(!RetainedIds::loaded(1_001, 0, None, 1_000, 8).complete);
+        assert!(!RetainedIds::loaded(2_000, 0, some(9), 1_000, 8).complete);
+        let legacy = RetainedIds::loaded(2_000, 1_500, some(3), 1_000, 8);
+        assert!(!legacy.complete);
+        assert_eq!(
+            legacy.legacy_until_ms, 1_500,
+            "carried to the next checkpoint"
+        );
+        // Legacy records that have expired are forgotten.
+        let old = RetainedIds::loaded(2_000, 900, some(3), 1_000, 8);
+        assert!(old.complete && old.legacy_until_ms == 0);
+    }
+
+    #[test]
+    fn retained_ids_stay_complete_until_the_cache_evicts() {
+        let mut r = RetainedIds::loaded(0, 0, None, 1_000, 3);
         for i in 0..3 {
             r.record(i, 5, b"r", 90_000 + i as i64, 3);
         }

@@ -463,12 +463,16 @@ impl Host {
         // An earlier activation of this key may have left a write in flight (its caller gave
         // up mid-commit): read only once it has committed or failed.
         self.writer.quiesce(&act.key).await;
-        let cp = self
+        // The key's unexpired dedupe records come with it: if they all fit the cache, an id
+        // the activation has not seen is new without a store lookup.
+        let now = unix_ms();
+        let capacity = self.config.dedupe_cache;
+        let loaded = self
             .store
-            .read(&act.key)
+            .read_with_records(&act.key, now, u32::try_from(capacity).unwrap_or(u32::MAX))
             .await
             .map_err(|e| CallError::Unavailable(format!("loading {}: {e}", act.key)))?;
-        match cp {
+        match loaded.checkpoint {
             None => {
                 turn.state = Some(
                     act.agent
@@ -485,7 +489,13 @@ impl Host {
                         .map_err(|e| CallError::Internal(e.to_string()))?,
                 );
                 turn.dedupe = decoded.window;
-                turn.retained = RetainedIds::loaded(decoded.retained_until_ms, unix_ms());
+                turn.retained = RetainedIds::loaded(
+                    decoded.retained_until_ms,
+                    decoded.legacy_until_ms,
+                    loaded.records,
+                    now,
+                    capacity,
+                );
                 turn.rev = cp.rev;
                 self.count_state_bytes(act, cp.data.len());
                 return Ok(());
@@ -493,7 +503,7 @@ impl Host {
         }
         // No checkpoint: no dedupe record either (records are only written with one, and the
         // host never deletes checkpoints).
-        turn.retained = RetainedIds::loaded(0, unix_ms());
+        turn.retained = RetainedIds::loaded(0, 0, None, now, capacity);
         Ok(())
     }
 
@@ -633,11 +643,7 @@ impl Host {
     /// On any failure the caller MUST drop the activation (its memory is ahead of the store).
     async fn persist(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
         let state = turn.state.as_ref().expect("persist only after load");
-        let data = checkpoint::encode(
-            &act.agent.encode(state),
-            &turn.dedupe,
-            turn.retained.retained_until_ms,
-        );
+        let data = checkpoint::encode(&act.agent.encode(state), &turn.dedupe, &turn.retained);
         let size = data.len();
         let write = CheckpointWrite {
             key: act.key.clone(),

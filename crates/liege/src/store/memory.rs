@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::rules::{self, ClaimDecision, LeaseState};
 use super::{
     AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DueAlarm, JournalAppend, JournalEntry, Lease, Membership, NodeLease, NodeRecord,
+    DueAlarm, JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeLease, NodeRecord,
     OperatorSetting, PartitionRow, Settings, SharedStore, Store, StoreChange, StoreError,
     StoreOptions, StoreResult, StoreTime, WriteError,
 };
@@ -61,7 +61,8 @@ struct Tables {
     /// Directory, index = partition id.
     partitions: Vec<PartitionRow>,
     checkpoints: HashMap<AgentKey, Checkpoint>,
-    dedupe: HashMap<(AgentKey, u128), DedupeRecord>,
+    /// Dedupe records by key, then by signal hash.
+    dedupe: HashMap<AgentKey, HashMap<u128, DedupeRecord>>,
     /// Alarms by key: (partition, due ms).
     alarms: HashMap<AgentKey, (PartitionId, i64)>,
     /// Journals by key: entry `i` has revision `i + 1`.
@@ -162,7 +163,10 @@ impl MemoryStore {
             (false, AlarmUpdate::Keep) => {}
         }
         for r in &w.dedupe {
-            t.dedupe.insert((w.key.clone(), r.signal), r.clone());
+            t.dedupe
+                .entry(w.key.clone())
+                .or_default()
+                .insert(r.signal, r.clone());
         }
         if self.audit {
             let seq = t.audit.last().map_or(1, |r| r.seq + 1);
@@ -417,24 +421,45 @@ impl Store for MemoryStore {
         Ok(batch.iter().map(|w| self.apply(&mut t, w)).collect())
     }
 
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Loaded> {
+        let t = self.tables.lock();
+        let records: Vec<DedupeRecord> = t
+            .dedupe
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| r.expires_at_ms >= now_ms)
+            .take(limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(Loaded {
+            checkpoint: t.checkpoints.get(key).cloned(),
+            records: (records.len() <= limit as usize).then_some(records),
+        })
+    }
+
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         let t = self.tables.lock();
-        Ok(t.dedupe.get(&(key.clone(), signal)).cloned())
+        Ok(t.dedupe.get(key).and_then(|m| m.get(&signal)).cloned())
     }
 
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {
         let mut t = self.tables.lock();
-        let expired: Vec<_> = t
-            .dedupe
-            .iter()
-            .filter(|(_, r)| r.expires_at_ms < before_ms)
-            .map(|(k, _)| k.clone())
-            .take(limit as usize)
-            .collect();
-        for k in &expired {
-            t.dedupe.remove(k);
-        }
-        Ok(expired.len() as u64)
+        let mut pruned = 0;
+        t.dedupe.retain(|_, records| {
+            records.retain(|_, r| {
+                let prune = pruned < limit && r.expires_at_ms < before_ms;
+                pruned += u32::from(prune);
+                !prune
+            });
+            !records.is_empty()
+        });
+        Ok(u64::from(pruned))
     }
 
     async fn due_alarms(

@@ -303,10 +303,46 @@ impl OperatorSetting {
     }
 }
 
-/// The store's row key of the dedupe record of `signal` on `key`: xxh3-128 over the kind,
-/// the id and the signal hash, separated by `0xff` (a byte no UTF-8 text contains). One
-/// 16-byte binary key indexes and compares far cheaper than (kind, id, signal).
-pub fn dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 16] {
+/// The first 16 bytes of every dedupe record key of `key`: xxh3-128 over the kind and the
+/// id, each followed by `0xff` (a byte no UTF-8 text contains).
+pub fn dedupe_key_prefix(key: &AgentKey) -> [u8; 16] {
+    let mut bytes = Vec::with_capacity(key.kind.len() + key.id.len() + 2);
+    bytes.extend_from_slice(key.kind.as_bytes());
+    bytes.push(0xff);
+    bytes.extend_from_slice(key.id.as_bytes());
+    bytes.push(0xff);
+    xxhash_rust::xxh3::xxh3_128(&bytes).to_be_bytes()
+}
+
+/// The store's row key of the dedupe record of `signal` on `key`: the key's
+/// [`dedupe_key_prefix`], then the signal hash (big-endian). One 32-byte binary key indexes
+/// and compares far cheaper than (kind, id, signal), and a key's records are one range of
+/// it ([`dedupe_key_range`]), read with the key's checkpoint.
+pub fn dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 32] {
+    let mut record = [0; 32];
+    record[..16].copy_from_slice(&dedupe_key_prefix(key));
+    record[16..].copy_from_slice(&signal.to_be_bytes());
+    record
+}
+
+/// The smallest and the largest record key of `key` (both inclusive). No 16-byte
+/// [`legacy_dedupe_record_key`] lies between them: one equal to the prefix sorts before
+/// the lower bound, and any other differs within the prefix.
+pub fn dedupe_key_range(key: &AgentKey) -> ([u8; 32], [u8; 32]) {
+    (dedupe_record_key(key, 0), dedupe_record_key(key, u128::MAX))
+}
+
+/// The signal hash of a [`dedupe_record_key`] (its last 16 bytes), or `None` for a key of
+/// another length.
+pub fn dedupe_record_signal(record: &[u8]) -> Option<u128> {
+    let tail: [u8; 16] = record.get(16..)?.try_into().ok()?;
+    Some(u128::from_be_bytes(tail))
+}
+
+/// The 16-byte record key written before checkpoint format 4 (one hash of the kind, the
+/// id and the signal, so a key's records could not be read together). Point lookups still
+/// find such records until they expire; see [`Store::dedupe`].
+pub fn legacy_dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 16] {
     let mut bytes = Vec::with_capacity(key.kind.len() + key.id.len() + 18);
     bytes.extend_from_slice(key.kind.as_bytes());
     bytes.push(0xff);
@@ -314,6 +350,18 @@ pub fn dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 16] {
     bytes.push(0xff);
     bytes.extend_from_slice(&signal.to_be_bytes());
     xxhash_rust::xxh3::xxh3_128(&bytes).to_be_bytes()
+}
+
+/// A key's checkpoint and its unexpired dedupe records, read together
+/// ([`Store::read_with_records`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The checkpoint, if the key has one.
+    pub checkpoint: Option<Checkpoint>,
+    /// Every dedupe record of the key that expires at or after the given time, in no
+    /// particular order; `None` if there are more than the given limit. Records written
+    /// before checkpoint format 4 are never listed.
+    pub records: Option<Vec<DedupeRecord>>,
 }
 
 /// One signal id a key has applied, remembered by the store until `expires_at_ms` (and then
@@ -524,8 +572,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`AuditRecord`] in the same transaction.
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>>;
 
+    /// Reads a key's checkpoint and, from the same snapshot, its dedupe records that expire
+    /// at or after `now_ms` — all of them, or `records: None` if there are more than `limit`.
+    /// The host calls this when it activates a key: with every record in hand, a signal id it
+    /// has not seen needs no [`Store::dedupe`] lookup. Records keyed the legacy way
+    /// ([`legacy_dedupe_record_key`]) are not listed: checkpoint format 4 tells the host
+    /// when they may still exist.
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Loaded>;
+
     /// The dedupe record of `signal` on `key`, if one committed and was not pruned yet
     /// (an expired record may still be returned: records are kept *at least* their retention).
+    /// Also finds records written under a [`legacy_dedupe_record_key`].
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>>;
 
     /// Deletes at most `limit` dedupe records that expired before `before_ms` (Unix

@@ -89,4 +89,5 @@ on_every_store!(
     an_alarm_fires_after_the_only_node_restarts,
     journal_entries_commit_with_their_turn_and_survive_the_owners_death,
     an_agent_rebuilds_from_its_journal_on_activation,
+    a_new_owner_knows_every_idempotency_key_without_asking_the_store,
 );

@@ -441,3 +441,57 @@ pub(crate) async fn a_node_cut_off_from_its_peers_still_serves_its_own_keys_and_
     assert_eq!(value(&r.value), 3);
     cluster.check_audit().await.expect("audit clean");
 }
+
+/// A key's new owner reads its idempotency keys with its checkpoint: after a failover, a
+/// retry older than the checkpoint's window is answered with its first reply, and new ids
+/// are applied, without one dedupe lookup in the store.
+pub(crate) async fn a_new_owner_knows_every_idempotency_key_without_asking_the_store(
+    store: TestStore,
+) {
+    init_tracing();
+    let mut cluster = TestCluster::builder()
+        .store(store)
+        .node("a", "iad")
+        .node("b", "iad")
+        // A window of one: only the retained records can answer the retry below.
+        .configure(|c| c.dedupe_window = 1)
+        .start()
+        .await;
+    let key = counter("idempotent");
+    for i in 0..5 {
+        let reply = cluster
+            .node("a")
+            .call(&key, inc(&format!("first-{i}")), long())
+            .await
+            .expect("call");
+        assert_eq!(value(&reply.value), i + 1);
+    }
+    let owner = cluster.node("a").owner_node(&key).unwrap().owner.unwrap();
+    let survivor = if owner == "a" { "b" } else { "a" };
+    cluster.kill(&owner);
+
+    let retry = cluster
+        .node(survivor)
+        .call(&key, inc("first-1"), long())
+        .await
+        .expect("retry after the failover");
+    assert_eq!(
+        (value(&retry.value), retry.node.as_str()),
+        (2, survivor),
+        "the first reply, from the new owner"
+    );
+    for i in 0..3 {
+        let reply = cluster
+            .node(survivor)
+            .call(&key, inc(&format!("new-{i}")), long())
+            .await
+            .expect("call");
+        assert_eq!(value(&reply.value), 6 + i, "new ids are applied once");
+    }
+    let lookups = metric_sum(
+        &cluster.node(survivor).telemetry().encode(),
+        "liege_dedupe_store_lookups_total",
+        &[],
+    );
+    assert_eq!(lookups, 0.0, "every record came with the checkpoint");
+}

@@ -358,6 +358,14 @@ impl Store for TempStore {
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>> {
         self.inner.write(batch).await
     }
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<liege::store::Loaded> {
+        self.inner.read_with_records(key, now_ms, limit).await
+    }
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         self.inner.dedupe(key, signal).await
     }
@@ -458,4 +466,37 @@ proptest::proptest! {
             let _ = store.audit().await;
         });
     }
+}
+
+/// A dedupe record written before checkpoint format 4 (a 16-byte key) is still found by a
+/// lookup, and never listed as one of the key's records.
+#[tokio::test]
+async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let store = open(&path).await;
+    let k = key("k");
+    let legacy = liege::store::legacy_dedupe_record_key(&k, 42);
+    let conn = rusqlite::Connection::open(&path).expect("raw connection");
+    conn.execute(
+        "INSERT INTO dedupe (record, fingerprint, reply, expires_at) VALUES (?1, 7, ?2, ?3)",
+        rusqlite::params![&legacy[..], &b"{\"value\":1}"[..], i64::MAX],
+    )
+    .expect("legacy record");
+    assert_eq!(
+        store.dedupe(&k, 42).await.expect("lookup"),
+        Some(DedupeRecord {
+            signal: 42,
+            fingerprint: 7,
+            reply: b"{\"value\":1}".to_vec(),
+            expires_at_ms: i64::MAX,
+        })
+    );
+    assert_eq!(store.dedupe(&k, 43).await.expect("lookup"), None);
+    let loaded = store.read_with_records(&k, 0, 10).await.expect("read");
+    assert_eq!(
+        loaded.records,
+        Some(Vec::new()),
+        "legacy records are not listed"
+    );
 }

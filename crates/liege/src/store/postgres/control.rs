@@ -9,7 +9,7 @@ use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
 use crate::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Membership, NodeLease,
+    DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeLease,
     NodeRecord, OperatorSetting, PartitionRow, Settings, Store, StoreChange, StoreError,
     StoreResult, StoreTime, WriteError,
 };
@@ -42,6 +42,13 @@ const DIRECTORY_CHANGES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms
 const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
 const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
 const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
+/// The checkpoint (the row whose `record` is null) and at most `$6` records of the key's
+/// range `$3..=$4` that expire at or after `$5`, in one statement: one snapshot.
+const READ_WITH_RECORDS_SQL: &str = "\
+    SELECT NULL::bytea AS record, rev AS a, NULL::bigint AS b, data AS c \
+    FROM liege_checkpoints WHERE kind = $1 AND id = $2 \
+    UNION ALL (SELECT record, fingerprint, expires_at, reply FROM liege_dedupe \
+    WHERE record BETWEEN $3 AND $4 AND expires_at >= $5 LIMIT $6)";
 const SETTINGS_SQL: &str = "SELECT name FROM liege_operator_settings";
 const SETTING_ON_SQL: &str = "WITH i AS (INSERT INTO liege_operator_settings (name) VALUES ($1) \
      ON CONFLICT DO NOTHING RETURNING 1) SELECT pg_notify('liege_changes', 'membership')";
@@ -75,8 +82,9 @@ const READ_JOURNAL_SQL: &str = "SELECT rev, entry FROM liege_journal \
     WHERE kind = $1 AND id = $2 AND rev >= $3 ORDER BY rev LIMIT $4";
 const JOURNAL_HEAD_SQL: &str =
     "SELECT coalesce(max(rev), 0) FROM liege_journal WHERE kind = $1 AND id = $2";
-const DEDUPE_SQL: &str =
-    "SELECT fingerprint, reply, expires_at FROM liege_dedupe WHERE record = $1";
+/// A record of either layout (`$1` current, `$2` legacy), the current one first.
+const DEDUPE_SQL: &str = "SELECT fingerprint, reply, expires_at FROM liege_dedupe \
+     WHERE record IN ($1, $2) ORDER BY length(record) DESC LIMIT 1";
 /// Deletes a bounded number of expired records (found through the BRIN index) and counts them.
 const PRUNE_SQL: &str = "WITH gone AS (DELETE FROM liege_dedupe WHERE ctid IN (\
      SELECT ctid FROM liege_dedupe WHERE expires_at < $1 LIMIT $2) \
@@ -390,9 +398,51 @@ impl Store for PostgresStore {
         batch::decode(batch, &rows)
     }
 
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Loaded> {
+        let (kind, id): (&str, &str) = (&key.kind, &key.id);
+        let (low, high) = crate::store::dedupe_key_range(key);
+        let fetch = i64::from(limit) + 1;
+        let rows = self
+            .query(
+                READ_WITH_RECORDS_SQL,
+                &[&kind, &id, &&low[..], &&high[..], &now_ms, &fetch],
+            )
+            .await?;
+        let mut loaded = Loaded::default();
+        let mut records = Vec::new();
+        for row in &rows {
+            match get::<Option<Vec<u8>>>(row, 0)? {
+                None => {
+                    loaded.checkpoint = Some(Checkpoint {
+                        rev: Rev(from_db_u64(get(row, 1)?)),
+                        data: get(row, 3)?,
+                    })
+                }
+                Some(record) => records.push(DedupeRecord {
+                    signal: crate::store::dedupe_record_signal(&record).ok_or_else(|| {
+                        StoreError::Other("a dedupe record key is not 32 bytes".into())
+                    })?,
+                    fingerprint: from_db_u64(get(row, 1)?),
+                    reply: get(row, 3)?,
+                    expires_at_ms: get(row, 2)?,
+                }),
+            }
+        }
+        loaded.records = (records.len() <= limit as usize).then_some(records);
+        Ok(loaded)
+    }
+
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         let record = crate::store::dedupe_record_key(key, signal);
-        let rows = self.query(DEDUPE_SQL, &[&&record[..]]).await?;
+        let legacy = crate::store::legacy_dedupe_record_key(key, signal);
+        let rows = self
+            .query(DEDUPE_SQL, &[&&record[..], &&legacy[..]])
+            .await?;
         rows.first()
             .map(|row| {
                 Ok(DedupeRecord {

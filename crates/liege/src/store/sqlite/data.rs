@@ -8,11 +8,12 @@ use super::schema::{from_sql_u64, to_sql_u64, SqlResultExt};
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
 use crate::store::{
-    dedupe_record_key, AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord,
-    DueAlarm, JournalAppend, JournalEntries, JournalEntry, StoreResult, WriteError,
+    dedupe_key_range, dedupe_record_key, dedupe_record_signal, legacy_dedupe_record_key,
+    AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, DueAlarm, JournalAppend,
+    JournalEntries, JournalEntry, Loaded, StoreError, StoreResult, WriteError,
 };
 
-pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
+pub(super) fn read(conn: &Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
     conn.prepare_cached("SELECT rev, data FROM checkpoints WHERE kind = ?1 AND id = ?2")
         .sql()?
         .query_row([&*key.kind, &*key.id], |r| {
@@ -23,6 +24,51 @@ pub(super) fn read(conn: &mut Connection, key: &AgentKey) -> StoreResult<Option<
         })
         .optional()
         .sql()
+}
+
+/// The checkpoint, then the unexpired records of the key, in one read transaction.
+pub(super) fn read_with_records(
+    conn: &mut Connection,
+    key: &AgentKey,
+    now_ms: i64,
+    limit: u32,
+) -> StoreResult<Loaded> {
+    let tx = conn.transaction().sql()?;
+    let checkpoint = read(&tx, key)?;
+    let (low, high) = dedupe_key_range(key);
+    let mut records = Vec::new();
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT record, fingerprint, reply, expires_at FROM dedupe \
+             WHERE record BETWEEN ?1 AND ?2 AND expires_at >= ?3 LIMIT ?4",
+        )
+        .sql()?;
+    let mut rows = stmt
+        .query(rusqlite::params![
+            &low[..],
+            &high[..],
+            now_ms,
+            limit.saturating_add(1)
+        ])
+        .sql()?;
+    while let Some(r) = rows.next().sql()? {
+        let record: Vec<u8> = r.get(0).sql()?;
+        records.push(DedupeRecord {
+            signal: dedupe_record_signal(&record)
+                .ok_or_else(|| StoreError::Other("a dedupe record key is not 32 bytes".into()))?,
+            fingerprint: from_sql_u64(r.get(1).sql()?),
+            reply: r.get(2).sql()?,
+            expires_at_ms: r.get(3).sql()?,
+        });
+    }
+    drop(rows);
+    drop(stmt);
+    tx.commit().sql()?;
+    let listed = records.len() <= limit as usize;
+    Ok(Loaded {
+        checkpoint,
+        records: listed.then_some(records),
+    })
 }
 
 /// A directory row as the fence check needs it.
@@ -300,18 +346,28 @@ pub(super) fn dedupe(
     key: &AgentKey,
     signal: u128,
 ) -> StoreResult<Option<DedupeRecord>> {
-    conn.prepare_cached("SELECT fingerprint, reply, expires_at FROM dedupe WHERE record = ?1")
-        .sql()?
-        .query_row([&dedupe_record_key(key, signal)[..]], |r| {
+    // A record of either layout; the current one first (both are the same if both exist).
+    conn.prepare_cached(
+        "SELECT fingerprint, reply, expires_at FROM dedupe WHERE record IN (?1, ?2) \
+         ORDER BY length(record) DESC LIMIT 1",
+    )
+    .sql()?
+    .query_row(
+        [
+            &dedupe_record_key(key, signal)[..],
+            &legacy_dedupe_record_key(key, signal)[..],
+        ],
+        |r| {
             Ok(DedupeRecord {
                 signal,
                 fingerprint: from_sql_u64(r.get(0)?),
                 reply: r.get(1)?,
                 expires_at_ms: r.get(2)?,
             })
-        })
-        .optional()
-        .sql()
+        },
+    )
+    .optional()
+    .sql()
 }
 
 /// Deletes at most `limit` records that expired before `before_ms`, oldest first.

@@ -88,7 +88,7 @@ use worker::Worker;
 
 use super::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, DueAlarm,
-    JournalAppend, JournalEntry, Lease, Membership, NodeRecord, OperatorSetting, Settings,
+    JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeRecord, OperatorSetting, Settings,
     SharedStore, Store, StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
@@ -275,6 +275,18 @@ impl Store for SqliteStore {
         let (audit, skip) = (self.audit, self.skip_fencing);
         self.data
             .run_write(move |c| data::write(c, &batch, audit, skip))
+            .await
+    }
+
+    async fn read_with_records(
+        &self,
+        key: &AgentKey,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Loaded> {
+        let key = key.clone();
+        self.data
+            .run(move |c| data::read_with_records(c, &key, now_ms, limit))
             .await
     }
 

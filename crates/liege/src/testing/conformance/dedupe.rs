@@ -99,3 +99,54 @@ pub async fn prune_deletes_only_expired_dedupe_records(store: SharedStore) {
     assert_eq!(store.prune_dedupe(i64::MAX, 100).await.expect("prune"), 5);
     assert!(store.read(&k).await.expect("read").is_some());
 }
+
+/// A key's read lists exactly its records that expire at or after the given time, with the
+/// checkpoint, or none at all (`None`) when there are more than the limit.
+pub async fn a_keys_live_records_are_read_with_its_checkpoint(store: SharedStore) {
+    init(&*store).await;
+    let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
+    store.claim(&a, &[PartitionId(0)]).await.expect("claim");
+    let (k, other, empty) = (key("k"), key("k2"), key("never-written"));
+    let records: Vec<_> = (1..=3)
+        .map(|i| record(i, format!("{i}").as_bytes(), 1_000 * i as i64))
+        .collect();
+    let r = store
+        .write(&[
+            with(put(&k, 0, Epoch(1), &a, 0, Some(b"one")), records.clone()),
+            with(
+                put(&other, 0, Epoch(1), &a, 0, Some(b"other")),
+                vec![record(9, b"9", 5_000)],
+            ),
+        ])
+        .await;
+    assert_eq!(r.expect("write"), vec![Ok(Rev(1)), Ok(Rev(1))]);
+
+    let sorted = |l: crate::store::Loaded| {
+        l.records.map(|mut r| {
+            r.sort_by_key(|r| r.signal);
+            r
+        })
+    };
+    // At 1,500, record 1 has expired; 2 and 3 are live (2 fits a limit of exactly 2).
+    for limit in [10, 2] {
+        let loaded = store
+            .read_with_records(&k, 1_500, limit)
+            .await
+            .expect("read");
+        let cp = loaded.checkpoint.clone().expect("the checkpoint");
+        assert_eq!((cp.rev, &cp.data[..]), (Rev(1), &b"one"[..]));
+        assert_eq!(sorted(loaded), Some(records[1..].to_vec()), "limit {limit}");
+    }
+    // An expiry equal to the time is still live.
+    let at = store.read_with_records(&k, 3_000, 10).await.expect("read");
+    assert_eq!(sorted(at), Some(records[2..].to_vec()));
+    // More live records than the limit: the checkpoint, and no list.
+    let over = store.read_with_records(&k, 0, 2).await.expect("read");
+    assert!(over.checkpoint.is_some());
+    assert_eq!(over.records, None);
+    // Another key's records are its own; a key never written has nothing.
+    let o = store.read_with_records(&other, 0, 10).await.expect("read");
+    assert_eq!(sorted(o), Some(vec![record(9, b"9", 5_000)]));
+    let e = store.read_with_records(&empty, 0, 10).await.expect("read");
+    assert_eq!((e.checkpoint, e.records), (None, Some(Vec::new())));
+}

@@ -237,3 +237,36 @@ async fn stores_starting_at_once_migrate_the_database_exactly_once() {
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
 }
+
+/// A dedupe record written before checkpoint format 4 (a 16-byte key) is still found by a
+/// lookup, and never listed as one of the key's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
+    let Some(pg) = shared_server() else { return };
+    let (url, store) = fresh_store(&pg, false).await;
+    let k = key("k");
+    let legacy = liege::store::legacy_dedupe_record_key(&k, 42);
+    let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    raw.execute(
+        "INSERT INTO liege_dedupe (record, fingerprint, reply, expires_at) \
+         VALUES ($1, 7, $2, $3)",
+        &[&&legacy[..], &&b"{\"value\":1}"[..], &i64::MAX],
+    )
+    .await
+    .expect("legacy record");
+    let found = store.dedupe(&k, 42).await.expect("lookup").expect("found");
+    assert_eq!(
+        (found.signal, found.fingerprint, &found.reply[..]),
+        (42, 7, &b"{\"value\":1}"[..])
+    );
+    assert_eq!(store.dedupe(&k, 43).await.expect("lookup"), None);
+    let loaded = store.read_with_records(&k, 0, 10).await.expect("read");
+    assert_eq!(
+        loaded.records,
+        Some(Vec::new()),
+        "legacy records are not listed"
+    );
+}
