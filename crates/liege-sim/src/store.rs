@@ -207,11 +207,11 @@ impl Store for SimStore {
     }
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<liege::store::Loaded> {
-        self.around(self.inner.read_with_records(key, now_ms, limit))
+    ) -> StoreResult<Vec<liege::store::Loaded>> {
+        self.around(self.inner.read_with_records(keys, now_ms, limit))
             .await
     }
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {

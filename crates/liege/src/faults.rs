@@ -188,12 +188,12 @@ impl Store for FaultyStore {
     }
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<crate::store::Loaded> {
+    ) -> StoreResult<Vec<crate::store::Loaded>> {
         self.enter().await?;
-        let r = self.inner.read_with_records(key, now_ms, limit).await;
+        let r = self.inner.read_with_records(keys, now_ms, limit).await;
         self.leave_with(r).await
     }
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {

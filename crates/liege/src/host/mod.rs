@@ -15,6 +15,7 @@
 mod activations;
 pub(crate) mod alarms;
 pub(crate) mod housekeeping;
+mod loader;
 mod persistence;
 pub(crate) mod writer;
 
@@ -37,6 +38,7 @@ use crate::error::CallError;
 use crate::store::{CheckpointWrite, SharedStore, WriteError};
 use crate::telemetry::{KindSeries, Telemetry};
 use activations::{Activation, Activations, Holding, Turn};
+use loader::LoaderHandle;
 pub use persistence::{ParsePersistenceError, Persistence};
 use writer::WriterHandle;
 
@@ -131,6 +133,8 @@ pub(crate) struct Host {
     agents: Agents,
     store: SharedStore,
     writer: WriterHandle,
+    /// Reads the checkpoints of keys activated together in one statement.
+    loader: LoaderHandle,
     activations: Activations,
     published: Arc<Published>,
     clock: Arc<dyn Clock>,
@@ -166,7 +170,9 @@ impl Host {
                 (k, series)
             })
             .collect();
+        let limit = u32::try_from(config.dedupe_cache).unwrap_or(u32::MAX);
         Self {
+            loader: loader::spawn_loader(store.clone(), limit),
             activations: Activations::new(config.partitions, config.seed),
             config,
             agents,
@@ -468,8 +474,8 @@ impl Host {
         let now = unix_ms();
         let capacity = self.config.dedupe_cache;
         let loaded = self
-            .store
-            .read_with_records(&act.key, now, u32::try_from(capacity).unwrap_or(u32::MAX))
+            .loader
+            .load(&act.key, now)
             .await
             .map_err(|e| CallError::Unavailable(format!("loading {}: {e}", act.key)))?;
         match loaded.checkpoint {

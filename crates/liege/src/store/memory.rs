@@ -423,24 +423,27 @@ impl Store for MemoryStore {
 
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<Loaded> {
+    ) -> StoreResult<Vec<Loaded>> {
         let t = self.tables.lock();
-        let records: Vec<DedupeRecord> = t
-            .dedupe
-            .get(key)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|r| r.expires_at_ms >= now_ms)
-            .take(limit as usize + 1)
-            .cloned()
-            .collect();
-        Ok(Loaded {
-            checkpoint: t.checkpoints.get(key).cloned(),
-            records: (records.len() <= limit as usize).then_some(records),
-        })
+        let load = |key: &AgentKey| {
+            let records: Vec<DedupeRecord> = t
+                .dedupe
+                .get(key)
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter(|r| r.expires_at_ms >= now_ms)
+                .take(limit as usize + 1)
+                .cloned()
+                .collect();
+            Loaded {
+                checkpoint: t.checkpoints.get(key).cloned(),
+                records: (records.len() <= limit as usize).then_some(records),
+            }
+        };
+        Ok(keys.iter().map(load).collect())
     }
 
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {

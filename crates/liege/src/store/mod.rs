@@ -572,18 +572,19 @@ pub trait Store: Send + Sync + 'static {
     /// [`AuditRecord`] in the same transaction.
     async fn write(&self, batch: &[CheckpointWrite]) -> StoreResult<Vec<Result<Rev, WriteError>>>;
 
-    /// Reads a key's checkpoint and, from the same snapshot, its dedupe records that expire
-    /// at or after `now_ms` — all of them, or `records: None` if there are more than `limit`.
-    /// The host calls this when it activates a key: with every record in hand, a signal id it
-    /// has not seen needs no [`Store::dedupe`] lookup. Records keyed the legacy way
-    /// ([`legacy_dedupe_record_key`]) are not listed: checkpoint format 4 tells the host
-    /// when they may still exist.
+    /// Reads each key's checkpoint and, from the same snapshot, its dedupe records that
+    /// expire at or after `now_ms` — all of them, or `records: None` if there are more than
+    /// `limit` — one [`Loaded`] per key, in the order of `keys`. The host calls this when it
+    /// activates keys, for every activation that starts meanwhile at once: with every record
+    /// in hand, a signal id it has not seen needs no [`Store::dedupe`] lookup. Records keyed
+    /// the legacy way ([`legacy_dedupe_record_key`]) are not listed: checkpoint format 4
+    /// tells the host when they may still exist.
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<Loaded>;
+    ) -> StoreResult<Vec<Loaded>>;
 
     /// The dedupe record of `signal` on `key`, if one committed and was not pruned yet
     /// (an expired record may still be returned: records are kept *at least* their retention).

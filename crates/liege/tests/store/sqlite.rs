@@ -360,11 +360,11 @@ impl Store for TempStore {
     }
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<liege::store::Loaded> {
-        self.inner.read_with_records(key, now_ms, limit).await
+    ) -> StoreResult<Vec<liege::store::Loaded>> {
+        self.inner.read_with_records(keys, now_ms, limit).await
     }
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         self.inner.dedupe(key, signal).await
@@ -493,9 +493,12 @@ async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
         })
     );
     assert_eq!(store.dedupe(&k, 43).await.expect("lookup"), None);
-    let loaded = store.read_with_records(&k, 0, 10).await.expect("read");
+    let loaded = store
+        .read_with_records(std::slice::from_ref(&k), 0, 10)
+        .await
+        .expect("read");
     assert_eq!(
-        loaded.records,
+        loaded[0].records,
         Some(Vec::new()),
         "legacy records are not listed"
     );

@@ -42,13 +42,19 @@ const DIRECTORY_CHANGES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms
 const CLAIM_SQL: &str = "SELECT o_id, o_epoch FROM liege_claim($1, $2, $3)";
 const RELEASE_SQL: &str = "SELECT o_id FROM liege_release($1, $2, $3, $4)";
 const READ_SQL: &str = "SELECT rev, data FROM liege_checkpoints WHERE kind = $1 AND id = $2";
-/// The checkpoint (the row whose `record` is null) and at most `$6` records of the key's
-/// range `$3..=$4` that expire at or after `$5`, in one statement: one snapshot.
+/// For the keys `$1` (kinds), `$2` (ids) with their record ranges `$3..=$4`: each one's
+/// checkpoint (the row whose `record` is null) and at most `$6` of its records that expire
+/// at or after `$5`, every row tagged with the key's 1-based position; one statement, one
+/// snapshot.
 const READ_WITH_RECORDS_SQL: &str = "\
-    SELECT NULL::bytea AS record, rev AS a, NULL::bigint AS b, data AS c \
-    FROM liege_checkpoints WHERE kind = $1 AND id = $2 \
-    UNION ALL (SELECT record, fingerprint, expires_at, reply FROM liege_dedupe \
-    WHERE record BETWEEN $3 AND $4 AND expires_at >= $5 LIMIT $6)";
+    WITH k AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) \
+        WITH ORDINALITY AS k (kind, id, low, high, n)) \
+    SELECT k.n, NULL::bytea AS record, c.rev AS a, NULL::bigint AS b, c.data AS c \
+    FROM k JOIN liege_checkpoints c ON c.kind = k.kind AND c.id = k.id \
+    UNION ALL \
+    SELECT k.n, d.record, d.fingerprint, d.expires_at, d.reply FROM k CROSS JOIN LATERAL \
+        (SELECT record, fingerprint, expires_at, reply FROM liege_dedupe \
+         WHERE record BETWEEN k.low AND k.high AND expires_at >= $5 LIMIT $6) d";
 const SETTINGS_SQL: &str = "SELECT name FROM liege_operator_settings";
 const SETTING_ON_SQL: &str = "WITH i AS (INSERT INTO liege_operator_settings (name) VALUES ($1) \
      ON CONFLICT DO NOTHING RETURNING 1) SELECT pg_notify('liege_changes', 'membership')";
@@ -400,41 +406,61 @@ impl Store for PostgresStore {
 
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<Loaded> {
-        let (kind, id): (&str, &str) = (&key.kind, &key.id);
-        let (low, high) = crate::store::dedupe_key_range(key);
+    ) -> StoreResult<Vec<Loaded>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kinds: Vec<&str> = keys.iter().map(|k| &*k.kind).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| &*k.id).collect();
+        let (lows, highs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = keys
+            .iter()
+            .map(|k| {
+                let (low, high) = crate::store::dedupe_key_range(k);
+                (low.to_vec(), high.to_vec())
+            })
+            .unzip();
         let fetch = i64::from(limit) + 1;
         let rows = self
             .query(
                 READ_WITH_RECORDS_SQL,
-                &[&kind, &id, &&low[..], &&high[..], &now_ms, &fetch],
+                &[&kinds, &ids, &lows, &highs, &now_ms, &fetch],
             )
             .await?;
-        let mut loaded = Loaded::default();
-        let mut records = Vec::new();
+        let mut checkpoints: Vec<Option<Checkpoint>> = vec![None; keys.len()];
+        let mut records: Vec<Vec<DedupeRecord>> = vec![Vec::new(); keys.len()];
         for row in &rows {
-            match get::<Option<Vec<u8>>>(row, 0)? {
+            let n = usize::try_from(get::<i64>(row, 0)? - 1)
+                .ok()
+                .filter(|n| *n < keys.len())
+                .ok_or_else(|| StoreError::Other("a read row names no key of the batch".into()))?;
+            match get::<Option<Vec<u8>>>(row, 1)? {
                 None => {
-                    loaded.checkpoint = Some(Checkpoint {
-                        rev: Rev(from_db_u64(get(row, 1)?)),
-                        data: get(row, 3)?,
+                    checkpoints[n] = Some(Checkpoint {
+                        rev: Rev(from_db_u64(get(row, 2)?)),
+                        data: get(row, 4)?,
                     })
                 }
-                Some(record) => records.push(DedupeRecord {
+                Some(record) => records[n].push(DedupeRecord {
                     signal: crate::store::dedupe_record_signal(&record).ok_or_else(|| {
                         StoreError::Other("a dedupe record key is not 32 bytes".into())
                     })?,
-                    fingerprint: from_db_u64(get(row, 1)?),
-                    reply: get(row, 3)?,
-                    expires_at_ms: get(row, 2)?,
+                    fingerprint: from_db_u64(get(row, 2)?),
+                    reply: get(row, 4)?,
+                    expires_at_ms: get(row, 3)?,
                 }),
             }
         }
-        loaded.records = (records.len() <= limit as usize).then_some(records);
-        Ok(loaded)
+        Ok(checkpoints
+            .into_iter()
+            .zip(records)
+            .map(|(checkpoint, records)| Loaded {
+                checkpoint,
+                records: (records.len() <= limit as usize).then_some(records),
+            })
+            .collect())
     }
 
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {

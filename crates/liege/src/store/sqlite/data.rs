@@ -26,18 +26,28 @@ pub(super) fn read(conn: &Connection, key: &AgentKey) -> StoreResult<Option<Chec
         .sql()
 }
 
-/// The checkpoint, then the unexpired records of the key, in one read transaction.
+/// Every key's checkpoint and unexpired records, in one read transaction.
 pub(super) fn read_with_records(
     conn: &mut Connection,
-    key: &AgentKey,
+    keys: &[AgentKey],
     now_ms: i64,
     limit: u32,
-) -> StoreResult<Loaded> {
+) -> StoreResult<Vec<Loaded>> {
     let tx = conn.transaction().sql()?;
-    let checkpoint = read(&tx, key)?;
+    let loaded = keys
+        .iter()
+        .map(|key| load(&tx, key, now_ms, limit))
+        .collect::<StoreResult<Vec<_>>>()?;
+    tx.commit().sql()?;
+    Ok(loaded)
+}
+
+/// One key's checkpoint, then its unexpired records (at most `limit`, else `None`).
+fn load(conn: &Connection, key: &AgentKey, now_ms: i64, limit: u32) -> StoreResult<Loaded> {
+    let checkpoint = read(conn, key)?;
     let (low, high) = dedupe_key_range(key);
     let mut records = Vec::new();
-    let mut stmt = tx
+    let mut stmt = conn
         .prepare_cached(
             "SELECT record, fingerprint, reply, expires_at FROM dedupe \
              WHERE record BETWEEN ?1 AND ?2 AND expires_at >= ?3 LIMIT ?4",
@@ -61,9 +71,6 @@ pub(super) fn read_with_records(
             expires_at_ms: r.get(3).sql()?,
         });
     }
-    drop(rows);
-    drop(stmt);
-    tx.commit().sql()?;
     let listed = records.len() <= limit as usize;
     Ok(Loaded {
         checkpoint,

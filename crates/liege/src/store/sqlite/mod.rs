@@ -280,13 +280,13 @@ impl Store for SqliteStore {
 
     async fn read_with_records(
         &self,
-        key: &AgentKey,
+        keys: &[AgentKey],
         now_ms: i64,
         limit: u32,
-    ) -> StoreResult<Loaded> {
-        let key = key.clone();
+    ) -> StoreResult<Vec<Loaded>> {
+        let keys = keys.to_vec();
         self.data
-            .run(move |c| data::read_with_records(c, &key, now_ms, limit))
+            .run(move |c| data::read_with_records(c, &keys, now_ms, limit))
             .await
     }
 

@@ -1,7 +1,7 @@
 //! Cases for the dedupe records written with checkpoints and their pruning.
 
 use super::{init, join, key, put, LONG_TTL_MS};
-use crate::core::ids::{Epoch, PartitionId, Rev};
+use crate::core::ids::{AgentKey, Epoch, PartitionId, Rev};
 use crate::store::{CheckpointWrite, DedupeRecord, SharedStore, WriteError};
 
 fn record(signal: u128, reply: &[u8], expires_at_ms: i64) -> DedupeRecord {
@@ -100,8 +100,9 @@ pub async fn prune_deletes_only_expired_dedupe_records(store: SharedStore) {
     assert!(store.read(&k).await.expect("read").is_some());
 }
 
-/// A key's read lists exactly its records that expire at or after the given time, with the
-/// checkpoint, or none at all (`None`) when there are more than the limit.
+/// A read lists exactly each key's records that expire at or after the given time, with
+/// its checkpoint, or none at all (`None`) when there are more than the limit; one result
+/// per key asked, in order, repeats included.
 pub async fn a_keys_live_records_are_read_with_its_checkpoint(store: SharedStore) {
     init(&*store).await;
     let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
@@ -121,32 +122,61 @@ pub async fn a_keys_live_records_are_read_with_its_checkpoint(store: SharedStore
         .await;
     assert_eq!(r.expect("write"), vec![Ok(Rev(1)), Ok(Rev(1))]);
 
-    let sorted = |l: crate::store::Loaded| {
-        l.records.map(|mut r| {
-            r.sort_by_key(|r| r.signal);
-            r
-        })
+    let read = |keys: Vec<AgentKey>, now_ms: i64, limit: u32| {
+        let store = store.clone();
+        async move {
+            let loaded = store
+                .read_with_records(&keys, now_ms, limit)
+                .await
+                .expect("read");
+            assert_eq!(loaded.len(), keys.len(), "one result per key");
+            loaded
+                .into_iter()
+                .map(|l| {
+                    let records = l.records.map(|mut r| {
+                        r.sort_by_key(|r| r.signal);
+                        r
+                    });
+                    (l.checkpoint.map(|c| (c.rev, c.data)), records)
+                })
+                .collect::<Vec<_>>()
+        }
     };
+    let one = Some((Rev(1), b"one".to_vec()));
     // At 1,500, record 1 has expired; 2 and 3 are live (2 fits a limit of exactly 2).
     for limit in [10, 2] {
-        let loaded = store
-            .read_with_records(&k, 1_500, limit)
-            .await
-            .expect("read");
-        let cp = loaded.checkpoint.clone().expect("the checkpoint");
-        assert_eq!((cp.rev, &cp.data[..]), (Rev(1), &b"one"[..]));
-        assert_eq!(sorted(loaded), Some(records[1..].to_vec()), "limit {limit}");
+        assert_eq!(
+            read(vec![k.clone()], 1_500, limit).await,
+            vec![(one.clone(), Some(records[1..].to_vec()))],
+            "limit {limit}"
+        );
     }
     // An expiry equal to the time is still live.
-    let at = store.read_with_records(&k, 3_000, 10).await.expect("read");
-    assert_eq!(sorted(at), Some(records[2..].to_vec()));
+    assert_eq!(
+        read(vec![k.clone()], 3_000, 10).await,
+        vec![(one.clone(), Some(records[2..].to_vec()))]
+    );
     // More live records than the limit: the checkpoint, and no list.
-    let over = store.read_with_records(&k, 0, 2).await.expect("read");
-    assert!(over.checkpoint.is_some());
-    assert_eq!(over.records, None);
-    // Another key's records are its own; a key never written has nothing.
-    let o = store.read_with_records(&other, 0, 10).await.expect("read");
-    assert_eq!(sorted(o), Some(vec![record(9, b"9", 5_000)]));
-    let e = store.read_with_records(&empty, 0, 10).await.expect("read");
-    assert_eq!((e.checkpoint, e.records), (None, Some(Vec::new())));
+    assert_eq!(read(vec![k.clone()], 0, 2).await, vec![(one.clone(), None)]);
+    // Several keys at once: each gets its own, in the order asked; a key never written has
+    // nothing.
+    assert_eq!(
+        read(
+            vec![empty.clone(), other.clone(), k.clone(), empty, k],
+            0,
+            10
+        )
+        .await,
+        vec![
+            (None, Some(Vec::new())),
+            (
+                Some((Rev(1), b"other".to_vec())),
+                Some(vec![record(9, b"9", 5_000)])
+            ),
+            (one.clone(), Some(records.clone())),
+            (None, Some(Vec::new())),
+            (one, Some(records)),
+        ]
+    );
+    assert!(read(Vec::new(), 0, 10).await.is_empty());
 }

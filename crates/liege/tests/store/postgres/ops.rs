@@ -263,9 +263,12 @@ async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
         (42, 7, &b"{\"value\":1}"[..])
     );
     assert_eq!(store.dedupe(&k, 43).await.expect("lookup"), None);
-    let loaded = store.read_with_records(&k, 0, 10).await.expect("read");
+    let loaded = store
+        .read_with_records(std::slice::from_ref(&k), 0, 10)
+        .await
+        .expect("read");
     assert_eq!(
-        loaded.records,
+        loaded[0].records,
         Some(Vec::new()),
         "legacy records are not listed"
     );
