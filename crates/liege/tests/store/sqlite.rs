@@ -476,30 +476,13 @@ async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
     let path = dir.path().join("liege.db");
     let store = open(&path).await;
     let k = key("k");
-    let legacy = liege::store::legacy_dedupe_record_key(&k, 42);
+    let (signal, fingerprint, reply) = super::LEGACY;
+    let legacy = liege::store::legacy_dedupe_record_key(&k, signal);
     let conn = rusqlite::Connection::open(&path).expect("raw connection");
     conn.execute(
-        "INSERT INTO dedupe (record, fingerprint, reply, expires_at) VALUES (?1, 7, ?2, ?3)",
-        rusqlite::params![&legacy[..], &b"{\"value\":1}"[..], i64::MAX],
+        "INSERT INTO dedupe (record, fingerprint, reply, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![&legacy[..], fingerprint as i64, reply, i64::MAX],
     )
     .expect("legacy record");
-    assert_eq!(
-        store.dedupe(&k, 42).await.expect("lookup"),
-        Some(DedupeRecord {
-            signal: 42,
-            fingerprint: 7,
-            reply: b"{\"value\":1}".to_vec(),
-            expires_at_ms: i64::MAX,
-        })
-    );
-    assert_eq!(store.dedupe(&k, 43).await.expect("lookup"), None);
-    let loaded = store
-        .read_with_records(std::slice::from_ref(&k), 0, 10)
-        .await
-        .expect("read");
-    assert_eq!(
-        loaded[0].records,
-        Some(Vec::new()),
-        "legacy records are not listed"
-    );
+    super::a_legacy_record_is_found_and_not_listed(&*store, &k).await;
 }

@@ -245,31 +245,18 @@ async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
     let Some(pg) = shared_server() else { return };
     let (url, store) = fresh_store(&pg, false).await;
     let k = key("k");
-    let legacy = liege::store::legacy_dedupe_record_key(&k, 42);
+    let (signal, fingerprint, reply) = crate::LEGACY;
+    let legacy = liege::store::legacy_dedupe_record_key(&k, signal);
     let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("raw connection");
     tokio::spawn(conn);
     raw.execute(
         "INSERT INTO liege_dedupe (record, fingerprint, reply, expires_at) \
-         VALUES ($1, 7, $2, $3)",
-        &[&&legacy[..], &&b"{\"value\":1}"[..], &i64::MAX],
+         VALUES ($1, $2, $3, $4)",
+        &[&&legacy[..], &(fingerprint as i64), &reply, &i64::MAX],
     )
     .await
     .expect("legacy record");
-    let found = store.dedupe(&k, 42).await.expect("lookup").expect("found");
-    assert_eq!(
-        (found.signal, found.fingerprint, &found.reply[..]),
-        (42, 7, &b"{\"value\":1}"[..])
-    );
-    assert_eq!(store.dedupe(&k, 43).await.expect("lookup"), None);
-    let loaded = store
-        .read_with_records(std::slice::from_ref(&k), 0, 10)
-        .await
-        .expect("read");
-    assert_eq!(
-        loaded[0].records,
-        Some(Vec::new()),
-        "legacy records are not listed"
-    );
+    crate::a_legacy_record_is_found_and_not_listed(&store, &k).await;
 }
