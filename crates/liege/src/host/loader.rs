@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::core::ids::AgentKey;
@@ -49,9 +50,21 @@ impl LoaderHandle {
     }
 }
 
+/// How a batch is read: the keys and the earliest of their callers' clocks.
+type Reader =
+    Arc<dyn Fn(Vec<AgentKey>, i64) -> BoxFuture<'static, StoreResult<Vec<Loaded>>> + Send + Sync>;
+
 /// Starts the loader task; it ends when every handle is dropped. `limit`: records listed
 /// per key (the activation's cache capacity).
 pub(crate) fn spawn_loader(store: SharedStore, limit: u32) -> LoaderHandle {
+    spawn_reading(Arc::new(move |keys: Vec<AgentKey>, now_ms| {
+        let store = store.clone();
+        Box::pin(async move { store.read_with_records(&keys, now_ms, limit).await })
+    }))
+}
+
+/// [`spawn_loader`] over any way of reading a batch.
+fn spawn_reading(reader: Reader) -> LoaderHandle {
     let (tx, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
     let permits = Arc::new(Semaphore::new(LOADS_IN_FLIGHT));
     tokio::spawn(async move {
@@ -84,9 +97,9 @@ pub(crate) fn spawn_loader(store: SharedStore, limit: u32) -> LoaderHandle {
                 }
             }
             let jobs = std::mem::replace(&mut pending, Vec::with_capacity(MAX_BATCH));
-            let store = store.clone();
+            let reader = reader.clone();
             tokio::spawn(async move {
-                read(&store, jobs, limit).await;
+                read(&reader, jobs).await;
                 drop(permit);
             });
         }
@@ -95,10 +108,10 @@ pub(crate) fn spawn_loader(store: SharedStore, limit: u32) -> LoaderHandle {
 }
 
 /// Reads one batch and answers each job with its own key's result.
-async fn read(store: &SharedStore, jobs: Vec<Job>, limit: u32) {
+async fn read(reader: &Reader, jobs: Vec<Job>) {
     let keys: Vec<AgentKey> = jobs.iter().map(|j| j.key.clone()).collect();
     let now_ms = jobs.iter().map(|j| j.now_ms).min().unwrap_or_default();
-    match store.read_with_records(&keys, now_ms, limit).await {
+    match reader(keys, now_ms).await {
         Ok(loaded) if loaded.len() == jobs.len() => {
             for (job, loaded) in jobs.into_iter().zip(loaded) {
                 let _ = job.reply.send(Ok(loaded));
@@ -119,5 +132,104 @@ async fn read(store: &SharedStore, jobs: Vec<Job>, limit: u32) {
                 let _ = job.reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::Checkpoint;
+    use crate::Rev;
+
+    /// The batches a reader was asked for: keys and clock.
+    type Batches = Arc<Mutex<Vec<(Vec<AgentKey>, i64)>>>;
+
+    /// A reader that takes 20 ms per batch, records each batch's keys and clock, and answers
+    /// each key with a checkpoint holding its id.
+    fn slow_reader(batches: Batches, fail: bool) -> Reader {
+        Arc::new(move |keys: Vec<AgentKey>, now_ms| {
+            let batches = batches.clone();
+            Box::pin(async move {
+                batches.lock().unwrap().push((keys.clone(), now_ms));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if fail {
+                    return Err(StoreError::Unavailable("store down (test)".into()));
+                }
+                Ok(keys
+                    .iter()
+                    .map(|k| Loaded {
+                        checkpoint: Some(Checkpoint {
+                            rev: Rev(1),
+                            data: k.id.as_bytes().to_vec(),
+                        }),
+                        records: Some(Vec::new()),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn key(i: usize) -> AgentKey {
+        AgentKey::new("counter", format!("k{i}")).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn loads_that_start_together_are_read_in_few_batches_each_with_its_own_result() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let loader = spawn_reading(slow_reader(batches.clone(), false));
+        let loads = (0..300).map(|i| {
+            let loader = loader.clone();
+            async move { loader.load(&key(i), 1_000 + i as i64).await }
+        });
+        let results = futures_util::future::join_all(loads).await;
+        for (i, r) in results.into_iter().enumerate() {
+            let data = r.expect("loaded").checkpoint.expect("a checkpoint").data;
+            assert_eq!(
+                data,
+                format!("k{i}").into_bytes(),
+                "load {i} got its own key"
+            );
+        }
+        let batches = batches.lock().unwrap();
+        let sizes: Vec<usize> = batches.iter().map(|(k, _)| k.len()).collect();
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            300,
+            "every key read once: {sizes:?}"
+        );
+        assert!(
+            sizes.len() <= 4,
+            "300 loads in {} batches: {sizes:?}",
+            sizes.len()
+        );
+        assert!(sizes.iter().all(|n| *n <= MAX_BATCH), "{sizes:?}");
+        // Each batch lists records live at the earliest of its callers' clocks.
+        for (keys, now_ms) in batches.iter() {
+            let earliest = keys
+                .iter()
+                .map(|k| 1_000 + k.id[1..].parse::<i64>().unwrap())
+                .min()
+                .unwrap();
+            assert_eq!(*now_ms, earliest);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_fails_every_load_of_its_batch_and_the_loader_goes_on() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let failing = spawn_reading(slow_reader(batches.clone(), true));
+        let loads = (0..10).map(|i| {
+            let loader = failing.clone();
+            async move { loader.load(&key(i), 0).await }
+        });
+        for r in futures_util::future::join_all(loads).await {
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        }
+        let loader = spawn_reading(slow_reader(batches.clone(), false));
+        assert!(loader.load(&key(1), 0).await.is_ok());
+        assert!(failing.load(&key(2), 0).await.is_err(), "still answering");
     }
 }
