@@ -438,10 +438,7 @@ impl Store for MemoryStore {
                 .take(limit as usize + 1)
                 .cloned()
                 .collect();
-            Loaded {
-                checkpoint: t.checkpoints.get(key).cloned(),
-                records: (records.len() <= limit as usize).then_some(records),
-            }
+            Loaded::new(t.checkpoints.get(key).cloned(), records, limit)
         };
         Ok(keys.iter().map(load).collect())
     }

@@ -306,11 +306,17 @@ impl OperatorSetting {
 /// The first 16 bytes of every dedupe record key of `key`: xxh3-128 over the kind and the
 /// id, each followed by `0xff` (a byte no UTF-8 text contains).
 pub fn dedupe_key_prefix(key: &AgentKey) -> [u8; 16] {
-    let mut bytes = Vec::with_capacity(key.kind.len() + key.id.len() + 2);
+    hash_key_then(key, &[])
+}
+
+/// xxh3-128 over the kind and the id, each followed by `0xff`, then `tail`.
+fn hash_key_then(key: &AgentKey, tail: &[u8]) -> [u8; 16] {
+    let mut bytes = Vec::with_capacity(key.kind.len() + key.id.len() + 2 + tail.len());
     bytes.extend_from_slice(key.kind.as_bytes());
     bytes.push(0xff);
     bytes.extend_from_slice(key.id.as_bytes());
     bytes.push(0xff);
+    bytes.extend_from_slice(tail);
     xxhash_rust::xxh3::xxh3_128(&bytes).to_be_bytes()
 }
 
@@ -332,24 +338,21 @@ pub fn dedupe_key_range(key: &AgentKey) -> ([u8; 32], [u8; 32]) {
     (dedupe_record_key(key, 0), dedupe_record_key(key, u128::MAX))
 }
 
-/// The signal hash of a [`dedupe_record_key`] (its last 16 bytes), or `None` for a key of
-/// another length.
-pub fn dedupe_record_signal(record: &[u8]) -> Option<u128> {
-    let tail: [u8; 16] = record.get(16..)?.try_into().ok()?;
-    Some(u128::from_be_bytes(tail))
+/// The signal hash of a [`dedupe_record_key`] (its last 16 bytes); a row key of another
+/// length is a corrupt row.
+pub fn dedupe_record_signal(record: &[u8]) -> StoreResult<u128> {
+    record
+        .get(16..)
+        .and_then(|tail| <[u8; 16]>::try_from(tail).ok())
+        .map(u128::from_be_bytes)
+        .ok_or_else(|| StoreError::Other("a dedupe record key is not 32 bytes".into()))
 }
 
 /// The 16-byte record key written before checkpoint format 4 (one hash of the kind, the
 /// id and the signal, so a key's records could not be read together). Point lookups still
 /// find such records until they expire; see [`Store::dedupe`].
 pub fn legacy_dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 16] {
-    let mut bytes = Vec::with_capacity(key.kind.len() + key.id.len() + 18);
-    bytes.extend_from_slice(key.kind.as_bytes());
-    bytes.push(0xff);
-    bytes.extend_from_slice(key.id.as_bytes());
-    bytes.push(0xff);
-    bytes.extend_from_slice(&signal.to_be_bytes());
-    xxhash_rust::xxh3::xxh3_128(&bytes).to_be_bytes()
+    hash_key_then(key, &signal.to_be_bytes())
 }
 
 /// A key's checkpoint and its unexpired dedupe records, read together
@@ -362,6 +365,19 @@ pub struct Loaded {
     /// particular order; `None` if there are more than the given limit. Records written
     /// before checkpoint format 4 are never listed.
     pub records: Option<Vec<DedupeRecord>>,
+}
+
+impl Loaded {
+    /// A key's read: its checkpoint and the live records found, at most `limit + 1` of them
+    /// (a store fetches one more than the limit to know whether it was passed), which are
+    /// listed only if they do not exceed `limit`.
+    pub fn new(checkpoint: Option<Checkpoint>, records: Vec<DedupeRecord>, limit: u32) -> Self {
+        let listed = records.len() <= limit as usize;
+        Self {
+            checkpoint,
+            records: listed.then_some(records),
+        }
+    }
 }
 
 /// One signal id a key has applied, remembered by the store until `expires_at_ms` (and then

@@ -444,9 +444,7 @@ impl Store for PostgresStore {
                     })
                 }
                 Some(record) => records[n].push(DedupeRecord {
-                    signal: crate::store::dedupe_record_signal(&record).ok_or_else(|| {
-                        StoreError::Other("a dedupe record key is not 32 bytes".into())
-                    })?,
+                    signal: crate::store::dedupe_record_signal(&record)?,
                     fingerprint: from_db_u64(get(row, 2)?),
                     reply: get(row, 4)?,
                     expires_at_ms: get(row, 3)?,
@@ -456,10 +454,7 @@ impl Store for PostgresStore {
         Ok(checkpoints
             .into_iter()
             .zip(records)
-            .map(|(checkpoint, records)| Loaded {
-                checkpoint,
-                records: (records.len() <= limit as usize).then_some(records),
-            })
+            .map(|(checkpoint, records)| Loaded::new(checkpoint, records, limit))
             .collect())
     }
 

@@ -10,7 +10,7 @@ use crate::store::rules;
 use crate::store::{
     dedupe_key_range, dedupe_record_key, dedupe_record_signal, legacy_dedupe_record_key,
     AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, DueAlarm, JournalAppend,
-    JournalEntries, JournalEntry, Loaded, StoreError, StoreResult, WriteError,
+    JournalEntries, JournalEntry, Loaded, StoreResult, WriteError,
 };
 
 pub(super) fn read(conn: &Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
@@ -64,18 +64,13 @@ fn load(conn: &Connection, key: &AgentKey, now_ms: i64, limit: u32) -> StoreResu
     while let Some(r) = rows.next().sql()? {
         let record: Vec<u8> = r.get(0).sql()?;
         records.push(DedupeRecord {
-            signal: dedupe_record_signal(&record)
-                .ok_or_else(|| StoreError::Other("a dedupe record key is not 32 bytes".into()))?,
+            signal: dedupe_record_signal(&record)?,
             fingerprint: from_sql_u64(r.get(1).sql()?),
             reply: r.get(2).sql()?,
             expires_at_ms: r.get(3).sql()?,
         });
     }
-    let listed = records.len() <= limit as usize;
-    Ok(Loaded {
-        checkpoint,
-        records: listed.then_some(records),
-    })
+    Ok(Loaded::new(checkpoint, records, limit))
 }
 
 /// A directory row as the fence check needs it.
