@@ -44,6 +44,7 @@ async fn setup(pg: &TempPostgres) -> (Arc<PostgresStore>, NodeId) {
         region: "local".into(),
         cluster_addr: "127.0.0.1:1".into(),
         http_addr: "127.0.0.1:2".into(),
+        compat: liege::store::COMPAT_LEVEL,
     };
     store.join(&node, 3_600_000).await.expect("join");
     let all: Vec<_> = (0..PARTITIONS).map(PartitionId).collect();
@@ -66,6 +67,7 @@ fn batch(writer: &NodeId, prefix: &str, n: u64) -> Vec<CheckpointWrite> {
                 dedupe: Vec::new(),
                 alarm: liege::store::AlarmUpdate::Keep,
                 journal: None,
+                legacy_records: false,
             }
         })
         .collect()
@@ -148,6 +150,7 @@ async fn cluster(pg: &TempPostgres) -> (Arc<PostgresStore>, Vec<NodeId>) {
             region: format!("r{}", i % 5),
             cluster_addr: format!("10.0.0.{i}:7070"),
             http_addr: format!("10.0.0.{i}:8080"),
+            compat: liege::store::COMPAT_LEVEL,
         };
         store.join(&node, 3_600_000).await.expect("join");
         let mine: Vec<_> = (0..CLUSTER_PARTITIONS)

@@ -190,6 +190,14 @@ impl RetainedIds {
         }
     }
 
+    /// Before a write whose records are keyed the legacy way (a member of the cluster runs
+    /// a build of [`crate::store::COMPAT_LEGACY`]): the key may hold such records until the
+    /// latest expiry of those pending, and every later checkpoint must say so.
+    pub(crate) fn keyed_legacy(&mut self) {
+        let latest = self.pending.iter().map(|r| r.expires_at_ms).max();
+        self.legacy_until_ms = self.legacy_until_ms.max(latest.unwrap_or(0));
+    }
+
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {
         self.cache.len()
@@ -274,15 +282,26 @@ struct EnvelopeOut<'a> {
     legacy_until_ms: i64,
 }
 
+/// What [`encode`] writes for a build of [`crate::store::COMPAT_LEGACY`]: the bytes of an
+/// [`EnvelopeV3`].
+#[derive(Serialize)]
+struct EnvelopeOutV3<'a> {
+    state: Raw<'a>,
+    dedupe: Entries<'a>,
+    retained_until_ms: i64,
+}
+
 /// Encodes state bytes (the agent's JSON), the dedupe window and the latest expiries of the
-/// retained records into checkpoint bytes.
-pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained: &RetainedIds) -> Vec<u8> {
-    let env = EnvelopeOut {
-        state: Raw(state),
-        dedupe: Entries(&dedupe.entries),
-        retained_until_ms: retained.retained_until_ms,
-        legacy_until_ms: retained.legacy_until_ms,
-    };
+/// retained records into checkpoint bytes: format 4, or with `legacy` format 3, which builds
+/// of [`crate::store::COMPAT_LEGACY`] read. Format 3 has one expiry, until which a reader
+/// looks records up by both row keys: the later of the two, so that no reader of either
+/// build takes a key for having no records while one may be live.
+pub(crate) fn encode(
+    state: &[u8],
+    dedupe: &DedupeWindow,
+    retained: &RetainedIds,
+    legacy: bool,
+) -> Vec<u8> {
     // Tag, lengths and integers take at most 40 bytes per entry beyond the bytes themselves.
     let capacity = 32
         + state.len()
@@ -292,8 +311,26 @@ pub(crate) fn encode(state: &[u8], dedupe: &DedupeWindow, retained: &RetainedIds
             .map(|(_, _, r)| 40 + r.len())
             .sum::<usize>();
     let mut out = Vec::with_capacity(capacity);
-    out.push(FORMAT_V4);
-    postcard::serialize_with_flavor(&env, AfterTag(out)).expect("encoding to a Vec cannot fail")
+    let (state, dedupe) = (Raw(state), Entries(&dedupe.entries));
+    let encoded = if legacy {
+        out.push(FORMAT_V3);
+        let env = EnvelopeOutV3 {
+            state,
+            dedupe,
+            retained_until_ms: retained.retained_until_ms.max(retained.legacy_until_ms),
+        };
+        postcard::serialize_with_flavor(&env, AfterTag(out))
+    } else {
+        out.push(FORMAT_V4);
+        let env = EnvelopeOut {
+            state,
+            dedupe,
+            retained_until_ms: retained.retained_until_ms,
+            legacy_until_ms: retained.legacy_until_ms,
+        };
+        postcard::serialize_with_flavor(&env, AfterTag(out))
+    };
+    encoded.expect("encoding to a Vec cannot fail")
 }
 
 /// postcard's output into a `Vec` that already holds the format tag, slices copied whole
@@ -415,7 +452,7 @@ mod tests {
             b"{\"value\":2}".to_vec().into(),
             4,
         );
-        let bytes = encode(b"2", &w, &until(1234, 56));
+        let bytes = encode(b"2", &w, &until(1234, 56), false);
         let d = decode(&bytes).unwrap();
         assert_eq!(
             (d.state, d.retained_until_ms, d.legacy_until_ms),
@@ -451,8 +488,13 @@ mod tests {
         let mut expected = vec![FORMAT_V4];
         expected.extend(postcard::to_allocvec(&reference).expect("encodes"));
         let retained = until(1_700_000_000_123, 1_600_000_000_456);
-        assert_eq!(encode(state, &window, &retained), expected);
-        let empty = encode(b"", &DedupeWindow::default(), &RetainedIds::default());
+        assert_eq!(encode(state, &window, &retained, false), expected);
+        let empty = encode(
+            b"",
+            &DedupeWindow::default(),
+            &RetainedIds::default(),
+            false,
+        );
         let decoded = decode(&empty).expect("decodes");
         assert!(decoded.state.is_empty() && decoded.window.len() == 0);
     }
@@ -487,6 +529,40 @@ mod tests {
             d.window.get(DedupeWindow::hash_id("x")),
             Some((9, &b"1"[..]))
         );
+    }
+
+    #[test]
+    fn a_legacy_write_is_format_3_with_the_later_expiry_as_older_builds_read_it() {
+        let mut window = DedupeWindow::default();
+        window.record(
+            DedupeWindow::hash_id("x"),
+            3,
+            b"{\"value\":1}".to_vec().into(),
+            4,
+        );
+        let mut retained = until(9_000, 2_000);
+        retained.pending.push(record(1, 4_000));
+        retained.keyed_legacy();
+        assert_eq!(retained.legacy_until_ms, 4_000, "the pending legacy record");
+        let bytes = encode(b"1", &window, &retained, true);
+        assert_eq!(bytes[0], FORMAT_V3);
+        // An older build decodes format 3 as exactly this envelope.
+        let old: EnvelopeV3<'_> = postcard::from_bytes(&bytes[1..]).expect("format 3");
+        assert_eq!(
+            (
+                old.state,
+                old.retained_until_ms,
+                window.get(old.dedupe[0].0)
+            ),
+            (&b"1"[..], 9_000, Some((3, &b"{\"value\":1}"[..])))
+        );
+        let d = decode(&bytes).expect("decodes");
+        assert_eq!((d.retained_until_ms, d.legacy_until_ms), (0, 9_000));
+
+        // Nothing pending: nothing more to look up, and an expiry never moves back.
+        let mut quiet = until(0, 2_000);
+        quiet.keyed_legacy();
+        assert_eq!(quiet.legacy_until_ms, 2_000);
     }
 
     #[test]

@@ -649,7 +649,17 @@ impl Host {
     /// On any failure the caller MUST drop the activation (its memory is ahead of the store).
     async fn persist(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
         let state = turn.state.as_ref().expect("persist only after load");
-        let data = checkpoint::encode(&act.agent.encode(state), &turn.dedupe, &turn.retained);
+        // Written so that every live member can load it (see `View::compat`).
+        let legacy = self.published.with_view(|v| v.compat()) < crate::store::COMPAT_LEVEL;
+        if legacy {
+            turn.retained.keyed_legacy();
+        }
+        let data = checkpoint::encode(
+            &act.agent.encode(state),
+            &turn.dedupe,
+            &turn.retained,
+            legacy,
+        );
         let size = data.len();
         let write = CheckpointWrite {
             key: act.key.clone(),
@@ -666,6 +676,7 @@ impl Host {
                 expected_rev: turn.journal_head,
                 entries: turn.journal_pending.clone(),
             }),
+            legacy_records: legacy,
         };
         match self.writer.write(write).await {
             Ok(Ok(rev)) => {

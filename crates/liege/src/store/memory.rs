@@ -61,8 +61,9 @@ struct Tables {
     /// Directory, index = partition id.
     partitions: Vec<PartitionRow>,
     checkpoints: HashMap<AgentKey, Checkpoint>,
-    /// Dedupe records by key, then by signal hash.
-    dedupe: HashMap<AgentKey, HashMap<u128, DedupeRecord>>,
+    /// Dedupe records by key, then by (signal hash, keyed the legacy way): as in the SQL
+    /// stores, a record written with each row key is a row of its own.
+    dedupe: HashMap<AgentKey, HashMap<(u128, bool), DedupeRecord>>,
     /// Alarms by key: (partition, due ms).
     alarms: HashMap<AgentKey, (PartitionId, i64)>,
     /// Journals by key: entry `i` has revision `i + 1`.
@@ -166,7 +167,7 @@ impl MemoryStore {
             t.dedupe
                 .entry(w.key.clone())
                 .or_default()
-                .insert(r.signal, r.clone());
+                .insert((r.signal, w.legacy_records), r.clone());
         }
         if self.audit {
             let seq = t.audit.last().map_or(1, |r| r.seq + 1);
@@ -433,8 +434,9 @@ impl Store for MemoryStore {
                 .dedupe
                 .get(key)
                 .into_iter()
-                .flat_map(|m| m.values())
-                .filter(|r| r.expires_at_ms >= now_ms)
+                .flat_map(|m| m.iter())
+                .filter(|((_, legacy), r)| !legacy && r.expires_at_ms >= now_ms)
+                .map(|(_, r)| r)
                 .take(limit as usize + 1)
                 .cloned()
                 .collect();
@@ -445,7 +447,12 @@ impl Store for MemoryStore {
 
     async fn dedupe(&self, key: &AgentKey, signal: u128) -> StoreResult<Option<DedupeRecord>> {
         let t = self.tables.lock();
-        Ok(t.dedupe.get(key).and_then(|m| m.get(&signal)).cloned())
+        // The per-key row first, as the SQL stores order them.
+        Ok(t.dedupe.get(key).and_then(|m| {
+            m.get(&(signal, false))
+                .or_else(|| m.get(&(signal, true)))
+                .cloned()
+        }))
     }
 
     async fn prune_dedupe(&self, before_ms: i64, limit: u32) -> StoreResult<u64> {

@@ -65,6 +65,33 @@ pub struct NodeRecord {
     pub cluster_addr: String,
     /// `host:port` of the HTTP API.
     pub http_addr: String,
+    /// What the node's build reads ([`COMPAT_LEVEL`] for this build). A row written by a
+    /// build from before levels existed reads as [`COMPAT_LEGACY`]. The cluster writes only
+    /// what every live member reads: see [`cluster_compat`].
+    #[serde(default = "legacy_compat")]
+    pub compat: u16,
+}
+
+/// The compatibility level of builds from before levels existed: they read checkpoint
+/// formats 1–3 and look dedupe records up only by [`legacy_dedupe_record_key`].
+pub const COMPAT_LEGACY: u16 = 1;
+
+/// The compatibility level of this build: it also reads checkpoint format 4 and finds
+/// dedupe records by [`dedupe_record_key`] in a key's read.
+pub const COMPAT_LEVEL: u16 = 2;
+
+fn legacy_compat() -> u16 {
+    COMPAT_LEGACY
+}
+
+/// The level the cluster writes at: the lowest [`NodeRecord::compat`] of the given live
+/// members, so that any of them can load what another wrote; [`COMPAT_LEGACY`] when there
+/// are none (nothing is written before a node has seen itself in membership).
+pub fn cluster_compat<'a>(live: impl IntoIterator<Item = &'a NodeLease>) -> u16 {
+    live.into_iter()
+        .map(|n| n.record.compat)
+        .min()
+        .unwrap_or(COMPAT_LEGACY)
 }
 
 /// A membership row as read back from the store.
@@ -200,6 +227,11 @@ pub struct CheckpointWrite {
     /// the journal is not touched or checked. Checks run in this order on every backend:
     /// fence, journal head, revision.
     pub journal: Option<JournalEntries>,
+    /// Key the `dedupe` records by [`legacy_dedupe_record_key`], as builds of
+    /// [`COMPAT_LEGACY`] do, so that such a build finds them by lookup; a key's read
+    /// ([`Store::read_with_records`]) then does not list them. Set while such a build is a
+    /// live member.
+    pub legacy_records: bool,
 }
 
 /// Entries to append to a key's journal and the head revision the writer expects.
@@ -353,6 +385,16 @@ pub fn dedupe_record_signal(record: &[u8]) -> StoreResult<u128> {
 /// find such records until they expire; see [`Store::dedupe`].
 pub fn legacy_dedupe_record_key(key: &AgentKey, signal: u128) -> [u8; 16] {
     hash_key_then(key, &signal.to_be_bytes())
+}
+
+/// The row key a record of a write gets: [`dedupe_record_key`], or
+/// [`legacy_dedupe_record_key`] for a write with [`CheckpointWrite::legacy_records`].
+pub(crate) fn written_record_key(key: &AgentKey, signal: u128, legacy: bool) -> Vec<u8> {
+    if legacy {
+        legacy_dedupe_record_key(key, signal).to_vec()
+    } else {
+        dedupe_record_key(key, signal).to_vec()
+    }
 }
 
 /// A key's checkpoint and its unexpired dedupe records, read together

@@ -73,6 +73,7 @@ define_cases!(
     init_cluster_is_idempotent_and_returns_the_stored_facts,
     the_placement_is_recorded_once_and_changes_only_with_no_live_node,
     join_refuses_a_name_held_by_a_live_incarnation,
+    a_members_compatibility_level_reads_back_as_it_joined,
     join_takes_over_a_name_after_expiry_or_leave,
     renew_extends_the_lease_of_the_same_incarnation,
     renew_after_expiry_is_lease_lost,
@@ -93,6 +94,7 @@ define_cases!(
     dedupe_records_commit_exactly_with_their_write,
     prune_deletes_only_expired_dedupe_records,
     a_keys_live_records_are_read_with_its_checkpoint,
+    records_keyed_the_legacy_way_are_found_by_lookup_and_not_listed,
     alarms_change_only_with_committed_writes_and_are_found_by_due_time,
     journal_appends_only_at_the_expected_head_and_reads_in_order,
     a_journal_append_with_a_stale_epoch_is_fenced_and_changes_nothing,
@@ -135,6 +137,7 @@ macro_rules! conformance_tests {
             init_cluster_is_idempotent_and_returns_the_stored_facts,
             the_placement_is_recorded_once_and_changes_only_with_no_live_node,
             join_refuses_a_name_held_by_a_live_incarnation,
+            a_members_compatibility_level_reads_back_as_it_joined,
             join_takes_over_a_name_after_expiry_or_leave,
             renew_extends_the_lease_of_the_same_incarnation,
             renew_after_expiry_is_lease_lost,
@@ -155,6 +158,7 @@ macro_rules! conformance_tests {
             dedupe_records_commit_exactly_with_their_write,
             prune_deletes_only_expired_dedupe_records,
             a_keys_live_records_are_read_with_its_checkpoint,
+            records_keyed_the_legacy_way_are_found_by_lookup_and_not_listed,
             alarms_change_only_with_committed_writes_and_are_found_by_due_time,
             journal_appends_only_at_the_expected_head_and_reads_in_order,
             a_journal_append_with_a_stale_epoch_is_fenced_and_changes_nothing,
@@ -207,6 +211,7 @@ pub fn record(name: &str, incarnation: u64) -> NodeRecord {
         region: "test".into(),
         cluster_addr: format!("{name}.cluster:7000"),
         http_addr: format!("{name}.http:8080"),
+        compat: crate::store::COMPAT_LEVEL,
     }
 }
 
@@ -267,6 +272,7 @@ pub fn put(
         dedupe: Vec::new(),
         alarm: crate::store::AlarmUpdate::Keep,
         journal: None,
+        legacy_records: false,
     }
 }
 

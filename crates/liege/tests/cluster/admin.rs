@@ -7,17 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use liege::cluster::CallOptions;
 use liege::store::OperatorSetting;
 use liege::testing::{TestCluster, TestStore};
 
-use crate::common::{counter, inc, metric_sum, value};
-
-fn long() -> CallOptions {
-    CallOptions {
-        timeout: Some(Duration::from_secs(15)),
-    }
-}
+use crate::common::{counter, inc, long, metric_sum, value};
 
 async fn four_nodes(store: TestStore) -> TestCluster {
     let cluster = TestCluster::builder()

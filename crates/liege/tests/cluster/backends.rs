@@ -90,4 +90,5 @@ on_every_store!(
     journal_entries_commit_with_their_turn_and_survive_the_owners_death,
     an_agent_rebuilds_from_its_journal_on_activation,
     a_new_owner_knows_every_idempotency_key_without_asking_the_store,
+    a_live_member_of_an_older_build_is_written_what_it_reads,
 );

@@ -1,6 +1,16 @@
 //! Helpers shared by the cluster tests.
 
+use std::time::Duration;
+
+use liege::cluster::CallOptions;
 use liege::{AgentKey, Signal};
+
+/// Call options with a timeout long enough for any failover in these tests.
+pub(crate) fn long() -> CallOptions {
+    CallOptions {
+        timeout: Some(Duration::from_secs(15)),
+    }
+}
 
 /// Logs to the test output once (RUST_LOG-style filter in `LIEGE_LOG`).
 pub(crate) fn init_tracing() {

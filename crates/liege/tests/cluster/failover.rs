@@ -9,7 +9,7 @@ use liege::telemetry::Event;
 use liege::testing::{TestCluster, TestStore};
 use liege::{AgentKey, Signal};
 
-use crate::common::{counter, inc, init_tracing, metric_sum, value};
+use crate::common::{counter, inc, init_tracing, long, metric_sum, value};
 
 pub(crate) use crate::admin::{
     a_drain_emits_one_started_then_one_succeeded_per_partition,
@@ -29,12 +29,7 @@ pub(crate) use crate::journal::{
     an_agent_rebuilds_from_its_journal_on_activation,
     journal_entries_commit_with_their_turn_and_survive_the_owners_death,
 };
-
-fn long() -> CallOptions {
-    CallOptions {
-        timeout: Some(Duration::from_secs(15)),
-    }
-}
+pub(crate) use crate::upgrade::a_live_member_of_an_older_build_is_written_what_it_reads;
 
 /// Three regions, two nodes each.
 async fn six_nodes(store: TestStore) -> TestCluster {

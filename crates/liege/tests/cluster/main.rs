@@ -12,3 +12,4 @@ mod journal;
 mod lossy;
 mod outage;
 mod single_node;
+mod upgrade;

@@ -71,6 +71,7 @@ fn record(name: &str, incarnation: u64) -> NodeRecord {
         region: "iad".into(),
         cluster_addr: format!("{name}:7000"),
         http_addr: format!("{name}:8080"),
+        compat: liege::store::COMPAT_LEVEL,
     }
 }
 
@@ -96,6 +97,7 @@ fn write(
         dedupe: Vec::new(),
         alarm: liege::store::AlarmUpdate::Keep,
         journal: None,
+        legacy_records: false,
     }
 }
 

@@ -486,3 +486,36 @@ async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
     .expect("legacy record");
     super::a_legacy_record_is_found_and_not_listed(&*store, &k).await;
 }
+
+/// A node of an older build replaces its members row without naming the level, which then
+/// reads as the legacy level, even under a name a newer build held at the current level.
+#[tokio::test]
+async fn an_older_builds_join_records_it_at_the_legacy_level() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("liege.db");
+    let store = open(&path).await;
+    conformance::init(&*store).await;
+    let a = conformance::record("a", 1);
+    store.join(&a, 60_000).await.expect("join");
+    let level = |m: liege::store::Membership| m.nodes[0].record.compat;
+    assert_eq!(
+        level(store.nodes().await.unwrap()),
+        liege::store::COMPAT_LEVEL
+    );
+
+    let conn = rusqlite::Connection::open(members_path(&path)).expect("raw connection");
+    // The statement builds before compatibility levels run.
+    conn.execute(
+        "INSERT OR REPLACE INTO nodes \
+         (name, incarnation, region, cluster_addr, http_addr, lease_expires_at, has_left) \
+         VALUES ('a', 2, 'test', 'a:7000', 'a:8080', ?1, 0)",
+        [i64::MAX],
+    )
+    .expect("older join");
+    let members = store.nodes().await.unwrap();
+    assert_eq!(members.nodes[0].record.id, liege::NodeId::new("a", 2));
+    assert_eq!(
+        liege::store::cluster_compat(members.live()),
+        liege::store::COMPAT_LEGACY
+    );
+}

@@ -400,6 +400,7 @@ impl Engine {
                     region: self.cfg.region.clone(),
                     cluster_addr: self.cfg.cluster_addr.clone(),
                     http_addr: self.cfg.http_addr.clone(),
+                    compat: crate::store::COMPAT_LEVEL,
                 },
                 ttl_ms: self.lease.ttl_ms(),
                 sent_at: now,

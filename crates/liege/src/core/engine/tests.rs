@@ -114,6 +114,7 @@ fn node(id: &NodeId, expires: i64) -> NodeLease {
             region: "r".into(),
             cluster_addr: format!("{}:7070", id.name),
             http_addr: String::new(),
+            compat: crate::store::COMPAT_LEVEL,
         },
         lease_expires_at: expires,
         left: false,

@@ -36,6 +36,8 @@ pub struct View {
     excluded: BTreeSet<Arc<str>>,
     /// True after the first refresh.
     loaded: bool,
+    /// The lowest compatibility level of the members live at the last read.
+    compat: u16,
 }
 
 impl View {
@@ -49,6 +51,7 @@ impl View {
             desired: vec![None; partitions as usize],
             excluded: BTreeSet::new(),
             loaded: false,
+            compat: crate::store::COMPAT_LEGACY,
         }
     }
 
@@ -60,6 +63,13 @@ impl View {
     /// True after the first refresh.
     pub fn loaded(&self) -> bool {
         self.loaded
+    }
+
+    /// What the cluster writes at ([`crate::store::cluster_compat`]): the lowest
+    /// compatibility level of the members live at the last read, so that whichever of them
+    /// takes a key over can load it. [`crate::store::COMPAT_LEGACY`] before the first read.
+    pub fn compat(&self) -> u16 {
+        self.compat
     }
 
     /// The store's clock at local time `now`, estimated from the last read.
@@ -163,6 +173,12 @@ impl View {
             .into_iter()
             .map(|n| (n.record.id.name.clone(), n))
             .collect();
+        let store_now = self.store_now;
+        self.compat = crate::store::cluster_compat(
+            self.nodes
+                .values()
+                .filter(|n| n.lease_expires_at > store_now),
+        );
         for row in directory.partitions {
             if let Some(slot) = self.owners.get_mut(row.id.0 as usize) {
                 if row.epoch >= slot.1 {
@@ -239,6 +255,7 @@ mod tests {
                 region: "r".into(),
                 cluster_addr: format!("{name}:1"),
                 http_addr: String::new(),
+                compat: crate::store::COMPAT_LEVEL,
             },
             lease_expires_at: expires,
             left: false,
@@ -266,6 +283,42 @@ mod tests {
         assert!(!v.is_live(&a, 540));
         assert!(!v.is_live(&NodeId::new("a", 2), 40));
         assert_eq!(v.next_expiry_in("b", 140), Some(400));
+    }
+
+    #[test]
+    fn the_cluster_writes_at_the_lowest_level_of_its_live_members() {
+        use crate::store::{COMPAT_LEGACY, COMPAT_LEVEL};
+        let at = |nodes: Vec<NodeLease>| {
+            let mut v = View::new(1);
+            let directory = Directory {
+                now: 1_000,
+                partitions: vec![],
+            };
+            v.update(Membership { now: 1_000, nodes }, directory, 0);
+            v.compat()
+        };
+        let old = |expires| {
+            let mut n = lease("old", 1, expires);
+            n.record.compat = COMPAT_LEGACY;
+            n
+        };
+        assert_eq!(
+            COMPAT_LEGACY,
+            View::new(1).compat(),
+            "before the first read"
+        );
+        assert_eq!(at(vec![]), COMPAT_LEGACY, "no member");
+        assert_eq!(at(vec![lease("a", 1, 2_000)]), COMPAT_LEVEL);
+        assert_eq!(
+            at(vec![lease("a", 1, 2_000), old(2_000)]),
+            COMPAT_LEGACY,
+            "a live member of an older build"
+        );
+        assert_eq!(
+            at(vec![lease("a", 1, 2_000), old(1_000)]),
+            COMPAT_LEVEL,
+            "its lease has ended"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::store::{AlarmUpdate, CheckpointWrite, StoreError, StoreResult, WriteE
 /// stored revision), revision, owner name, owner incarnation, epoch.
 ///
 /// The variant with dedupe records takes five more: `$11` idx of the record's write, `$12`
-/// record key ([`crate::store::dedupe_record_key`]), `$13` fingerprint, `$14` reply, `$15`
+/// record key ([`crate::store::written_record_key`]), `$13` fingerprint, `$14` reply, `$15`
 /// expiry; a record is inserted (or replaces an older one of the same signal) only if its
 /// write is among the committed ones.
 ///
@@ -341,8 +341,11 @@ impl<'a> Columns<'a> {
             for r in w.dedupe.iter().rev() {
                 if signals.insert(r.signal) {
                     c.dedupe_idx.push(i64::try_from(i + 1).map_err(too_big)?);
-                    c.dedupe_record
-                        .push(crate::store::dedupe_record_key(&w.key, r.signal).to_vec());
+                    c.dedupe_record.push(crate::store::written_record_key(
+                        &w.key,
+                        r.signal,
+                        w.legacy_records,
+                    ));
                     c.dedupe_fingerprint.push(to_db_u64(r.fingerprint));
                     c.dedupe_reply.push(&r.reply);
                     c.dedupe_expires.push(r.expires_at_ms);
@@ -446,6 +449,7 @@ mod tests {
             dedupe: Vec::new(),
             alarm: AlarmUpdate::Keep,
             journal: None,
+            legacy_records: false,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::store::{
     AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
     DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeLease,
     NodeRecord, OperatorSetting, PartitionRow, Settings, Store, StoreChange, StoreError,
-    StoreResult, StoreTime, WriteError,
+    StoreResult, StoreTime, WriteError, COMPAT_LEGACY,
 };
 
 const INIT_SQL: &str =
@@ -20,7 +20,7 @@ const CLUSTER_SQL: &str =
     "SELECT partitions, secret_salt, secret_verifier, placement FROM liege_meta";
 const SET_PLACEMENT_SQL: &str = "SELECT o_live FROM liege_set_placement($1)";
 const NOW_SQL: &str = "SELECT liege_now_ms()";
-const JOIN_SQL: &str = "SELECT o_ok, o_now, o_until FROM liege_join($1, $2, $3, $4, $5, $6)";
+const JOIN_SQL: &str = "SELECT o_ok, o_now, o_until FROM liege_join($1, $2, $3, $4, $5, $6, $7)";
 const RENEW_SQL: &str = "SELECT o_now, o_until FROM liege_renew($1, $2, $3)";
 const LEAVE_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now), \
      u AS (UPDATE liege_nodes n SET lease_expires_at = LEAST(n.lease_expires_at, t.now), \
@@ -28,7 +28,7 @@ const LEAVE_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now), 
      SELECT pg_notify('liege_changes', 'membership') WHERE EXISTS (SELECT 1 FROM u)";
 const NODES_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
      SELECT t.now, n.name, n.incarnation, n.region, n.cluster_addr, n.http_addr, \
-            n.lease_expires_at, n.has_left \
+            n.lease_expires_at, n.has_left, n.compat \
      FROM t LEFT JOIN liege_nodes n ON true ORDER BY n.name COLLATE \"C\"";
 const DIRECTORY_SQL: &str = "WITH t AS MATERIALIZED (SELECT liege_now_ms() AS now) \
      SELECT t.now, p.id, p.owner_name, p.owner_incarnation, p.epoch \
@@ -162,13 +162,16 @@ impl Store for PostgresStore {
         let inc = to_db_u64(node.id.incarnation);
         let ttl = ttl_to_db(ttl_ms);
         let name: &str = &node.id.name;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        let compat = i16::try_from(node.compat)
+            .map_err(|_| StoreError::Other(format!("compat level {} too big", node.compat)))?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &name,
             &inc,
             &node.region,
             &node.cluster_addr,
             &node.http_addr,
             &ttl,
+            &compat,
         ];
         let rows = self.control_query(JOIN_SQL, &params).await?;
         let row = first(&rows)?;
@@ -223,6 +226,7 @@ impl Store for PostgresStore {
                     region: get(row, 3)?,
                     cluster_addr: get(row, 4)?,
                     http_addr: get(row, 5)?,
+                    compat: u16::try_from(get::<i16>(row, 8)?).unwrap_or(COMPAT_LEGACY),
                 },
                 lease_expires_at: get(row, 6)?,
                 left: get(row, 7)?,

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_operator_settings.sql")),
     (7, include_str!("migrations/0007_alarms.sql")),
     (8, include_str!("migrations/0008_journal.sql")),
+    (9, include_str!("migrations/0009_compat.sql")),
 ];
 
 /// Key of the advisory lock serializing migrations (an arbitrary constant: "liege" in ASCII).

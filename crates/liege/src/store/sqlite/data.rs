@@ -9,8 +9,8 @@ use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::rules;
 use crate::store::{
     dedupe_key_range, dedupe_record_key, dedupe_record_signal, legacy_dedupe_record_key,
-    AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord, DueAlarm, JournalAppend,
-    JournalEntries, JournalEntry, Loaded, StoreResult, WriteError,
+    written_record_key, AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, DedupeRecord,
+    DueAlarm, JournalAppend, JournalEntries, JournalEntry, Loaded, StoreResult, WriteError,
 };
 
 pub(super) fn read(conn: &Connection, key: &AgentKey) -> StoreResult<Option<Checkpoint>> {
@@ -217,7 +217,7 @@ fn apply(
         )
         .sql()?
         .execute(rusqlite::params![
-            &dedupe_record_key(&w.key, r.signal)[..],
+            written_record_key(&w.key, r.signal, w.legacy_records),
             to_sql_u64(r.fingerprint),
             &r.reply,
             r.expires_at_ms

@@ -68,8 +68,8 @@ pub(super) fn join(conn: &mut Connection, node: &NodeRecord, ttl_ms: u64) -> Sto
     let expires_at = rules::lease_end(now, ttl_ms);
     tx.prepare_cached(
         "INSERT OR REPLACE INTO nodes \
-         (name, incarnation, region, cluster_addr, http_addr, lease_expires_at, has_left) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+         (name, incarnation, region, cluster_addr, http_addr, lease_expires_at, has_left, \
+          compat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
     )
     .sql()?
     .execute(rusqlite::params![
@@ -78,7 +78,8 @@ pub(super) fn join(conn: &mut Connection, node: &NodeRecord, ttl_ms: u64) -> Sto
         node.region,
         node.cluster_addr,
         node.http_addr,
-        expires_at
+        expires_at,
+        node.compat
     ])
     .sql()?;
     tx.commit().sql()?;
@@ -146,7 +147,7 @@ pub(super) fn nodes(conn: &mut Connection) -> StoreResult<Membership> {
     let mut stmt = tx
         .prepare_cached(
             "SELECT name, incarnation, region, cluster_addr, http_addr, lease_expires_at, \
-             has_left FROM nodes ORDER BY name",
+             has_left, compat FROM nodes ORDER BY name",
         )
         .sql()?;
     let nodes = stmt
@@ -157,6 +158,7 @@ pub(super) fn nodes(conn: &mut Connection) -> StoreResult<Membership> {
                     region: r.get(2)?,
                     cluster_addr: r.get(3)?,
                     http_addr: r.get(4)?,
+                    compat: r.get(7)?,
                 },
                 lease_expires_at: r.get(5)?,
                 left: r.get(6)?,

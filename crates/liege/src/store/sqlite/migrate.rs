@@ -27,6 +27,7 @@ const MAIN: &[&str] = &[
 const MEMBERS: &[&str] = &[
     include_str!("migrations/members/0001_nodes.sql"),
     include_str!("migrations/members/0002_operator_settings.sql"),
+    include_str!("migrations/members/0003_compat.sql"),
 ];
 
 /// The schema version of the main file this build writes (`PRAGMA user_version`).

@@ -100,6 +100,58 @@ pub async fn prune_deletes_only_expired_dedupe_records(store: SharedStore) {
     assert!(store.read(&k).await.expect("read").is_some());
 }
 
+/// A write's records keyed the legacy way are found by lookup, as older builds find them,
+/// and not listed by a key's read; a record written both ways is found once, per key first.
+pub async fn records_keyed_the_legacy_way_are_found_by_lookup_and_not_listed(store: SharedStore) {
+    init(&*store).await;
+    let (a, _) = join(&*store, "a", 1, LONG_TTL_MS).await;
+    store.claim(&a, &[PartitionId(0)]).await.expect("claim");
+    let k = key("legacy");
+    let mut first = with(
+        put(&k, 0, Epoch(1), &a, 0, Some(b"1")),
+        vec![record(1, b"old", 9_000)],
+    );
+    first.legacy_records = true;
+    let second = with(
+        put(&k, 0, Epoch(1), &a, 1, Some(b"2")),
+        vec![record(2, b"new", 9_000), record(1, b"per-key", 9_000)],
+    );
+    assert_eq!(
+        store.write(&[first]).await.expect("write"),
+        vec![Ok(Rev(1))]
+    );
+    assert_eq!(
+        store.dedupe(&k, 1).await.expect("lookup"),
+        Some(record(1, b"old", 9_000))
+    );
+    let listed = store
+        .read_with_records(std::slice::from_ref(&k), 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        listed[0].records,
+        Some(Vec::new()),
+        "legacy rows are not listed"
+    );
+
+    assert_eq!(
+        store.write(&[second]).await.expect("write"),
+        vec![Ok(Rev(2))]
+    );
+    assert_eq!(
+        store.dedupe(&k, 1).await.expect("lookup"),
+        Some(record(1, b"per-key", 9_000)),
+        "the per-key row first"
+    );
+    let mut listed = store.read_with_records(&[k], 0, 10).await.expect("read");
+    let mut records = listed.remove(0).records.expect("within the limit");
+    records.sort_by_key(|r| r.signal);
+    assert_eq!(
+        records,
+        vec![record(1, b"per-key", 9_000), record(2, b"new", 9_000)]
+    );
+}
+
 /// A read lists exactly each key's records that expire at or after the given time, with
 /// its checkpoint, or none at all (`None`) when there are more than the limit; one result
 /// per key asked, in order, repeats included.

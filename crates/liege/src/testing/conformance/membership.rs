@@ -2,7 +2,9 @@
 
 use super::{init, join, record, test_meta, wait_until_expired, LONG_TTL_MS, SHORT_TTL_MS};
 use crate::core::ids::{Epoch, NodeId, PartitionId};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{
+    cluster_compat, Membership, SharedStore, StoreError, COMPAT_LEGACY, COMPAT_LEVEL,
+};
 
 /// `init_cluster` creates unowned partitions at epoch 0 once, then always returns the
 /// first facts, so a node configured differently can see the mismatch.
@@ -55,6 +57,43 @@ pub async fn join_refuses_a_name_held_by_a_live_incarnation(store: SharedStore) 
         .join(&record("a", 1), LONG_TTL_MS)
         .await
         .expect("the same incarnation may join again");
+}
+
+/// Each member's compatibility level reads back as it joined, and a new incarnation's
+/// level replaces the old one's.
+pub async fn a_members_compatibility_level_reads_back_as_it_joined(store: SharedStore) {
+    init(&*store).await;
+    let mut old = record("old", 1);
+    old.compat = COMPAT_LEGACY;
+    store.join(&old, LONG_TTL_MS).await.expect("join old");
+    store
+        .join(&record("new", 1), LONG_TTL_MS)
+        .await
+        .expect("join new");
+    let levels = |m: Membership| {
+        m.nodes
+            .into_iter()
+            .map(|n| (n.record.id.name.to_string(), n.record.compat))
+            .collect::<Vec<_>>()
+    };
+    let members = store.nodes().await.expect("nodes");
+    assert_eq!(cluster_compat(members.live()), COMPAT_LEGACY);
+    assert_eq!(
+        levels(members),
+        vec![("new".into(), COMPAT_LEVEL), ("old".into(), COMPAT_LEGACY)]
+    );
+
+    store.leave(&old.id).await.expect("leave");
+    store
+        .join(&record("old", 2), LONG_TTL_MS)
+        .await
+        .expect("upgraded");
+    let members = store.nodes().await.expect("nodes");
+    assert_eq!(cluster_compat(members.live()), COMPAT_LEVEL);
+    assert_eq!(
+        levels(members),
+        vec![("new".into(), COMPAT_LEVEL), ("old".into(), COMPAT_LEVEL)]
+    );
 }
 
 /// Once a lease expired, or its node left, another incarnation takes the name.

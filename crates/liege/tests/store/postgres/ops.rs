@@ -235,7 +235,7 @@ async fn stores_starting_at_once_migrate_the_database_exactly_once() {
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, (1..=9).collect::<Vec<i32>>());
 }
 
 /// A dedupe record written before checkpoint format 4 (a 16-byte key) is still found by a
@@ -259,4 +259,42 @@ async fn records_keyed_the_legacy_way_are_still_found_by_a_lookup() {
     .await
     .expect("legacy record");
     crate::a_legacy_record_is_found_and_not_listed(&store, &k).await;
+}
+
+/// A node of an older build joins through the six-argument `liege_join`, which records it
+/// at the legacy level, even under a name a newer build held at the current level: the
+/// cluster then writes what that build reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_builds_join_records_it_at_the_legacy_level() {
+    let Some(pg) = shared_server() else { return };
+    let (url, store) = fresh_store(&pg, false).await;
+    store.init_cluster(&meta(4)).await.expect("init");
+    let a = record("a", 1);
+    store.join(&a, 60_000).await.expect("join");
+    let level = |m: liege::store::Membership| m.nodes[0].record.compat;
+    assert_eq!(
+        level(store.nodes().await.unwrap()),
+        liege::store::COMPAT_LEVEL
+    );
+    store.leave(&a.id).await.expect("leave");
+
+    let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    // The statement builds before compatibility levels send.
+    let row = raw
+        .query_one(
+            "SELECT o_ok FROM liege_join($1, $2, $3, $4, $5, $6)",
+            &[&"a", &2_i64, &"iad", &"a:7000", &"a:8080", &60_000_i64],
+        )
+        .await
+        .expect("older join");
+    assert!(row.get::<_, bool>(0));
+    let members = store.nodes().await.unwrap();
+    assert_eq!(members.nodes[0].record.id, NodeId::new("a", 2));
+    assert_eq!(
+        liege::store::cluster_compat(members.live()),
+        liege::store::COMPAT_LEGACY
+    );
 }
