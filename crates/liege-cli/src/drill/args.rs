@@ -130,6 +130,11 @@ pub(crate) struct DrillArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub(crate) no_progress: bool,
+    /// With `rolling-restart`: start the nodes from this older `liege` executable and
+    /// restart each one onto this one, a rolling upgrade under load (the rolling restart's
+    /// criteria apply: zero client errors, every increment applied exactly once).
+    #[arg(long, conflicts_with = "target")]
+    pub(crate) upgrade_from: Option<PathBuf>,
 }
 
 /// Thresholds a run is judged by.
@@ -219,6 +224,17 @@ impl DrillArgs {
         if self.declare_dead && !matches!(self.scenario, Scenario::RegionKill | Scenario::NodeKill)
         {
             return Err("--declare-dead goes with --scenario region-kill or node-kill".into());
+        }
+        if self.upgrade_from.is_some() && self.scenario != Scenario::RollingRestart {
+            return Err("--upgrade-from goes with --scenario rolling-restart".into());
+        }
+        if let Some(exe) = &self.upgrade_from {
+            if !exe.is_file() {
+                return Err(format!(
+                    "--upgrade-from: no executable at {}",
+                    exe.display()
+                ));
+            }
         }
         if !self.target.is_empty() {
             return self.validate_target();

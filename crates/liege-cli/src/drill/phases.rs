@@ -155,8 +155,10 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     }
     let store_label = store.as_ref().map_or("existing deployment", |s| s.label());
     let exe = std::env::current_exe().context("finding the liege executable")?;
+    // A rolling upgrade starts the nodes from the older executable; restarts use this one.
+    let first_exe = args.upgrade_from.clone().unwrap_or_else(|| exe.clone());
     let template = store.as_ref().map(|store| NodeTemplate {
-        exe,
+        exe: first_exe,
         store: store.node_url(),
         secret: random_hex(32),
         lease_ttl_ms: args.lease_ttl_ms,
@@ -175,6 +177,13 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 args.nodes_per_region,
                 args.lease_ttl_ms
             ));
+            if let Some(older) = &args.upgrade_from {
+                progress.say(format!(
+                    "start: from {}; each restart upgrades a node to {}",
+                    older.display(),
+                    exe.display()
+                ));
+            }
             Cluster::start(template, &args.regions, args.nodes_per_region, &client).await?
         }
         None => {
@@ -395,8 +404,12 @@ pub(crate) async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         progress.say(format!("resume: SIGCONT {}", targets.join(",")));
     }
     if let (Scenario::RollingRestart, Some(template)) = (args.scenario, &template) {
+        let template = NodeTemplate {
+            exe: exe.clone(),
+            ..template.clone()
+        };
         for name in &targets {
-            let took = cluster.restart(template, name, &client).await?;
+            let took = cluster.restart(&template, name, &client).await?;
             progress.say(format!(
                 "restart: {name} drained, restarted and ready in {} ms",
                 ms(took)

@@ -184,6 +184,46 @@ fn rolling_restart_drill_drains_every_node_without_client_errors() {
     );
 }
 
+/// `--upgrade-from` starts every node from the given executable (here a wrapper that
+/// records each start, then runs this build) and restarts each onto the drill's own.
+#[test]
+fn a_rolling_upgrade_starts_the_nodes_from_the_older_executable_and_restarts_them_onto_this_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let starts = dir.path().join("starts");
+    let older = dir.path().join("older-liege");
+    std::fs::write(
+        &older,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            starts.display(),
+            env!("CARGO_BIN_EXE_liege")
+        ),
+    )
+    .expect("wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&older, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut args = short(dir.path(), "rolling-restart");
+    args.extend(["--upgrade-from".into(), older.display().to_string()]);
+    let (status, output) = drill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let doc = read_json(&dir.path().join("drill.json"));
+    assert_passed(status, &output, &doc, "rolling-restart");
+    assert_eq!(doc["errors"], 0, "no client error: {doc:#}");
+    let started = std::fs::read_to_string(&starts).expect("the older executable ran");
+    let mut names: Vec<&str> = started
+        .lines()
+        .filter_map(|l| l.split("--name ").nth(1)?.split(' ').next())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["iad-1", "lax-1", "ord-1"],
+        "each node started once from the older executable, and never again: {started}"
+    );
+}
+
 #[test]
 fn region_drain_drill_moves_every_partition_off_and_back_without_client_errors() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -351,6 +391,13 @@ fn usage_and_setup_errors_exit_with_code_2() {
             "x",
         ],
         vec!["--fault-cmd", "true"],
+        vec![
+            "--upgrade-from",
+            "/no/such/liege",
+            "--scenario",
+            "rolling-restart",
+        ],
+        vec!["--upgrade-from", env!("CARGO_BIN_EXE_liege")],
     ] {
         let (status, output) = drill(&args);
         assert_eq!(status.code(), Some(2), "{args:?} gave {status}:\n{output}");

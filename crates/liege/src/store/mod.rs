@@ -687,6 +687,7 @@ pub trait Store: Send + Sync + 'static {
     ///     region: "iad".into(),
     ///     cluster_addr: "127.0.0.1:7070".into(),
     ///     http_addr: "127.0.0.1:8080".into(),
+    ///     compat: liege::store::COMPAT_LEVEL,
     /// };
     /// store.join(&node, 10_000).await?;
     /// let claimed = store.claim(&node.id, &[PartitionId(0)]).await?;
