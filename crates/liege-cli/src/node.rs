@@ -34,6 +34,12 @@ pub(crate) struct NodeArgs {
     /// Store: memory:, sqlite:PATH or postgres://... (falls back to DATABASE_URL).
     #[arg(long, env = "LIEGE_STORE")]
     pub(crate) store: Option<String>,
+    /// PostgreSQL only: most connections this node opens for reads and writes at once; it
+    /// also opens up to 3 for leases and the directory and 1 to listen for changes, so a
+    /// cluster of N nodes needs `N × (this + 4)` of the server's `max_connections`.
+    #[arg(long, env = "LIEGE_STORE_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) store_pool_size: u16,
     /// Cluster secret (prefer --secret-file or LIEGE_SECRET).
     #[arg(long, env = "LIEGE_SECRET", hide_env_values = true)]
     pub(crate) secret: Option<String>,
@@ -274,9 +280,23 @@ pub(crate) async fn run(args: NodeArgs, agents: Agents) -> anyhow::Result<ExitCo
         audit: args.audit,
         sabotage,
     };
-    let store = liege::store::open(&url, options)
-        .await
-        .with_context(|| format!("opening store {url}"))?;
+    let store: liege::store::SharedStore = match &url {
+        StoreUrl::Postgres(pg) => {
+            let options = liege::store::postgres::PostgresOptions {
+                store: options,
+                pool_size: usize::from(args.store_pool_size),
+                ..Default::default()
+            };
+            std::sync::Arc::new(
+                liege::store::postgres::PostgresStore::connect(pg, options)
+                    .await
+                    .with_context(|| format!("opening store {url}"))?,
+            )
+        }
+        _ => liege::store::open(&url, options)
+            .await
+            .with_context(|| format!("opening store {url}"))?,
+    };
 
     let http = tokio::net::TcpListener::bind(args.http)
         .await

@@ -217,3 +217,41 @@ fn on_fly_nodes_name_themselves_and_form_a_cluster_over_ipv6() {
         }
     }
 }
+
+/// `--store-pool-size` bounds what a node asks of the server's `max_connections`: a node with
+/// a pool of 1, under 32 concurrent clients activating and writing 640 keys, has at most
+/// 1 + 3 (control) + 1 (listener) connections open, and answers every request.
+#[test]
+fn a_node_opens_no_more_postgres_connections_than_its_pool_allows() {
+    let Some(pg) = liege::testing::postgres::TempPostgres::start().expect("throwaway PostgreSQL")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = [
+        "--secret",
+        "pool-size-test-cluster-secret-01",
+        "--store-pool-size",
+        "1",
+    ];
+    let node = NodeProcess::start_on("a", "iad", &pg.url(), dir.path(), &args);
+    std::thread::scope(|s| {
+        for t in 0..32 {
+            let node = &node;
+            s.spawn(move || {
+                for i in 0..20 {
+                    assert_eq!(node.inc(&format!("pool-{t}-{i}"), None), 1);
+                }
+            });
+        }
+    });
+    let open: u32 = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'liege'",
+        )
+        .expect("psql")
+        .parse()
+        .expect("a count");
+    assert!((2..=5).contains(&open), "{open} connections open");
+}

@@ -202,6 +202,16 @@ ssl_key_file = 'server.key'
         self.port
     }
 
+    /// Runs `sql` with the server's `psql` on database `db` and returns what it printed
+    /// (unaligned, rows only, trimmed). Blocks.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, TempPostgresError> {
+        let out = run(Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-t", "-A", "-c", sql])
+            .arg(self.url_for(db)))?;
+        check(&out, "psql")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// URL of the `postgres` database.
     pub fn url(&self) -> String {
         self.url_for("postgres")

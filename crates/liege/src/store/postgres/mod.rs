@@ -47,8 +47,11 @@ pub async fn open(url: &str, options: StoreOptions) -> StoreResult<SharedStore> 
 pub struct PostgresOptions {
     /// Options common to every backend (auditing).
     pub store: StoreOptions,
-    /// Most connections open at once for operations (the listener has one more). Bounded so a
-    /// node under load queues instead of exhausting the server's `max_connections`.
+    /// Most connections open at once for reads and writes (the control pool has up to 3
+    /// more for leases and the directory, and the listener one). Bounded so a node under load
+    /// queues instead of exhausting the server's `max_connections`, and small so a restarted
+    /// server is not asked to start many backends at once (see `docs/BENCHMARKS.md`, "Fewer
+    /// connections per node"). The writer keeps one batch in flight and the loader two.
     pub pool_size: usize,
     /// Server-side `statement_timeout`: the server abandons (and rolls back) a statement that
     /// runs longer, so a stuck operation never holds locks for long.
@@ -67,7 +70,7 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             store: StoreOptions::default(),
-            pool_size: 8,
+            pool_size: 4,
             statement_timeout: Duration::from_millis(500),
             op_timeout: Duration::from_millis(750),
             connect_timeout: Duration::from_millis(500),
