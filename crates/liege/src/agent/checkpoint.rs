@@ -113,6 +113,10 @@ pub(crate) struct RetainedIds {
     /// Latest expiry of the key's records written before format 4, which no read lists
     /// (0: none live at load); carried in every checkpoint until they have expired.
     pub(crate) legacy_until_ms: i64,
+    /// Latest expiry of the key's records under the per-key row key, which a build of
+    /// [`crate::store::COMPAT_LEGACY`] cannot find. Not stored: at load, a format-4
+    /// checkpoint's `retained_until` (its records may all be per-key), 0 for older formats.
+    pub(crate) per_key_until_ms: i64,
 }
 
 impl RetainedIds {
@@ -132,6 +136,7 @@ impl RetainedIds {
             complete: !legacy_live && (records.is_some() || retained_until_ms <= now_ms),
             retained_until_ms,
             legacy_until_ms: if legacy_live { legacy_until_ms } else { 0 },
+            per_key_until_ms: retained_until_ms,
             ..Self::default()
         };
         for record in records.iter().flatten() {
@@ -190,12 +195,23 @@ impl RetainedIds {
         }
     }
 
-    /// Before a write whose records are keyed the legacy way (a member of the cluster runs
-    /// a build of [`crate::store::COMPAT_LEGACY`]): the key may hold such records until the
-    /// latest expiry of those pending, and every later checkpoint must say so.
-    pub(crate) fn keyed_legacy(&mut self) {
+    /// Decides how the next write keys its records and records what that leaves in the
+    /// store. The legacy way (format 3, [`crate::store::legacy_dedupe_record_key`]) iff the
+    /// cluster writes for a build of [`crate::store::COMPAT_LEGACY`] (`for_older_build`) and
+    /// no record of the key under the per-key row key may still be live at `now_ms`: such a
+    /// build would not find one, and could apply its id's retry twice. Otherwise format 4,
+    /// which such a build refuses to load (it answers `internal` for the key, and applies
+    /// nothing). The expiry of the records written the chosen way only grows.
+    pub(crate) fn key_next_write(&mut self, for_older_build: bool, now_ms: i64) -> bool {
         let latest = self.pending.iter().map(|r| r.expires_at_ms).max();
-        self.legacy_until_ms = self.legacy_until_ms.max(latest.unwrap_or(0));
+        let latest = latest.unwrap_or(0);
+        let legacy = for_older_build && self.per_key_until_ms <= now_ms;
+        if legacy {
+            self.legacy_until_ms = self.legacy_until_ms.max(latest);
+        } else {
+            self.per_key_until_ms = self.per_key_until_ms.max(latest);
+        }
+        legacy
     }
 
     #[cfg(test)]
@@ -542,7 +558,10 @@ mod tests {
         );
         let mut retained = until(9_000, 2_000);
         retained.pending.push(record(1, 4_000));
-        retained.keyed_legacy();
+        assert!(
+            retained.key_next_write(true, 0),
+            "no per-key record is live"
+        );
         assert_eq!(retained.legacy_until_ms, 4_000, "the pending legacy record");
         let bytes = encode(b"1", &window, &retained, true);
         assert_eq!(bytes[0], FORMAT_V3);
@@ -561,8 +580,30 @@ mod tests {
 
         // Nothing pending: nothing more to look up, and an expiry never moves back.
         let mut quiet = until(0, 2_000);
-        quiet.keyed_legacy();
+        assert!(quiet.key_next_write(true, 0));
         assert_eq!(quiet.legacy_until_ms, 2_000);
+    }
+
+    #[test]
+    fn a_key_with_live_per_key_records_stays_format_4_for_an_older_build() {
+        // Loaded from format 4: its records may all be per-key until 5,000.
+        let mut ids = RetainedIds::loaded(5_000, 0, Some(Vec::new()), 1_000, 10);
+        ids.pending.push(record(1, 6_000));
+        assert!(
+            !ids.key_next_write(true, 1_000),
+            "an older build could miss them"
+        );
+        assert_eq!((ids.per_key_until_ms, ids.legacy_until_ms), (6_000, 0));
+        // Once they have expired, the key is written the legacy way again.
+        ids.pending = vec![record(2, 9_000)];
+        assert!(ids.key_next_write(true, 6_000));
+        assert_eq!((ids.per_key_until_ms, ids.legacy_until_ms), (6_000, 9_000));
+        // A format-3 checkpoint holds no per-key record; the cluster of one build keys per key.
+        let mut old = RetainedIds::loaded(0, 7_000, None, 1_000, 10);
+        assert!(old.key_next_write(true, 1_000));
+        old.pending = vec![record(3, 8_000)];
+        assert!(!old.key_next_write(false, 1_000));
+        assert_eq!((old.per_key_until_ms, old.legacy_until_ms), (8_000, 7_000));
     }
 
     #[test]

@@ -649,11 +649,10 @@ impl Host {
     /// On any failure the caller MUST drop the activation (its memory is ahead of the store).
     async fn persist(&self, act: &Arc<Activation>, turn: &mut Turn) -> Result<(), CallError> {
         let state = turn.state.as_ref().expect("persist only after load");
-        // Written so that every live member can load it (see `View::compat`).
-        let legacy = self.published.with_view(|v| v.compat()) < crate::store::COMPAT_LEVEL;
-        if legacy {
-            turn.retained.keyed_legacy();
-        }
+        // Written so that every live member can load it (see `View::compat`) without missing
+        // a record, or else so that none of them can load it.
+        let for_older_build = self.published.with_view(|v| v.compat()) < crate::store::COMPAT_LEVEL;
+        let legacy = turn.retained.key_next_write(for_older_build, unix_ms());
         let data = checkpoint::encode(
             &act.agent.encode(state),
             &turn.dedupe,

@@ -27,8 +27,9 @@ async fn wait_for_level(cluster: &TestCluster, level: u16) {
 
 /// While a member of an older build is live, its checkpoints are format 3 and its dedupe
 /// records keyed the legacy way, as that build reads them (it would answer `internal` for
-/// format 4, and not find per-key records). Once it has gone, format 4; the ids applied
-/// before are still answered with their first reply after a failover.
+/// format 4, and not find per-key records). Once it has gone, format 4, and a key with
+/// per-key records stays format 4 if such a member comes back; the ids applied before are
+/// still answered with their first reply after a failover.
 pub(crate) async fn a_live_member_of_an_older_build_is_written_what_it_reads(store: TestStore) {
     let mut cluster = TestCluster::builder()
         .store(store)
@@ -90,10 +91,36 @@ pub(crate) async fn a_live_member_of_an_older_build_is_written_what_it_reads(sto
     let written = store.read(&key).await.expect("read").expect("a checkpoint");
     assert_eq!(written.data[0], 4, "format 4 once every member reads it");
 
+    // An older build joins again: the key now holds a record under the per-key row key,
+    // which such a build cannot find, so the key stays format 4 (that build refuses it).
+    let again = NodeRecord {
+        id: NodeId::new("old", 2),
+        ..old.clone()
+    };
+    store
+        .join(&again, 600_000)
+        .await
+        .expect("older member rejoins");
+    wait_for_level(&cluster, COMPAT_LEGACY).await;
+    let reply = cluster
+        .node("a")
+        .call(&key, inc("after-1"), long())
+        .await
+        .expect("call");
+    assert_eq!(value(&reply.value), 5);
+    let written = store.read(&key).await.expect("read").expect("a checkpoint");
+    assert_eq!(written.data[0], 4, "live per-key records keep format 4");
+    store.leave(&again.id).await.expect("older member leaves");
+
     let owner = cluster.node("a").owner_node(&key).unwrap().owner.unwrap();
     let survivor = if owner == "a" { "b" } else { "a" };
     cluster.kill(&owner);
-    for (id, first) in [("before-0", 1), ("before-2", 3), ("after-0", 4)] {
+    for (id, first) in [
+        ("before-0", 1),
+        ("before-2", 3),
+        ("after-0", 4),
+        ("after-1", 5),
+    ] {
         let retry = cluster
             .node(survivor)
             .call(&key, inc(id), long())
@@ -107,9 +134,9 @@ pub(crate) async fn a_live_member_of_an_older_build_is_written_what_it_reads(sto
     }
     let reply = cluster
         .node(survivor)
-        .call(&key, inc("after-1"), long())
+        .call(&key, inc("after-2"), long())
         .await
         .expect("call");
-    assert_eq!(value(&reply.value), 5, "a new id is applied once");
+    assert_eq!(value(&reply.value), 6, "a new id is applied once");
     cluster.check_audit().await.expect("audit clean");
 }

@@ -166,6 +166,7 @@ impl View {
         directory: Directory,
         read_at: LocalMs,
     ) {
+        let membership_now = membership.now;
         self.store_now = directory.now.max(membership.now);
         self.read_at = read_at;
         self.nodes = membership
@@ -173,11 +174,12 @@ impl View {
             .into_iter()
             .map(|n| (n.record.id.name.clone(), n))
             .collect();
-        let store_now = self.store_now;
+        // Live as of the membership read itself: the directory is read after it, and a
+        // lease renewed in between must not make a live member look expired.
         self.compat = crate::store::cluster_compat(
             self.nodes
                 .values()
-                .filter(|n| n.lease_expires_at > store_now),
+                .filter(|n| n.lease_expires_at > membership_now),
         );
         for row in directory.partitions {
             if let Some(slot) = self.owners.get_mut(row.id.0 as usize) {

@@ -105,8 +105,9 @@ impl Store for PostgresStore {
     }
 
     fn write_concurrency(&self) -> usize {
-        // Half the pool: batches overlap their round trips while control operations
-        // (lease renewals, claims) always find a connection.
+        // Half the data pool: batches overlap their round trips while activation loads
+        // (two in flight) and lookups still get connections. Leases, membership and claims
+        // have a pool of their own.
         (self.options.pool_size / 2).max(1)
     }
 

@@ -51,7 +51,7 @@ pub struct PostgresOptions {
     /// more for leases and the directory, and the listener one). Bounded so a node under load
     /// queues instead of exhausting the server's `max_connections`, and small so a restarted
     /// server is not asked to start many backends at once (see `docs/BENCHMARKS.md`, "Fewer
-    /// connections per node"). The writer keeps one batch in flight and the loader two.
+    /// connections per node"). The writer keeps up to half of them busy, the loader two.
     pub pool_size: usize,
     /// Server-side `statement_timeout`: the server abandons (and rolls back) a statement that
     /// runs longer, so a stuck operation never holds locks for long.
