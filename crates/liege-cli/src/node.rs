@@ -280,23 +280,21 @@ pub(crate) async fn run(args: NodeArgs, agents: Agents) -> anyhow::Result<ExitCo
         audit: args.audit,
         sabotage,
     };
-    let store: liege::store::SharedStore = match &url {
+    // PostgreSQL takes its pool size; every other backend opens as `store::open` does.
+    let opened = match &url {
         StoreUrl::Postgres(pg) => {
             let options = liege::store::postgres::PostgresOptions {
                 store: options,
                 pool_size: usize::from(args.store_pool_size),
                 ..Default::default()
             };
-            std::sync::Arc::new(
-                liege::store::postgres::PostgresStore::connect(pg, options)
-                    .await
-                    .with_context(|| format!("opening store {url}"))?,
-            )
+            liege::store::postgres::PostgresStore::connect(pg, options)
+                .await
+                .map(|s| std::sync::Arc::new(s) as liege::store::SharedStore)
         }
-        _ => liege::store::open(&url, options)
-            .await
-            .with_context(|| format!("opening store {url}"))?,
+        _ => liege::store::open(&url, options).await,
     };
+    let store = opened.with_context(|| format!("opening store {url}"))?;
 
     let http = tokio::net::TcpListener::bind(args.http)
         .await

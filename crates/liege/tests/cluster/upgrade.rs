@@ -25,6 +25,18 @@ async fn wait_for_level(cluster: &TestCluster, level: u16) {
     }
 }
 
+/// Increments `key` through node `a` with idempotency key `id`: the new value, and the
+/// format tag of the checkpoint the store then holds.
+async fn inc_on_a(cluster: &TestCluster, key: &liege::AgentKey, id: &str) -> (i64, u8) {
+    let reply = cluster
+        .node("a")
+        .call(key, inc(id), long())
+        .await
+        .expect("call");
+    let written = cluster.store().read(key).await.expect("read");
+    (value(&reply.value), written.expect("a checkpoint").data[0])
+}
+
 /// While a member of an older build is live, its checkpoints are format 3 and its dedupe
 /// records keyed the legacy way, as that build reads them (it would answer `internal` for
 /// format 4, and not find per-key records). Once it has gone, format 4, and a key with
@@ -58,18 +70,12 @@ pub(crate) async fn a_live_member_of_an_older_build_is_written_what_it_reads(sto
 
     let key = counter("upgrading");
     for i in 0..3 {
-        let reply = cluster
-            .node("a")
-            .call(&key, inc(&format!("before-{i}")), long())
-            .await
-            .expect("call");
-        assert_eq!(value(&reply.value), i + 1);
+        assert_eq!(
+            inc_on_a(&cluster, &key, &format!("before-{i}")).await,
+            (i + 1, 3),
+            "format 3 while the older member is live"
+        );
     }
-    let written = store.read(&key).await.expect("read").expect("a checkpoint");
-    assert_eq!(
-        written.data[0], 3,
-        "format 3 while the older member is live"
-    );
     let listed = store
         .read_with_records(std::slice::from_ref(&key), 0, 100)
         .await
@@ -82,14 +88,11 @@ pub(crate) async fn a_live_member_of_an_older_build_is_written_what_it_reads(sto
 
     store.leave(&old.id).await.expect("older member leaves");
     wait_for_level(&cluster, COMPAT_LEVEL).await;
-    let reply = cluster
-        .node("a")
-        .call(&key, inc("after-0"), long())
-        .await
-        .expect("call");
-    assert_eq!(value(&reply.value), 4);
-    let written = store.read(&key).await.expect("read").expect("a checkpoint");
-    assert_eq!(written.data[0], 4, "format 4 once every member reads it");
+    assert_eq!(
+        inc_on_a(&cluster, &key, "after-0").await,
+        (4, 4),
+        "format 4 once every member reads it"
+    );
 
     // An older build joins again: the key now holds a record under the per-key row key,
     // which such a build cannot find, so the key stays format 4 (that build refuses it).
@@ -102,14 +105,11 @@ pub(crate) async fn a_live_member_of_an_older_build_is_written_what_it_reads(sto
         .await
         .expect("older member rejoins");
     wait_for_level(&cluster, COMPAT_LEGACY).await;
-    let reply = cluster
-        .node("a")
-        .call(&key, inc("after-1"), long())
-        .await
-        .expect("call");
-    assert_eq!(value(&reply.value), 5);
-    let written = store.read(&key).await.expect("read").expect("a checkpoint");
-    assert_eq!(written.data[0], 4, "live per-key records keep format 4");
+    assert_eq!(
+        inc_on_a(&cluster, &key, "after-1").await,
+        (5, 4),
+        "live per-key records keep format 4"
+    );
     store.leave(&again.id).await.expect("older member leaves");
 
     let owner = cluster.node("a").owner_node(&key).unwrap().owner.unwrap();
