@@ -12,9 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use liege::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use liege::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreChange, StoreError,
-    StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DirectoryChanges, Lease, Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store,
+    StoreChange, StoreError, StoreResult, StoreTime, WriteError,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -174,6 +174,9 @@ impl Store for SimStore {
     }
     async fn directory(&self) -> StoreResult<Directory> {
         self.around(self.inner.directory()).await
+    }
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        self.around(self.inner.directory_changes(since)).await
     }
     async fn claim(
         &self,

@@ -13,9 +13,9 @@ use tokio::sync::watch;
 
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 use crate::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreChange, StoreError,
-    StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DirectoryChanges, Lease, Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store,
+    StoreChange, StoreError, StoreResult, StoreTime, WriteError,
 };
 
 /// Switchable faults of one node.
@@ -156,6 +156,11 @@ impl Store for FaultyStore {
     async fn directory(&self) -> StoreResult<Directory> {
         self.enter().await?;
         let r = self.inner.directory().await;
+        self.leave_with(r).await
+    }
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        self.enter().await?;
+        let r = self.inner.directory_changes(since).await;
         self.leave_with(r).await
     }
     async fn claim(

@@ -221,6 +221,8 @@ pub struct Telemetry {
     pub(crate) commit_batch: Histogram,
     pub(crate) commit_rows: Family<EventLabels, Counter>,
     pub(crate) partitions_owned: Gauge,
+    /// Directory rows this node's refreshes read from the store.
+    pub(crate) directory_rows_read: Counter,
     pub(crate) failover_duration: Histogram,
     pub(crate) lease_ok: Gauge,
     /// Partitions without a live owner in this node's latest view.
@@ -376,6 +378,13 @@ impl Telemetry {
             "Partitions this node owns",
             partitions_owned.clone(),
         );
+        let directory_rows_read = Counter::default();
+        registry.register(
+            "cluster_directory_rows_read",
+            "Directory rows this node's refreshes read from the store: every row on a full \
+             read, only the changed ones on an incremental read (PostgreSQL)",
+            directory_rows_read.clone(),
+        );
         let failover_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
         registry.register(
             "cluster_failover_duration_seconds",
@@ -436,6 +445,7 @@ impl Telemetry {
             commit_batch,
             commit_rows,
             partitions_owned,
+            directory_rows_read,
             failover_duration,
             lease_ok,
             partitions_orphaned,

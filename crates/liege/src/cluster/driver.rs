@@ -90,9 +90,16 @@ pub(crate) struct DirectoryCache {
 
 impl DirectoryCache {
     /// Reads what changed since the cached version and returns the whole directory.
-    async fn refresh(&self, store: &SharedStore) -> Result<Directory, StoreError> {
+    async fn refresh(
+        &self,
+        store: &SharedStore,
+        telemetry: &Telemetry,
+    ) -> Result<Directory, StoreError> {
         let since = self.state.lock().0;
         let changes = store.directory_changes(since).await?;
+        telemetry
+            .directory_rows_read
+            .inc_by(changes.rows.len() as u64);
         let mut state = self.state.lock();
         // Two refreshes never overlap (one read in flight), but never let an older answer
         // overwrite a newer one.
@@ -297,8 +304,9 @@ impl Driver {
             }
             Command::Read { sent_at } => {
                 let cache = self.directory.clone();
+                let telemetry = self.telemetry.clone();
                 self.tasks.spawn(async move {
-                    let result = read(&store, &cache).await;
+                    let result = read(&store, &cache, &telemetry).await;
                     reply(Input::Read { sent_at, result });
                 });
             }
@@ -347,10 +355,14 @@ impl Driver {
 }
 
 /// One refresh: membership and the operator settings, then the directory.
-async fn read(store: &SharedStore, cache: &DirectoryCache) -> Result<Snapshot, StoreError> {
+async fn read(
+    store: &SharedStore,
+    cache: &DirectoryCache,
+    telemetry: &Telemetry,
+) -> Result<Snapshot, StoreError> {
     let membership = store.nodes().await?;
     let settings = store.settings().await?;
-    let directory = cache.refresh(store).await?;
+    let directory = cache.refresh(store, telemetry).await?;
     Ok(Snapshot {
         membership,
         directory,

@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use super::rules::{self, ClaimDecision, LeaseState};
 use super::{
     AlarmUpdate, AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
-    DueAlarm, JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeLease, NodeRecord,
-    OperatorSetting, PartitionRow, Settings, SharedStore, Store, StoreChange, StoreError,
-    StoreOptions, StoreResult, StoreTime, WriteError,
+    DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeLease,
+    NodeRecord, OperatorSetting, PartitionRow, Settings, SharedStore, Store, StoreChange,
+    StoreError, StoreOptions, StoreResult, StoreTime, WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -307,6 +307,10 @@ impl Store for MemoryStore {
             now: self.clock(),
             partitions: t.partitions.clone(),
         })
+    }
+
+    async fn directory_changes(&self, _since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        Ok(DirectoryChanges::whole(self.directory().await?))
     }
 
     async fn settings(&self) -> StoreResult<Settings> {

@@ -164,6 +164,19 @@ pub struct DirectoryChanges {
     pub version: Option<u64>,
 }
 
+impl DirectoryChanges {
+    /// The whole of `directory` as a full read: what a store that keeps no versions returns
+    /// from [`Store::directory_changes`].
+    pub fn whole(directory: Directory) -> Self {
+        Self {
+            now: directory.now,
+            full: true,
+            rows: directory.partitions,
+            version: None,
+        }
+    }
+}
+
 impl Directory {
     /// Applies `changes` read after this directory: replaces it if they are a full read,
     /// otherwise overwrites the changed rows.
@@ -580,20 +593,15 @@ pub trait Store: Send + Sync + 'static {
     async fn directory(&self) -> StoreResult<Directory>;
 
     /// The directory rows changed after `since` (a [`DirectoryChanges::version`] this store
-    /// returned before), or the whole directory when `since` is `None`. Stores that keep no
-    /// versions return the whole directory every time (the default). A store that does
-    /// must never skip a change: every row changed by a transaction that committed before
-    /// one whose change is included must be included too.
-    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
-        let _ = since;
-        let d = self.directory().await?;
-        Ok(DirectoryChanges {
-            now: d.now,
-            full: true,
-            rows: d.partitions,
-            version: None,
-        })
-    }
+    /// returned before), or the whole directory when `since` is `None`. A store that keeps
+    /// no versions returns the whole directory every time ([`DirectoryChanges::whole`]). A
+    /// store that does must never skip a change: every row changed by a transaction that
+    /// committed before one whose change is included must be included too.
+    ///
+    /// Deliberately without a default: a wrapper around another store (fault injection, a
+    /// test's recorder) that forgot to forward it would turn every refresh of the node into
+    /// a read of the whole directory without any test noticing.
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges>;
 
     /// The operator settings: drains and whether rebalancing is paused.
     async fn settings(&self) -> StoreResult<Settings>;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use liege::cluster::CallOptions;
 use liege::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, DueAlarm,
-    JournalAppend, JournalEntry, Lease, Membership, NodeRecord, OperatorSetting, Settings,
-    SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Membership, NodeRecord,
+    OperatorSetting, Settings, SharedStore, Store, StoreChange, StoreError, StoreResult, StoreTime,
+    WriteError,
 };
 use liege::testing::{TestCluster, TestStore};
 use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev, Signal};
@@ -55,6 +56,9 @@ impl Store for LoseOneReply {
     }
     async fn directory(&self) -> StoreResult<Directory> {
         self.inner.directory().await
+    }
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        self.inner.directory_changes(since).await
     }
     async fn settings(&self) -> StoreResult<Settings> {
         self.inner.settings().await

@@ -6,6 +6,7 @@ mod alarms;
 mod backends;
 mod calls;
 mod common;
+mod coordination;
 mod examples;
 mod failover;
 mod journal;

@@ -10,9 +10,9 @@ use liege::store::sqlite::{
     self, members_path, SqliteStore, MEMBERS_SCHEMA_VERSION, SCHEMA_VERSION,
 };
 use liege::store::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, Lease,
-    Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store, StoreError,
-    StoreOptions, StoreResult, StoreTime, StoreUrl, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DirectoryChanges, Lease, Membership, NodeRecord, OperatorSetting, Settings, SharedStore, Store,
+    StoreError, StoreOptions, StoreResult, StoreTime, StoreUrl, WriteError,
 };
 use liege::testing::conformance::{self, join, key, partitions, put, LONG_TTL_MS};
 use liege::{AgentKey, Epoch, NodeId, PartitionId, Rev};
@@ -337,6 +337,9 @@ impl Store for TempStore {
     }
     async fn directory(&self) -> StoreResult<Directory> {
         self.inner.directory().await
+    }
+    async fn directory_changes(&self, since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        self.inner.directory_changes(since).await
     }
     async fn claim(
         &self,

@@ -87,9 +87,10 @@ pub use schema::members_path;
 use worker::Worker;
 
 use super::{
-    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory, DueAlarm,
-    JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeRecord, OperatorSetting, Settings,
-    SharedStore, Store, StoreOptions, StoreResult, StoreTime, WriteError,
+    AuditRecord, Checkpoint, CheckpointWrite, ClusterMeta, DedupeRecord, Directory,
+    DirectoryChanges, DueAlarm, JournalAppend, JournalEntry, Lease, Loaded, Membership, NodeRecord,
+    OperatorSetting, Settings, SharedStore, Store, StoreOptions, StoreResult, StoreTime,
+    WriteError,
 };
 use crate::core::ids::{AgentKey, Epoch, NodeId, PartitionId, Rev};
 
@@ -232,6 +233,11 @@ impl Store for SqliteStore {
 
     async fn directory(&self) -> StoreResult<Directory> {
         self.control.run(control::directory).await
+    }
+
+    /// No versions: the whole directory, read from the local file.
+    async fn directory_changes(&self, _since: Option<u64>) -> StoreResult<DirectoryChanges> {
+        Ok(DirectoryChanges::whole(self.directory().await?))
     }
 
     async fn claim(
