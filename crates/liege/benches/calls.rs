@@ -1,15 +1,21 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 //! Call-path benchmarks: in-process calls, durable increments on SQLite, remote calls.
 //!
+//! Remote calls are timed between two nodes in this process (`remote_call_loopback`) and
+//! between this process and a child process running the other node
+//! (`remote_call_other_process`, with a bare TCP echo of the child as the floor), each from
+//! criterion's thread, from a task on the runtime (as a node's own callers run) and 64 at once.
+//!
 //! Run: `cargo bench -p liege --bench calls`. Figures go to `docs/BENCHMARKS.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use liege::cluster::{CallOptions, Node, NodeConfig, Persistence};
 use liege::store::{StoreOptions, StoreUrl};
 use liege::{AgentKey, Agents, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
 fn runtime() -> Runtime {
@@ -143,6 +149,83 @@ fn durable_postgres(c: &mut Criterion) {
     durable(c, "durable_inc_postgres", StoreUrl::Postgres(pg.url()));
 }
 
+/// The cluster secret both bench nodes share.
+const SECRET: &[u8] = b"bench-cluster-secret";
+
+/// Set (to a SQLite path) in the child process that runs node `b` of
+/// `remote_call_other_process`.
+const PEER_ENV: &str = "LIEGE_BENCH_PEER_STORE";
+
+fn remote_node(
+    name: &str,
+    store: liege::store::SharedStore,
+) -> impl std::future::Future<Output = Result<Node, liege::cluster::StartError>> {
+    let mut config = NodeConfig::new(name, "bench");
+    config.persistence = Persistence::OnPassivate;
+    config.partitions = 256;
+    config.secret = Some(SECRET.to_vec());
+    Node::start(config, store, Agents::with_builtins())
+}
+
+/// Waits until `a` routes some partitions to `b` and its view has settled, then returns up to
+/// 1,000 keys that `b` owns, warmed with a few thousand calls.
+fn keys_owned_by_b(rt: &Runtime, a: &Node) -> Arc<Vec<AgentKey>> {
+    let owned = || {
+        keys(5000, "r")
+            .into_iter()
+            .filter(|k| a.owner_node(k).ok().and_then(|o| o.owner).as_deref() == Some("b"))
+            .take(1000)
+            .collect::<Vec<_>>()
+    };
+    rt.block_on(async {
+        for _ in 0..400 {
+            if a.local_stats().partitions > 0 && !owned().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    });
+    let ks = Arc::new(owned());
+    assert!(!ks.is_empty(), "b owns some keys");
+    rt.block_on(concurrent_calls(a, &ks, 4, 5_000));
+    ks
+}
+
+/// The remote-call group: from outside the runtime (criterion's thread), from a task on the
+/// runtime (as HTTP handlers and agents call), and 64 tasks at once.
+fn remote_group(c: &mut Criterion, name: &str, rt: &Runtime, a: &Node, ks: &Arc<Vec<AgentKey>>) {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(1));
+    sequential(&mut g, rt, a, ks);
+    g.bench_function("sequential_from_a_task", |bch| {
+        bch.to_async(rt).iter_custom(|iters| {
+            let (a, ks) = (a.clone(), ks.clone());
+            async move {
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let key = &ks[i as usize % ks.len()];
+                        a.call(key, Signal::new("inc"), CallOptions::default())
+                            .await
+                            .expect("call");
+                    }
+                    start.elapsed()
+                })
+                .await
+                .expect("caller task")
+            }
+        });
+    });
+    g.bench_function("pipelined_64", |bch| {
+        bch.to_async(rt)
+            .iter_custom(|iters| concurrent_calls(a, ks, 64, iters.max(64)));
+    });
+    g.finish();
+}
+
+/// Both nodes in this process, on one runtime: a call from a task can run end to end on one
+/// worker thread.
 fn remote(c: &mut Criterion) {
     let rt = runtime();
     let store = rt
@@ -151,46 +234,128 @@ fn remote(c: &mut Criterion) {
             StoreOptions::default(),
         ))
         .expect("store");
-    let start = |name: &str| {
-        let mut config = NodeConfig::new(name, "bench");
-        config.persistence = Persistence::OnPassivate;
-        config.partitions = 256;
-        config.secret = Some(b"bench-cluster-secret".to_vec());
-        Node::start(config, store.clone(), Agents::with_builtins())
-    };
-    let a = rt.block_on(start("a")).expect("node a");
-    let b_node = rt.block_on(start("b")).expect("node b");
-    // Wait for the partitions to spread, then keep only keys that `b` owns.
-    rt.block_on(async {
-        for _ in 0..200 {
-            if a.local_stats().partitions > 0 && b_node.local_stats().partitions > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let a = rt
+        .block_on(remote_node("a", store.clone()))
+        .expect("node a");
+    let _b = rt.block_on(remote_node("b", store)).expect("node b");
+    let ks = keys_owned_by_b(&rt, &a);
+    remote_group(c, "remote_call_loopback", &rt, &a, &ks);
+}
+
+/// Node `b` in a child process (this binary again, with [`PEER_ENV`] set), sharing a SQLite
+/// file with `a`: every round trip crosses from one process's threads to the other's, as
+/// between two nodes on one machine.
+fn remote_other_process(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("cluster.db");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("bench binary"))
+        .env(PEER_ENV, &db)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("start node b's process");
+    let rt = runtime();
+    // `b` creates the file first; `a` opens it once it exists.
+    for _ in 0..200 {
+        if db.exists() {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let store = rt
+        .block_on(liege::store::open(
+            &StoreUrl::Sqlite(db.clone()),
+            StoreOptions::default(),
+        ))
+        .expect("store");
+    let a = rt.block_on(remote_node("a", store)).expect("node a");
+    let ks = keys_owned_by_b(&rt, &a);
+    remote_group(c, "remote_call_other_process", &rt, &a, &ks);
+    let port = std::fs::read_to_string(echo_port_file(&db)).expect("b's echo port");
+    let echo = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", port.trim()))
+            .await
+            .expect("connect to b's echo");
+        stream.set_nodelay(true).expect("nodelay");
+        Arc::new(tokio::sync::Mutex::new(stream))
     });
-    let remote_keys: Vec<AgentKey> = keys(5000, "r")
-        .into_iter()
-        .filter(|k| a.owner_node(k).ok().and_then(|o| o.owner).as_deref() == Some("b"))
-        .take(1000)
-        .collect();
-    assert!(!remote_keys.is_empty(), "b owns some keys");
-    let ks = Arc::new(remote_keys);
-    rt.block_on(concurrent_calls(&a, &ks, 4, 5_000));
-    let mut g = c.benchmark_group("remote_call_loopback");
-    g.throughput(Throughput::Elements(1));
-    sequential(&mut g, &rt, &a, &ks);
-    g.bench_function("pipelined_64", |bch| {
-        bch.to_async(&rt)
-            .iter_custom(|iters| concurrent_calls(&a, &ks, 64, iters.max(64)));
+    let mut g = c.benchmark_group("remote_call_other_process");
+    g.bench_function("bare_tcp_echo_from_a_task", |bch| {
+        bch.to_async(&rt).iter_custom(|iters| {
+            let echo = echo.clone();
+            async move {
+                tokio::spawn(async move {
+                    let mut stream = echo.lock().await;
+                    let mut message = [7u8; 16];
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        stream.write_all(&message).await.expect("write");
+                        stream.read_exact(&mut message).await.expect("read");
+                    }
+                    start.elapsed()
+                })
+                .await
+                .expect("echo task")
+            }
+        });
     });
     g.finish();
+    rt.block_on(a.shutdown());
+    drop(child.stdin.take()); // b's process stops when its stdin closes
+    let _ = child.wait();
+}
+
+/// Where node `b`'s process writes the port of its bare TCP echo.
+fn echo_port_file(db: &std::path::Path) -> std::path::PathBuf {
+    db.with_extension("echo-port")
+}
+
+/// Runs node `b` of [`remote_other_process`] until stdin closes.
+fn peer_process(db: std::path::PathBuf) {
+    let rt = runtime();
+    rt.block_on(async {
+        let store = liege::store::open(&StoreUrl::Sqlite(db.clone()), StoreOptions::default())
+            .await
+            .expect("store");
+        let b = remote_node("b", store).await.expect("node b");
+        // The floor: a bare TCP echo in this process, its port written next to the store.
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind echo");
+        let port = echo.local_addr().expect("echo addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = echo.accept().await {
+                stream.set_nodelay(true).expect("nodelay");
+                tokio::spawn(async move {
+                    let mut message = [0u8; 16];
+                    while stream.read_exact(&mut message).await.is_ok() {
+                        if stream.write_all(&message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        std::fs::write(echo_port_file(&db), port.to_string()).expect("write the echo port");
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await
+        .expect("stdin");
+        b.shutdown().await;
+    });
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = in_process, durable_sqlite, durable_postgres, remote
+    targets = in_process, durable_sqlite, durable_postgres, remote, remote_other_process
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Some(db) = std::env::var_os(PEER_ENV) {
+        return peer_process(db.into());
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,6 +1,7 @@
 //! Cluster transport over loopback TCP: one request's round trip, and 64 requests pipelined on
 //! one connection; and, as the floor on this machine, a bare tokio TCP echo of a 16-byte
-//! message in the same runtime (no framing, no seal, no multiplexing, no reader task).
+//! message in the same runtime (no framing, no seal, no multiplexing, no reader task). The
+//! echo and the ping are timed from criterion's thread and from a task on the runtime.
 //!
 //! `cargo bench -p liege --bench transport`. Both ends share one 2-worker runtime, so the
 //! figures include the server's work; the median is in
@@ -67,13 +68,51 @@ fn transport(c: &mut Criterion) {
     });
     group.throughput(Throughput::Elements(1));
     let echo = runtime.block_on(bare_echo());
-    let echo = tokio::sync::Mutex::new(echo);
+    let echo = Arc::new(tokio::sync::Mutex::new(echo));
     group.bench_function("bare_tcp_echo_round_trip", |b| {
         b.to_async(&runtime).iter(|| async {
             let mut stream = echo.lock().await;
             let mut message = [7u8; 16];
             stream.write_all(&message).await.expect("write");
             stream.read_exact(&mut message).await.expect("read");
+        });
+    });
+    // The same, from a task on the runtime (as a node's own callers run): no hand-off
+    // between criterion's thread and the runtime's workers.
+    group.bench_function("bare_tcp_echo_from_a_task", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let echo = echo.clone();
+            async move {
+                tokio::spawn(async move {
+                    let mut stream = echo.lock().await;
+                    let mut message = [7u8; 16];
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        stream.write_all(&message).await.expect("write");
+                        stream.read_exact(&mut message).await.expect("read");
+                    }
+                    start.elapsed()
+                })
+                .await
+                .expect("echo task")
+            }
+        });
+    });
+    group.bench_function("ping_from_a_task", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let (peers, addr) = (peers.clone(), addr.clone());
+            async move {
+                tokio::spawn(async move {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        let answer = peers.request(&addr, Request::Ping, TIMEOUT).await;
+                        assert_eq!(answer, Ok(Response::Pong));
+                    }
+                    start.elapsed()
+                })
+                .await
+                .expect("ping task")
+            }
         });
     });
     group.finish();
