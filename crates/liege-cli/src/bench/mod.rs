@@ -304,12 +304,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (warmup, duration) = (args.warmup, args.duration);
     let cpu = async {
         tokio::time::sleep(warmup).await;
-        let before = cpu_now(&target);
+        let before = (cpu_now(&target), commits_now(&target, &client).await);
         tokio::time::sleep(duration).await;
-        let after = cpu_now(&target);
-        (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+        let after = (cpu_now(&target), commits_now(&target, &client).await);
+        let commits = before.1.zip(after.1).map(|(b, a)| a.since(b));
+        let (before, after) = (before.0, after.0);
+        (
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+            commits,
+        )
     };
-    let (measured, (node_cpu, store_cpu, client_cpu)) = tokio::join!(load::run(spec), cpu);
+    let (measured, ((node_cpu, store_cpu, client_cpu), commits)) =
+        tokio::join!(load::run(spec), cpu);
     let secs = duration.as_secs_f64();
     let rate = measured.acked as f64 / secs;
     let q = |p: f64| measured.latency_us.value_at_quantile(p) as f64 / 1000.0;
@@ -354,6 +360,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(us) = store_us_per_ack {
         println!("  store cpu per acknowledged write  {us:.1} µs");
     }
+    if let Some(c) = &commits {
+        println!(
+            "  group commits {:.0}/s, {:.1} writes per commit",
+            c.commits / secs,
+            c.writes_per_commit()
+        );
+    }
     for s in &measured.samples {
         println!("  error sample: {s}");
     }
@@ -384,6 +397,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "cpu_cores": {"nodes": node_cpu / secs, "store": store_cpu / secs,
                           "load_generator": client_cpu / secs},
             "store_cpu_us_per_ack": store_us_per_ack,
+            "group_commits": commits.as_ref().map(|c| json!({
+                "commits": c.commits, "writes": c.writes,
+                "writes_per_commit": c.writes_per_commit(),
+            })),
             "verified": verified.as_ref().map(|v| v.is_ok()),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -393,6 +410,72 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Group commits of checkpoints, summed over the nodes, from their
+/// `liege_store_commit_batch_size` histograms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Commits {
+    /// Group commits (histogram count).
+    commits: f64,
+    /// Checkpoint writes they carried (histogram sum).
+    writes: f64,
+}
+
+impl Commits {
+    /// What was committed between `before` and `self`.
+    fn since(self, before: Commits) -> Commits {
+        Commits {
+            commits: self.commits - before.commits,
+            writes: self.writes - before.writes,
+        }
+    }
+
+    /// Mean batch size; 0 without commits.
+    fn writes_per_commit(&self) -> f64 {
+        if self.commits > 0.0 {
+            self.writes / self.commits
+        } else {
+            0.0
+        }
+    }
+
+    /// Adds one node's exposition; `None` if it has no commit histogram.
+    fn add(&mut self, metrics: &str) -> Option<()> {
+        // `name value` or `name{labels} value` (nodes label their series).
+        let sample = |name: &str| {
+            metrics.lines().find_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse::<f64>().ok()
+            })
+        };
+        let writes = sample("liege_store_commit_batch_size_sum")?;
+        let commits = sample("liege_store_commit_batch_size_count")?;
+        self.writes += writes;
+        self.commits += commits;
+        Some(())
+    }
+}
+
+/// Every node's group commits so far; `None` for the no-op baseline or when a node's
+/// `/metrics` cannot be read (a partial sum would be wrong).
+async fn commits_now(target: &Target, client: &Client) -> Option<Commits> {
+    let Target::Cluster { .. } = target else {
+        return None;
+    };
+    let mut total = Commits::default();
+    for addr in target.addrs() {
+        let text = client
+            .get_text(addr, "/metrics", Duration::from_secs(2))
+            .await
+            .ok()?;
+        total.add(&text)?;
+    }
+    Some(total)
 }
 
 /// Reads every counter back from the cluster and checks that their sum covers every
@@ -425,4 +508,51 @@ async fn verify(
     } else {
         Ok(sum)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Commits;
+
+    const EXPOSITION: &str =
+        "# HELP liege_store_commit_batch_size Checkpoint writes per group commit.
+# TYPE liege_store_commit_batch_size histogram
+liege_store_commit_batch_size_sum{node=\"a\",region=\"iad\"} 120.0
+liege_store_commit_batch_size_count{node=\"a\",region=\"iad\"} 15
+liege_store_commit_batch_size_bucket{node=\"a\",region=\"iad\",le=\"1.0\"} 3
+liege_store_commit_batch_size_sum_other 9.0
+";
+
+    #[test]
+    fn group_commits_are_summed_over_nodes_and_counted_from_the_window() {
+        let mut before = Commits::default();
+        before.add(EXPOSITION).expect("histogram present");
+        let mut after = Commits::default();
+        after.add(EXPOSITION).expect("histogram present");
+        after
+            .add(
+                &EXPOSITION
+                    .replace("} 120.0", "} 200.0")
+                    .replace("} 15\n", "} 25\n"),
+            )
+            .expect("histogram present");
+        // Without labels, as another exporter might write them.
+        let mut plain = Commits::default();
+        plain
+            .add("liege_store_commit_batch_size_sum 6.0\nliege_store_commit_batch_size_count 2\n")
+            .expect("histogram present");
+        assert_eq!(plain.writes_per_commit(), 3.0);
+        assert_eq!(
+            after,
+            Commits {
+                commits: 40.0,
+                writes: 320.0
+            }
+        );
+        let window = after.since(before);
+        assert_eq!(window.commits, 25.0);
+        assert_eq!(window.writes_per_commit(), 8.0);
+        assert_eq!(Commits::default().writes_per_commit(), 0.0);
+        assert!(Commits::default().add("# no histogram here\n").is_none());
+    }
 }

@@ -444,6 +444,22 @@ fn bench_measures_a_two_region_cluster_and_reads_every_increment_back() {
         doc["cpu_cores"]["nodes"].as_f64().unwrap_or(0.0) > 0.0,
         "{doc:#}"
     );
+    // The group commits read from the nodes' metrics carry the measured window's writes:
+    // one per acknowledged increment, give or take those at its edges (the metrics are read
+    // around the load's own window, not at the same instants).
+    let commits = &doc["group_commits"];
+    let acked = doc["acknowledged"].as_f64().unwrap_or(0.0);
+    let writes = commits["writes"].as_f64().unwrap_or(0.0);
+    assert!(commits["commits"].as_f64().unwrap_or(0.0) > 0.0, "{doc:#}");
+    assert!(
+        commits["writes_per_commit"].as_f64().unwrap_or(0.0) >= 1.0,
+        "{doc:#}"
+    );
+    assert!(
+        writes >= acked * 0.5 && writes <= acked * 1.5 + 64.0,
+        "{writes} writes committed in the window against {acked} acknowledged: {doc:#}"
+    );
+    assert!(output.contains("writes per commit"), "{output}");
     assert!(output.contains("verified"), "{output}");
 }
 
