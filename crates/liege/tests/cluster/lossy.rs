@@ -132,6 +132,12 @@ impl Store for LoseOneReply {
     fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
         self.inner.watch()
     }
+    fn health(&self) -> StoreResult<()> {
+        self.inner.health()
+    }
+    fn write_concurrency(&self) -> usize {
+        self.inner.write_concurrency()
+    }
 }
 
 /// Waits (10 s at most) until the store holds revision `rev` of `key`.

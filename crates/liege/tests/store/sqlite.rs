@@ -409,6 +409,12 @@ impl Store for TempStore {
     fn health(&self) -> StoreResult<()> {
         self.inner.health()
     }
+    fn write_concurrency(&self) -> usize {
+        self.inner.write_concurrency()
+    }
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<liege::store::StoreChange>> {
+        self.inner.watch()
+    }
     async fn audit(&self) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit().await
     }
