@@ -360,12 +360,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(us) = store_us_per_ack {
         println!("  store cpu per acknowledged write  {us:.1} µs");
     }
-    if let Some(c) = &commits {
-        println!(
+    match &commits {
+        Some(c) if c.commits > 0.0 => println!(
             "  group commits {:.0}/s, {:.1} writes per commit",
             c.commits / secs,
             c.writes_per_commit()
-        );
+        ),
+        Some(_) => println!("  group commits none in the window"),
+        None => {}
     }
     for s in &measured.samples {
         println!("  error sample: {s}");
