@@ -248,19 +248,10 @@ fn remote(c: &mut Criterion) {
 fn remote_other_process(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("cluster.db");
-    let mut child = std::process::Command::new(std::env::current_exe().expect("bench binary"))
-        .env(PEER_ENV, &db)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("start node b's process");
+    let mut peer = PeerProcess::start(&db);
+    // `b` is up once its process has written the echo's port.
+    let port = peer.echo_port(&db);
     let rt = runtime();
-    // `b` creates the file first; `a` opens it once it exists.
-    for _ in 0..200 {
-        if db.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
     let store = rt
         .block_on(liege::store::open(
             &StoreUrl::Sqlite(db.clone()),
@@ -270,15 +261,15 @@ fn remote_other_process(c: &mut Criterion) {
     let a = rt.block_on(remote_node("a", store)).expect("node a");
     let ks = keys_owned_by_b(&rt, &a);
     remote_group(c, "remote_call_other_process", &rt, &a, &ks);
-    let port = std::fs::read_to_string(echo_port_file(&db)).expect("b's echo port");
     let echo = rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", port.trim()))
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to b's echo");
         stream.set_nodelay(true).expect("nodelay");
         Arc::new(tokio::sync::Mutex::new(stream))
     });
     let mut g = c.benchmark_group("remote_call_other_process");
+    g.throughput(Throughput::Elements(1));
     g.bench_function("bare_tcp_echo_from_a_task", |bch| {
         bch.to_async(&rt).iter_custom(|iters| {
             let echo = echo.clone();
@@ -300,8 +291,53 @@ fn remote_other_process(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(a.shutdown());
-    drop(child.stdin.take()); // b's process stops when its stdin closes
-    let _ = child.wait();
+    peer.stop();
+}
+
+/// Node `b`'s process. Dropping it (a panic included) stops and reaps the process.
+struct PeerProcess(std::process::Child);
+
+impl PeerProcess {
+    fn start(db: &std::path::Path) -> Self {
+        let child = std::process::Command::new(std::env::current_exe().expect("bench binary"))
+            .env(PEER_ENV, db)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("start node b's process");
+        Self(child)
+    }
+
+    /// Waits (30 s at most) for the port of the process's echo, written once `b` started.
+    fn echo_port(&mut self, db: &std::path::Path) -> u16 {
+        let file = echo_port_file(db);
+        for _ in 0..1200 {
+            if let Ok(port) = std::fs::read_to_string(&file) {
+                return port.trim().parse().expect("a port number");
+            }
+            if let Some(status) = self.0.try_wait().expect("node b's process") {
+                panic!("node b's process exited before starting: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("node b's process did not start within 30 s");
+    }
+
+    /// Closes the process's stdin, which stops it, and checks that it exited cleanly.
+    fn stop(mut self) {
+        drop(self.0.stdin.take());
+        let status = self.0.wait().expect("node b's process");
+        assert!(status.success(), "node b's process exited with {status}");
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        // After `stop` this finds the process reaped; after a panic it ends it.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Where node `b`'s process writes the port of its bare TCP echo.
@@ -335,7 +371,11 @@ fn peer_process(db: std::path::PathBuf) {
                 });
             }
         });
-        std::fs::write(echo_port_file(&db), port.to_string()).expect("write the echo port");
+        // Written whole or not at all: the parent reads it as soon as it exists.
+        let file = echo_port_file(&db);
+        let partial = file.with_extension("partial");
+        std::fs::write(&partial, port.to_string()).expect("write the echo port");
+        std::fs::rename(&partial, &file).expect("publish the echo port");
         tokio::task::spawn_blocking(|| {
             let mut sink = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);

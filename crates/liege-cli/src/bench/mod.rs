@@ -301,25 +301,72 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         token: std::env::var("LIEGE_API_TOKEN").ok(),
         owners,
     };
-    let (warmup, duration) = (args.warmup, args.duration);
-    let cpu = async {
-        tokio::time::sleep(warmup).await;
-        let before = (cpu_now(&target), commits_now(&target, &client).await);
-        tokio::time::sleep(duration).await;
-        let after = (cpu_now(&target), commits_now(&target, &client).await);
-        let commits = before.1.zip(after.1).map(|(b, a)| a.since(b));
-        let (before, after) = (before.0, after.0);
-        (
-            (after.0 - before.0, after.1 - before.1, after.2 - before.2),
-            commits,
-        )
-    };
-    let (measured, ((node_cpu, store_cpu, client_cpu), commits)) =
-        tokio::join!(load::run(spec), cpu);
-    let secs = duration.as_secs_f64();
+    let (measured, window) = tokio::join!(
+        load::run(spec),
+        observe_window(&target, &client, args.warmup, args.duration)
+    );
+    let verified = verify(&target, &client, &spec_keys, &measured).await;
+    report(&args, &target, &run_dir, &measured, &window, &verified)?;
+    if matches!(verified, Some(Err(_))) {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the measured window cost, besides the load's own figures.
+struct Window {
+    /// CPU seconds of the nodes (or the no-op server) in the window.
+    node_cpu: f64,
+    /// CPU seconds of the store server (0 without a server of ours).
+    store_cpu: f64,
+    /// CPU seconds of this process: the load generator.
+    client_cpu: f64,
+    /// The nodes' group commits; `None` for the no-op or when a node's metrics were unreadable.
+    commits: Option<Commits>,
+}
+
+/// Samples CPU times and group commits at the edges of the measured window, which starts
+/// after `warmup` and lasts `duration`.
+async fn observe_window(
+    target: &Target,
+    client: &Client,
+    warmup: Duration,
+    duration: Duration,
+) -> Window {
+    tokio::time::sleep(warmup).await;
+    let (cpu_before, commits_before) = (cpu_now(target), commits_now(target, client).await);
+    tokio::time::sleep(duration).await;
+    let (cpu_after, commits_after) = (cpu_now(target), commits_now(target, client).await);
+    Window {
+        node_cpu: cpu_after.0 - cpu_before.0,
+        store_cpu: cpu_after.1 - cpu_before.1,
+        client_cpu: cpu_after.2 - cpu_before.2,
+        commits: commits_before
+            .zip(commits_after)
+            .map(|(before, after)| after.since(before)),
+    }
+}
+
+/// Prints the report and writes it to `--json` if asked.
+fn report(
+    args: &BenchArgs,
+    target: &Target,
+    run_dir: &std::path::Path,
+    measured: &load::Measured,
+    window: &Window,
+    verified: &Option<Result<i64, String>>,
+) -> anyhow::Result<()> {
+    let what = target.describe(args);
+    let secs = args.duration.as_secs_f64();
     let rate = measured.acked as f64 / secs;
     let q = |p: f64| measured.latency_us.value_at_quantile(p) as f64 / 1000.0;
     let nodes = target.server_pids().len();
+    let Window {
+        node_cpu,
+        store_cpu,
+        client_cpu,
+        commits,
+    } = window;
     let store_us_per_ack = (measured.acked > 0 && target.store_pid().is_some())
         .then(|| store_cpu * 1e6 / measured.acked as f64);
     println!("liege bench — {what}");
@@ -332,7 +379,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         },
         args.keys,
         secs,
-        warmup.as_secs_f64()
+        args.warmup.as_secs_f64()
     );
     println!(
         "  acknowledged  {rate:.0}/s ({} in {secs:.1} s), errors {}",
@@ -360,7 +407,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(us) = store_us_per_ack {
         println!("  store cpu per acknowledged write  {us:.1} µs");
     }
-    match &commits {
+    match commits {
         Some(c) if c.commits > 0.0 => println!(
             "  group commits {:.0}/s, {:.1} writes per commit",
             c.commits / secs,
@@ -372,8 +419,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for s in &measured.samples {
         println!("  error sample: {s}");
     }
-    let verified = verify(&target, &client, &spec_keys, &measured).await;
-    match &verified {
+    match verified {
         Some(Ok(sum)) => println!(
             "  verified      counters sum to {sum}: every acknowledged increment applied ({} acknowledged, {} of unknown outcome, warm-up included)",
             measured.total_acked, measured.total_failed
@@ -382,36 +428,33 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         None => {}
     }
     println!("  run dir: {}", run_dir.display());
-    if let Some(path) = &args.json {
-        let report = json!({
-            "target": what,
-            "nodes": nodes,
-            "regions": args.regions,
-            "connections": args.connections,
-            "route": format!("{:?}", args.route).to_lowercase(),
-            "keys": args.keys,
-            "duration_s": secs,
-            "acknowledged": measured.acked,
-            "acknowledged_per_s": rate,
-            "errors": measured.errors,
-            "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
-                           "max": measured.latency_us.max() as f64 / 1000.0},
-            "cpu_cores": {"nodes": node_cpu / secs, "store": store_cpu / secs,
-                          "load_generator": client_cpu / secs},
-            "store_cpu_us_per_ack": store_us_per_ack,
-            "group_commits": commits.as_ref().map(|c| json!({
-                "commits": c.commits, "writes": c.writes,
-                "writes_per_commit": c.writes_per_commit(),
-            })),
-            "verified": verified.as_ref().map(|v| v.is_ok()),
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if matches!(verified, Some(Err(_))) {
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    let Some(path) = &args.json else {
+        return Ok(());
+    };
+    let report = json!({
+        "target": what,
+        "nodes": nodes,
+        "regions": args.regions,
+        "connections": args.connections,
+        "route": format!("{:?}", args.route).to_lowercase(),
+        "keys": args.keys,
+        "duration_s": secs,
+        "acknowledged": measured.acked,
+        "acknowledged_per_s": rate,
+        "errors": measured.errors,
+        "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                       "max": measured.latency_us.max() as f64 / 1000.0},
+        "cpu_cores": {"nodes": node_cpu / secs, "store": store_cpu / secs,
+                      "load_generator": client_cpu / secs},
+        "store_cpu_us_per_ack": store_us_per_ack,
+        "group_commits": commits.as_ref().map(|c| json!({
+            "commits": c.commits, "writes": c.writes,
+            "writes_per_commit": c.writes_per_commit(),
+        })),
+        "verified": verified.as_ref().map(|v| v.is_ok()),
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Group commits of checkpoints, summed over the nodes, from their
@@ -444,16 +487,21 @@ impl Commits {
 
     /// Adds one node's exposition; `None` if it has no commit histogram.
     fn add(&mut self, metrics: &str) -> Option<()> {
-        // `name value` or `name{labels} value` (nodes label their series).
+        // `name value` or `name{labels} value` (nodes label their series); every series of
+        // the name counts.
         let sample = |name: &str| {
-            metrics.lines().find_map(|line| {
-                let rest = line.strip_prefix(name)?;
-                let value = match rest.strip_prefix('{') {
-                    Some(labelled) => labelled.split_once("} ")?.1,
-                    None => rest.strip_prefix(' ')?,
-                };
-                value.trim().parse::<f64>().ok()
-            })
+            let values: Vec<f64> = metrics
+                .lines()
+                .filter_map(|line| {
+                    let rest = line.strip_prefix(name)?;
+                    let value = match rest.strip_prefix('{') {
+                        Some(labelled) => labelled.split_once("} ")?.1,
+                        None => rest.strip_prefix(' ')?,
+                    };
+                    value.trim().parse::<f64>().ok()
+                })
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>())
         };
         let writes = sample("liege_store_commit_batch_size_sum")?;
         let commits = sample("liege_store_commit_batch_size_count")?;
@@ -519,10 +567,11 @@ mod tests {
     const EXPOSITION: &str =
         "# HELP liege_store_commit_batch_size Checkpoint writes per group commit.
 # TYPE liege_store_commit_batch_size histogram
+liege_store_commit_batch_size_sum_other 9.0
+liege_store_commit_batch_size_count_total 7
 liege_store_commit_batch_size_sum{node=\"a\",region=\"iad\"} 120.0
 liege_store_commit_batch_size_count{node=\"a\",region=\"iad\"} 15
 liege_store_commit_batch_size_bucket{node=\"a\",region=\"iad\",le=\"1.0\"} 3
-liege_store_commit_batch_size_sum_other 9.0
 ";
 
     #[test]
@@ -538,6 +587,20 @@ liege_store_commit_batch_size_sum_other 9.0
                     .replace("} 15\n", "} 25\n"),
             )
             .expect("histogram present");
+        // Two series of one name (say, two label sets) add up.
+        let mut two = Commits::default();
+        two.add(&format!(
+            "{EXPOSITION}liege_store_commit_batch_size_sum{{node=\"b\"}} 30.0\n\
+             liege_store_commit_batch_size_count{{node=\"b\"}} 5\n"
+        ))
+        .expect("histogram present");
+        assert_eq!(
+            two,
+            Commits {
+                commits: 20.0,
+                writes: 150.0
+            }
+        );
         // Without labels, as another exporter might write them.
         let mut plain = Commits::default();
         plain

@@ -420,7 +420,7 @@ fn bench_measures_a_two_region_cluster_and_reads_every_increment_back() {
             "--keys",
             "50",
             "--duration",
-            "1s",
+            "2s",
             "--warmup",
             "500ms",
             "--run-dir",
@@ -446,7 +446,8 @@ fn bench_measures_a_two_region_cluster_and_reads_every_increment_back() {
     );
     // The group commits read from the nodes' metrics carry the measured window's writes:
     // one per acknowledged increment, give or take those at its edges (the metrics are read
-    // around the load's own window, not at the same instants).
+    // around the load's own window, not at the same instants). Half of them, which is what
+    // reading one node of the two would give, is out of bounds.
     let commits = &doc["group_commits"];
     let acked = doc["acknowledged"].as_f64().unwrap_or(0.0);
     let writes = commits["writes"].as_f64().unwrap_or(0.0);
@@ -456,7 +457,7 @@ fn bench_measures_a_two_region_cluster_and_reads_every_increment_back() {
         "{doc:#}"
     );
     assert!(
-        writes >= acked * 0.5 && writes <= acked * 1.5 + 64.0,
+        writes >= acked * 0.7 && writes <= acked * 1.3 + 64.0,
         "{writes} writes committed in the window against {acked} acknowledged: {doc:#}"
     );
     assert!(output.contains("writes per commit"), "{output}");
