@@ -123,9 +123,13 @@ impl TestClusterBuilder {
         for (name, region) in &self.nodes {
             cluster.add_node(name, region).await;
         }
+        // A node gets partitions handed to it only once it has been live for one TTL (the
+        // settle rule), and nodes see each other's moves one refresh (TTL/4) later: with a
+        // long lease, converging takes more than a TTL even on an idle machine.
+        let timeout = Duration::from_secs(20) + 2 * self.lease_ttl;
         assert!(
-            cluster.wait_converged(Duration::from_secs(20)).await,
-            "test cluster did not converge"
+            cluster.wait_converged(timeout).await,
+            "test cluster did not converge in {timeout:?}"
         );
         cluster
     }
