@@ -15,8 +15,9 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use liege::cluster::{CallOptions, Node, NodeConfig, Persistence};
 use liege::store::{StoreOptions, StoreUrl};
 use liege::{AgentKey, Agents, Signal};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
+
+mod common;
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -261,33 +262,12 @@ fn remote_other_process(c: &mut Criterion) {
     let a = rt.block_on(remote_node("a", store)).expect("node a");
     let ks = keys_owned_by_b(&rt, &a);
     remote_group(c, "remote_call_other_process", &rt, &a, &ks);
-    let echo = rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect to b's echo");
-        stream.set_nodelay(true).expect("nodelay");
-        Arc::new(tokio::sync::Mutex::new(stream))
-    });
+    let echo = rt.block_on(common::connect_echo(("127.0.0.1", port)));
     let mut g = c.benchmark_group("remote_call_other_process");
     g.throughput(Throughput::Elements(1));
     g.bench_function("bare_tcp_echo_from_a_task", |bch| {
-        bch.to_async(&rt).iter_custom(|iters| {
-            let echo = echo.clone();
-            async move {
-                tokio::spawn(async move {
-                    let mut stream = echo.lock().await;
-                    let mut message = [7u8; 16];
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        stream.write_all(&message).await.expect("write");
-                        stream.read_exact(&mut message).await.expect("read");
-                    }
-                    start.elapsed()
-                })
-                .await
-                .expect("echo task")
-            }
-        });
+        bch.to_async(&rt)
+            .iter_custom(|iters| common::round_trips_from_a_task(echo.clone(), iters));
     });
     g.finish();
     rt.block_on(a.shutdown());
@@ -359,16 +339,8 @@ fn peer_process(db: std::path::PathBuf) {
             .expect("bind echo");
         let port = echo.local_addr().expect("echo addr").port();
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = echo.accept().await {
-                stream.set_nodelay(true).expect("nodelay");
-                tokio::spawn(async move {
-                    let mut message = [0u8; 16];
-                    while stream.read_exact(&mut message).await.is_ok() {
-                        if stream.write_all(&message).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+            while let Ok((stream, _)) = echo.accept().await {
+                tokio::spawn(common::serve_echo(stream));
             }
         });
         // Written whole or not at all: the parent reads it as soon as it exists.

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use criterion::{Criterion, Throughput};
 use futures_util::future::join_all;
 use liege::transport::{serve, Peers, Request, RequestHandler, Response, TransportConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const SECRET: &[u8] = b"bench secret";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,35 +69,15 @@ fn transport(c: &mut Criterion) {
     });
     group.throughput(Throughput::Elements(1));
     let echo = runtime.block_on(bare_echo());
-    let echo = Arc::new(tokio::sync::Mutex::new(echo));
     group.bench_function("bare_tcp_echo_round_trip", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let mut stream = echo.lock().await;
-            let mut message = [7u8; 16];
-            stream.write_all(&message).await.expect("write");
-            stream.read_exact(&mut message).await.expect("read");
-        });
+        b.to_async(&runtime)
+            .iter(|| async { common::round_trip(&mut *echo.lock().await).await });
     });
     // The same, from a task on the runtime (as a node's own callers run): no hand-off
     // between criterion's thread and the runtime's workers.
     group.bench_function("bare_tcp_echo_from_a_task", |b| {
-        b.to_async(&runtime).iter_custom(|iters| {
-            let echo = echo.clone();
-            async move {
-                tokio::spawn(async move {
-                    let mut stream = echo.lock().await;
-                    let mut message = [7u8; 16];
-                    let start = std::time::Instant::now();
-                    for _ in 0..iters {
-                        stream.write_all(&message).await.expect("write");
-                        stream.read_exact(&mut message).await.expect("read");
-                    }
-                    start.elapsed()
-                })
-                .await
-                .expect("echo task")
-            }
-        });
+        b.to_async(&runtime)
+            .iter_custom(|iters| common::round_trips_from_a_task(echo.clone(), iters));
     });
     group.bench_function("ping_from_a_task", |b| {
         b.to_async(&runtime).iter_custom(|iters| {
@@ -121,22 +102,14 @@ fn transport(c: &mut Criterion) {
 
 /// A connection to a bare echo server on the runtime: what one loopback round trip costs
 /// here before any transport work.
-async fn bare_echo() -> TcpStream {
+async fn bare_echo() -> Arc<tokio::sync::Mutex<TcpStream>> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.expect("accept");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut message = [0u8; 16];
-        while stream.read_exact(&mut message).await.is_ok() {
-            if stream.write_all(&message).await.is_err() {
-                break;
-            }
-        }
+        let (stream, _) = listener.accept().await.expect("accept");
+        common::serve_echo(stream).await;
     });
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    stream
+    common::connect_echo(addr).await
 }
 
 fn main() {
