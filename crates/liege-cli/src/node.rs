@@ -55,6 +55,11 @@ pub(crate) struct NodeArgs {
     /// Persistence: durable, interval:MS or on_passivate.
     #[arg(long, env = "LIEGE_PERSISTENCE", default_value = "durable")]
     pub(crate) persistence: Persistence,
+    /// Longest a small group commit of checkpoints waits for more writes while the node is in
+    /// a stream of commits, in milliseconds (0: never). A write to an idle node never waits.
+    #[arg(long, env = "LIEGE_WRITE_LINGER_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub(crate) write_linger_ms: u64,
     /// Idle time before an activation is passivated, in seconds.
     #[arg(long, env = "LIEGE_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub(crate) idle_timeout_secs: u64,
@@ -322,6 +327,7 @@ pub(crate) async fn run(args: NodeArgs, agents: Agents) -> anyhow::Result<ExitCo
     config.partitions = args.partitions;
     config.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
     config.persistence = args.persistence;
+    config.write_linger = Duration::from_millis(args.write_linger_ms);
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     config.mailbox_capacity = args.mailbox;
     config.max_activations = args.max_activations;

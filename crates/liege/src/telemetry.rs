@@ -255,7 +255,7 @@ impl std::fmt::Debug for Telemetry {
 
 impl Telemetry {
     /// A fresh registry with every liege series registered. Every series carries the node's
-    /// `node` and `region` as constant labels (see `docs/OPERATIONS.md`, "Metrics").
+    /// `node` and `region` as constant labels (see the README, "Metrics").
     pub fn new(
         transport: Arc<TransportCounters>,
         node: &str,

@@ -81,6 +81,9 @@ pub(crate) struct BenchArgs {
     /// `--max-activations` of every node (default: the node's own default).
     #[arg(long)]
     max_activations: Option<usize>,
+    /// `--write-linger-ms` of every node (default: the node's own, 0).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    write_linger_ms: Option<u64>,
     /// Partition count passed to the nodes.
     #[arg(long, default_value_t = 1024)]
     partitions: u32,
@@ -157,12 +160,16 @@ impl Target {
         match self {
             Target::Noop(..) => "the no-op in-memory HTTP counter (hyper)".into(),
             Target::Cluster { cluster, store } => format!(
-                "{} node(s) in {} region(s) ({}), {} store, {} persistence",
+                "{} node(s) in {} region(s) ({}), {} store, {} persistence{}",
                 cluster.nodes.len(),
                 args.regions.len(),
                 args.regions.join(","),
                 store.label(),
-                args.persistence
+                args.persistence,
+                match args.write_linger_ms {
+                    Some(ms) => format!(", write linger {ms} ms"),
+                    None => String::new(),
+                }
             ),
         }
     }
@@ -225,6 +232,9 @@ async fn start_cluster(
             let mut extra = vec!["--persistence".into(), args.persistence.clone()];
             if let Some(n) = args.max_activations {
                 extra.extend(["--max-activations".into(), n.to_string()]);
+            }
+            if let Some(ms) = args.write_linger_ms {
+                extra.extend(["--write-linger-ms".into(), ms.to_string()]);
             }
             extra
         },
@@ -409,9 +419,10 @@ fn report(
     }
     match commits {
         Some(c) if c.commits > 0.0 => println!(
-            "  group commits {:.0}/s, {:.1} writes per commit",
+            "  group commits {:.0}/s, {:.1} writes per commit, {:.2} ms per commit",
             c.commits / secs,
-            c.writes_per_commit()
+            c.writes_per_commit(),
+            c.ms_per_commit()
         ),
         Some(_) => println!("  group commits none in the window"),
         None => {}
@@ -449,7 +460,7 @@ fn report(
         "store_cpu_us_per_ack": store_us_per_ack,
         "group_commits": commits.as_ref().map(|c| json!({
             "commits": c.commits, "writes": c.writes,
-            "writes_per_commit": c.writes_per_commit(),
+            "writes_per_commit": c.writes_per_commit(), "ms_per_commit": c.ms_per_commit(),
         })),
         "verified": verified.as_ref().map(|v| v.is_ok()),
     });
@@ -465,6 +476,9 @@ struct Commits {
     commits: f64,
     /// Checkpoint writes they carried (histogram sum).
     writes: f64,
+    /// Seconds the commits took, each from the writer's call to the store's answer
+    /// (`liege_store_commit_duration_seconds` sum).
+    seconds: f64,
 }
 
 impl Commits {
@@ -473,6 +487,16 @@ impl Commits {
         Commits {
             commits: self.commits - before.commits,
             writes: self.writes - before.writes,
+            seconds: self.seconds - before.seconds,
+        }
+    }
+
+    /// Mean time of one commit in milliseconds; 0 without commits.
+    fn ms_per_commit(&self) -> f64 {
+        if self.commits > 0.0 {
+            self.seconds * 1000.0 / self.commits
+        } else {
+            0.0
         }
     }
 
@@ -485,7 +509,7 @@ impl Commits {
         }
     }
 
-    /// Adds one node's exposition; `None` if it has no commit histogram.
+    /// Adds one node's exposition; `None` if it lacks either commit histogram.
     fn add(&mut self, metrics: &str) -> Option<()> {
         // `name value` or `name{labels} value` (nodes label their series); every series of
         // the name counts.
@@ -505,8 +529,10 @@ impl Commits {
         };
         let writes = sample("liege_store_commit_batch_size_sum")?;
         let commits = sample("liege_store_commit_batch_size_count")?;
+        let seconds = sample("liege_store_commit_duration_seconds_sum")?;
         self.writes += writes;
         self.commits += commits;
+        self.seconds += seconds;
         Some(())
     }
 }
@@ -572,6 +598,8 @@ liege_store_commit_batch_size_count_total 7
 liege_store_commit_batch_size_sum{node=\"a\",region=\"iad\"} 120.0
 liege_store_commit_batch_size_count{node=\"a\",region=\"iad\"} 15
 liege_store_commit_batch_size_bucket{node=\"a\",region=\"iad\",le=\"1.0\"} 3
+liege_store_commit_duration_seconds_sum{node=\"a\",region=\"iad\"} 0.03
+liege_store_commit_duration_seconds_count{node=\"a\",region=\"iad\"} 15
 ";
 
     #[test]
@@ -584,40 +612,41 @@ liege_store_commit_batch_size_bucket{node=\"a\",region=\"iad\",le=\"1.0\"} 3
             .add(
                 &EXPOSITION
                     .replace("} 120.0", "} 200.0")
-                    .replace("} 15\n", "} 25\n"),
+                    .replace("} 15\n", "} 25\n")
+                    .replace("} 0.03\n", "} 0.05\n"),
             )
             .expect("histogram present");
         // Two series of one name (say, two label sets) add up.
         let mut two = Commits::default();
         two.add(&format!(
             "{EXPOSITION}liege_store_commit_batch_size_sum{{node=\"b\"}} 30.0\n\
-             liege_store_commit_batch_size_count{{node=\"b\"}} 5\n"
+             liege_store_commit_batch_size_count{{node=\"b\"}} 5\n\
+             liege_store_commit_duration_seconds_sum{{node=\"b\"}} 0.01\n"
         ))
-        .expect("histogram present");
-        assert_eq!(
-            two,
-            Commits {
-                commits: 20.0,
-                writes: 150.0
-            }
-        );
+        .expect("histograms present");
+        assert_eq!((two.commits, two.writes), (20.0, 150.0));
+        assert!((two.seconds - 0.04).abs() < 1e-9, "{two:?}");
         // Without labels, as another exporter might write them.
         let mut plain = Commits::default();
         plain
-            .add("liege_store_commit_batch_size_sum 6.0\nliege_store_commit_batch_size_count 2\n")
-            .expect("histogram present");
+            .add(
+                "liege_store_commit_batch_size_sum 6.0\nliege_store_commit_batch_size_count 2\n\
+                 liege_store_commit_duration_seconds_sum 0.004\n",
+            )
+            .expect("histograms present");
         assert_eq!(plain.writes_per_commit(), 3.0);
-        assert_eq!(
-            after,
-            Commits {
-                commits: 40.0,
-                writes: 320.0
-            }
-        );
+        assert!((plain.ms_per_commit() - 2.0).abs() < 1e-9);
+        assert_eq!((after.commits, after.writes), (40.0, 320.0));
         let window = after.since(before);
         assert_eq!(window.commits, 25.0);
         assert_eq!(window.writes_per_commit(), 8.0);
+        assert!((window.ms_per_commit() - 2.0).abs() < 1e-9, "{window:?}");
         assert_eq!(Commits::default().writes_per_commit(), 0.0);
+        assert_eq!(Commits::default().ms_per_commit(), 0.0);
         assert!(Commits::default().add("# no histogram here\n").is_none());
+        // Batch sizes without durations would make a mean of nothing.
+        assert!(Commits::default()
+            .add("liege_store_commit_batch_size_sum 6.0\nliege_store_commit_batch_size_count 2\n")
+            .is_none());
     }
 }

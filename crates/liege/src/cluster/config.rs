@@ -63,6 +63,11 @@ pub struct NodeConfig {
     pub call_timeout: Duration,
     /// Most checkpoint writes per group commit.
     pub max_batch: usize,
+    /// Longest a small group commit (under 16 writes) waits for more writes while the node is
+    /// in a stream of commits; zero (the default): never. A write to an idle node never waits.
+    /// Fewer, fuller commits cost a shared store less per write, for up to this much more
+    /// latency per write; at most 1 s. See `docs/SCALING.md`, "Write linger".
+    pub write_linger: Duration,
     /// Whether and how fast partitions move to their desired owners (rebalancing).
     /// Failover claims happen regardless and are never paced.
     pub rebalance: RebalanceConfig,
@@ -95,6 +100,7 @@ impl NodeConfig {
             unhealthy_without_lease: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
             max_batch: 512,
+            write_linger: Duration::ZERO,
             rebalance: RebalanceConfig::default(),
             sabotage: Sabotage::none(),
         }
@@ -144,6 +150,9 @@ impl NodeConfig {
                 "must be between 1 s and 3650 days",
             ));
         }
+        if self.write_linger > Duration::from_secs(1) {
+            return Err(ConfigError::new("write_linger", "must be at most 1 s"));
+        }
         if self.rebalance.max_per_tick == 0 {
             return Err(ConfigError::new(
                 "rebalance.max_per_tick",
@@ -185,6 +194,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("unhealthy_without_lease", &self.unhealthy_without_lease)
             .field("call_timeout", &self.call_timeout)
             .field("max_batch", &self.max_batch)
+            .field("write_linger", &self.write_linger)
             .field("rebalance", &self.rebalance)
             .field("sabotage", &self.sabotage)
             .finish()
@@ -211,5 +221,14 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().setting, "secret");
         c.secret = Some(b"sixteen-bytes!!!".to_vec());
         c.validate().expect("16 bytes are enough");
+    }
+
+    #[test]
+    fn a_write_linger_beyond_a_second_is_refused() {
+        let mut c = NodeConfig::new("a", "iad");
+        c.write_linger = Duration::from_millis(1001);
+        assert_eq!(c.validate().unwrap_err().setting, "write_linger");
+        c.write_linger = Duration::from_secs(1);
+        c.validate().expect("1 s is allowed");
     }
 }

@@ -224,7 +224,10 @@ impl Node {
         let writer = writer::spawn_writer(
             store.clone(),
             telemetry.clone(),
-            config.max_batch,
+            writer::Batching {
+                max_batch: config.max_batch,
+                linger: config.write_linger,
+            },
             shutdown.child_token(),
         );
         let host = Arc::new(Host::new(

@@ -6,8 +6,9 @@
 //! carries many keys for the price of one transaction (and one fsync).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -112,6 +113,68 @@ impl WriterHandle {
 /// carries many rows instead of two (on PostgreSQL a statement costs more than its rows).
 const MIN_CONCURRENT_BATCH: usize = 32;
 
+/// A lingering batch leaves as soon as this many writes wait. On PostgreSQL a commit costs
+/// about as much as 15 rows (docs/BENCHMARKS.md), so from here on a batch's cost is mostly its
+/// rows and waiting for more buys little.
+const LINGER_TARGET: usize = 16;
+
+/// A lingering batch also leaves once it holds as many writes as the writer has held at once
+/// (waiting or committing) within the last one or two of these windows: when every write
+/// that has been outstanding together is already waiting, no more company is coming. A lone
+/// caller writing one write after another therefore never waits, and a few callers in a
+/// closed loop wait only for each other, not for the deadline.
+const PEAK_WINDOW: Duration = Duration::from_millis(100);
+
+/// The writer is in a stream of commits while its last commit returned less than this ago;
+/// only then may a small batch linger. A write that finds the writer idle for longer (a lone
+/// write, a quiet node) goes out at once, whatever the linger.
+const STREAM_GAP: Duration = Duration::from_millis(5);
+
+/// How the writer forms batches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batching {
+    /// Most writes per batch.
+    pub(crate) max_batch: usize,
+    /// Longest a small batch waits for company in a stream of commits (zero: never). See
+    /// [`spawn_writer`].
+    pub(crate) linger: Duration,
+}
+
+/// The most writes the writer has held at once (waiting or committing) recently: the larger
+/// of this window's peak and the last one's (see [`PEAK_WINDOW`]).
+struct RecentPeak {
+    current: usize,
+    previous: usize,
+    started: tokio::time::Instant,
+}
+
+impl RecentPeak {
+    fn new() -> Self {
+        Self {
+            current: 0,
+            previous: 0,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Notes `held` writes at once, and returns the recent peak.
+    fn observe(&mut self, held: usize) -> usize {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.started) >= PEAK_WINDOW {
+            // A window with nothing observed leaves no trace: the last one was quiet.
+            self.previous = if now.duration_since(self.started) >= PEAK_WINDOW * 2 {
+                0
+            } else {
+                self.current
+            };
+            self.current = 0;
+            self.started = now;
+        }
+        self.current = self.current.max(held);
+        self.current.max(self.previous)
+    }
+}
+
 /// Starts the writer task; it stops when `shutdown` is cancelled and its queue is drained,
 /// or when every handle is dropped.
 ///
@@ -120,21 +183,35 @@ const MIN_CONCURRENT_BATCH: usize = 32;
 /// leaves when a commit returns, or earlier — up to the store's
 /// [`write_concurrency`](crate::store::Store::write_concurrency) — once
 /// [`MIN_CONCURRENT_BATCH`] writes wait.
+///
+/// With a non-zero `linger`, a batch that would leave with fewer than [`LINGER_TARGET`] writes
+/// while the writer is in a stream of commits (the last returned within [`STREAM_GAP`]) first
+/// waits up to `linger` for more, and leaves as soon as it holds [`LINGER_TARGET`], or as many
+/// as the writer recently held at once ([`PEAK_WINDOW`]). Fewer, fuller commits cost a shared
+/// store less per write. A write may wait up to the linger (rounded up to the runtime timer's
+/// millisecond) when the peak does not come back: at low concurrency that shows in the tail
+/// (docs/BENCHMARKS.md, "Write linger, kept as `--write-linger-ms`").
 pub(crate) fn spawn_writer(
     store: SharedStore,
     telemetry: Arc<Telemetry>,
-    max_batch: usize,
+    batching: Batching,
     shutdown: CancellationToken,
 ) -> WriterHandle {
+    let Batching { max_batch, linger } = batching;
     let (tx, mut rx) = mpsc::channel::<Job>(max_batch * 8);
     // Batches in flight at once: each holds a permit until its commit returns. A key is in at
     // most one batch at a time (its turn waits for the commit), so batches never overlap on a key.
     let concurrency = store.write_concurrency().max(1);
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let committed = Arc::new(tokio::sync::Notify::new());
+    // When the last commit returned, stamped by the commit's own task.
+    let last_return: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    // Writes in batches still committing.
+    let committing = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         let mut pending: Vec<Job> = Vec::with_capacity(max_batch);
         let mut closed = false;
+        let mut peak = RecentPeak::new();
         loop {
             if pending.is_empty() {
                 if closed {
@@ -159,14 +236,43 @@ pub(crate) fn spawn_writer(
                 }
             }
             let in_flight = concurrency - permits.available_permits();
+            let target =
+                LINGER_TARGET.min(peak.observe(pending.len() + committing.load(Ordering::Relaxed)));
+            let in_stream = || {
+                last_return
+                    .lock()
+                    .is_some_and(|at| at.elapsed() < STREAM_GAP)
+            };
+            if !linger.is_zero()
+                && in_flight == 0
+                && !closed
+                && pending.len() < target
+                && in_stream()
+            {
+                closed =
+                    linger_for_more(&mut rx, &mut pending, target, linger, max_batch, &shutdown)
+                        .await;
+                if closed {
+                    rx.close();
+                }
+            }
             let worth_it = in_flight == 0 || pending.len() >= MIN_CONCURRENT_BATCH || closed;
             if worth_it {
                 if let Ok(permit) = permits.clone().try_acquire_owned() {
                     let jobs = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
-                    let (store, telemetry, committed) =
-                        (store.clone(), telemetry.clone(), committed.clone());
+                    let size = jobs.len();
+                    committing.fetch_add(size, Ordering::Relaxed);
+                    let (store, telemetry, committed, last_return, committing) = (
+                        store.clone(),
+                        telemetry.clone(),
+                        committed.clone(),
+                        last_return.clone(),
+                        committing.clone(),
+                    );
                     tokio::spawn(async move {
                         commit(&store, &telemetry, jobs).await;
+                        committing.fetch_sub(size, Ordering::Relaxed);
+                        *last_return.lock() = Some(tokio::time::Instant::now());
                         drop(permit);
                         committed.notify_one();
                     });
@@ -192,6 +298,32 @@ pub(crate) fn spawn_writer(
         tx,
         pending: Arc::default(),
     }
+}
+
+/// Waits up to `linger` for `pending` to reach `target` writes; true if the queue closed or
+/// shutdown began meanwhile (the caller then takes no new writes and drains).
+async fn linger_for_more(
+    rx: &mut mpsc::Receiver<Job>,
+    pending: &mut Vec<Job>,
+    target: usize,
+    linger: Duration,
+    max_batch: usize,
+    shutdown: &CancellationToken,
+) -> bool {
+    let deadline = tokio::time::sleep(linger);
+    tokio::pin!(deadline);
+    while pending.len() < target {
+        let room = max_batch.saturating_sub(pending.len()).max(1);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return true,
+            () = &mut deadline => return false,
+            n = rx.recv_many(pending, room) => if n == 0 {
+                return true;
+            },
+        }
+    }
+    false
 }
 
 /// Commits one batch and answers each job with its own outcome.
@@ -233,5 +365,229 @@ async fn commit(store: &SharedStore, telemetry: &Telemetry, mut jobs: Vec<Job>) 
                 let _ = job.reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ids::{Epoch, NodeId, PartitionId};
+    use crate::faults::{Faults, FaultyStore};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{AlarmUpdate, StoreOptions};
+    use tokio::task::JoinHandle;
+    use tokio::time::{sleep, Instant as VirtualInstant};
+
+    const LINGER: Duration = Duration::from_millis(50);
+
+    /// A writer over a memory store whose calls can be held at a gate ([`Faults::pause`]).
+    struct Rig {
+        writer: WriterHandle,
+        faults: Arc<Faults>,
+        telemetry: Arc<Telemetry>,
+    }
+
+    fn rig(linger: Duration) -> Rig {
+        let faults = Arc::new(Faults::default());
+        let store: SharedStore = Arc::new(FaultyStore::new(
+            Arc::new(MemoryStore::new(StoreOptions::default())),
+            faults.clone(),
+        ));
+        let telemetry = Arc::new(Telemetry::new(
+            Arc::default(),
+            "a",
+            "iad",
+            Duration::from_secs(1),
+        ));
+        let writer = spawn_writer(
+            store,
+            telemetry.clone(),
+            Batching {
+                max_batch: 512,
+                linger,
+            },
+            CancellationToken::new(),
+        );
+        Rig {
+            writer,
+            faults,
+            telemetry,
+        }
+    }
+
+    impl Rig {
+        fn submit(&self, ids: std::ops::RangeInclusive<usize>) -> Vec<JoinHandle<WriteOutcome>> {
+            ids.map(|i| {
+                let writer = self.writer.clone();
+                tokio::spawn(async move {
+                    writer
+                        .write(CheckpointWrite {
+                            key: AgentKey::new("counter", format!("k{i}")).expect("valid key"),
+                            partition: PartitionId(0),
+                            epoch: Epoch(1),
+                            writer: NodeId::new("a", 1),
+                            expected_rev: Rev(0),
+                            data: Some(vec![1]),
+                            dedupe: Vec::new(),
+                            alarm: AlarmUpdate::Keep,
+                            journal: None,
+                            legacy_records: false,
+                        })
+                        .await
+                })
+            })
+            .collect()
+        }
+
+        /// (group commits, writes they carried), from the node's own batch histogram.
+        fn batches(&self) -> (u64, u64) {
+            let text = self.telemetry.encode();
+            let sample = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+                    .and_then(|rest| rest.split_once("} "))
+                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0) as u64
+            };
+            (
+                sample("liege_store_commit_batch_size_count"),
+                sample("liege_store_commit_batch_size_sum"),
+            )
+        }
+
+        /// Writes `0..n` at once: the first commits alone while the store holds it, the rest
+        /// queue behind it and go in the next batch (which, with a linger and 16 or fewer
+        /// writes, waits out the linger for an `n`th). The writer has then held `n` writes
+        /// at once, and is in a stream of commits.
+        async fn burst(&self, n: usize) {
+            self.faults.pause(true);
+            let mut all = self.submit(0..=0);
+            sleep(Duration::from_millis(1)).await;
+            all.extend(self.submit(1..=n - 1));
+            sleep(Duration::from_millis(1)).await;
+            assert!(all.iter().all(|h| !h.is_finished()), "the store is held");
+            self.faults.pause(false);
+            let started = VirtualInstant::now();
+            answered(all).await;
+            if n > LINGER_TARGET {
+                assert_eq!(
+                    started.elapsed(),
+                    Duration::ZERO,
+                    "a full batch never waits"
+                );
+            }
+            assert_eq!(self.batches(), (2, n as u64));
+        }
+    }
+
+    async fn answered(handles: Vec<JoinHandle<WriteOutcome>>) {
+        for h in handles {
+            // The row's verdict (fenced here: nothing claimed the partition) does not matter.
+            let _verdict = h.await.expect("write task").expect("the store answered");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_an_idle_writer_never_lingers() {
+        let rig = rig(LINGER);
+        let started = VirtualInstant::now();
+        answered(rig.submit(0..=0)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the first write went at once"
+        );
+        // Idle for longer than a stream's gap: the next lone write goes at once too.
+        sleep(Duration::from_secs(1)).await;
+        let again = VirtualInstant::now();
+        answered(rig.submit(1..=1)).await;
+        assert_eq!(
+            again.elapsed(),
+            Duration::ZERO,
+            "a write after a quiet spell"
+        );
+        assert_eq!(rig.batches(), (2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_caller_writing_one_write_after_another_never_lingers() {
+        let rig = rig(LINGER);
+        for i in 0..5 {
+            // Each write finds the writer in a stream (the last commit just returned), but
+            // it has never held more than one write at once: no company is coming.
+            let started = VirtualInstant::now();
+            answered(rig.submit(i..=i)).await;
+            assert_eq!(started.elapsed(), Duration::ZERO, "write {i}");
+        }
+        assert_eq!(rig.batches(), (5, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_a_stream_a_small_batch_waits_for_company_and_leaves_once_it_has_enough() {
+        let rig = rig(LINGER);
+        rig.burst(20).await;
+        let started = VirtualInstant::now();
+        let mut queued = rig.submit(100..=102);
+        sleep(Duration::from_millis(10)).await;
+        assert!(
+            queued.iter().all(|h| !h.is_finished()),
+            "three writes in a stream wait for company"
+        );
+        queued.extend(rig.submit(103..=114));
+        sleep(Duration::from_millis(1)).await;
+        assert!(
+            queued.iter().all(|h| !h.is_finished()),
+            "15 of 16 still wait"
+        );
+        queued.extend(rig.submit(115..=115));
+        answered(queued).await;
+        assert!(
+            started.elapsed() < LINGER,
+            "the batch left when it had 16, not at the deadline: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(rig.batches(), (3, 20 + LINGER_TARGET as u64));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_leaves_once_it_holds_the_recent_peak() {
+        let rig = rig(LINGER);
+        rig.burst(6).await;
+        let started = VirtualInstant::now();
+        let mut queued = rig.submit(100..=104);
+        sleep(Duration::from_millis(10)).await;
+        assert!(queued.iter().all(|h| !h.is_finished()), "5 of 6 wait");
+        queued.extend(rig.submit(105..=105));
+        answered(queued).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(10),
+            "left at the sixth"
+        );
+        assert_eq!(rig.batches(), (3, 12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_a_stream_a_small_batch_leaves_at_the_linger_without_company() {
+        let rig = rig(LINGER);
+        rig.burst(20).await;
+        let started = VirtualInstant::now();
+        let queued = rig.submit(100..=102);
+        sleep(LINGER - Duration::from_millis(5)).await;
+        assert!(queued.iter().all(|h| !h.is_finished()));
+        answered(queued).await;
+        assert!(started.elapsed() >= LINGER, "{:?}", started.elapsed());
+        assert!(started.elapsed() < LINGER * 2, "{:?}", started.elapsed());
+        assert_eq!(rig.batches(), (3, 23));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_linger_a_small_batch_in_a_stream_leaves_at_once() {
+        let rig = rig(Duration::ZERO);
+        rig.burst(20).await;
+        let started = VirtualInstant::now();
+        answered(rig.submit(100..=102)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(rig.batches(), (3, 23));
     }
 }
