@@ -141,10 +141,12 @@ pub(crate) struct Batching {
 }
 
 /// The most writes the writer has held at once (waiting or committing) recently: the larger
-/// of this window's peak and the last one's (see [`PEAK_WINDOW`]).
+/// of the current window's peak and the previous window's, windows of [`PEAK_WINDOW`] laid
+/// end to end from the writer's start, so a peak counts for 100–200 ms.
 struct RecentPeak {
     current: usize,
     previous: usize,
+    /// Start of the current window.
     started: tokio::time::Instant,
 }
 
@@ -159,16 +161,16 @@ impl RecentPeak {
 
     /// Notes `held` writes at once, and returns the recent peak.
     fn observe(&mut self, held: usize) -> usize {
-        let now = tokio::time::Instant::now();
-        if now.duration_since(self.started) >= PEAK_WINDOW {
-            // A window with nothing observed leaves no trace: the last one was quiet.
-            self.previous = if now.duration_since(self.started) >= PEAK_WINDOW * 2 {
-                0
-            } else {
-                self.current
-            };
+        let windows = (tokio::time::Instant::now()
+            .duration_since(self.started)
+            .as_nanos()
+            / PEAK_WINDOW.as_nanos()) as u32;
+        if windows > 0 {
+            // Moved on by `windows`: the current window becomes the previous one only if it
+            // is the one just before; windows in between saw nothing.
+            self.previous = if windows == 1 { self.current } else { 0 };
             self.current = 0;
-            self.started = now;
+            self.started += PEAK_WINDOW * windows;
         }
         self.current = self.current.max(held);
         self.current.max(self.previous)
@@ -236,8 +238,9 @@ pub(crate) fn spawn_writer(
                 }
             }
             let in_flight = concurrency - permits.available_permits();
-            let target =
-                LINGER_TARGET.min(peak.observe(pending.len() + committing.load(Ordering::Relaxed)));
+            let target = LINGER_TARGET
+                .min(max_batch)
+                .min(peak.observe(pending.len() + committing.load(Ordering::Relaxed)));
             let in_stream = || {
                 last_return
                     .lock()
@@ -253,25 +256,25 @@ pub(crate) fn spawn_writer(
                     linger_for_more(&mut rx, &mut pending, target, linger, max_batch, &shutdown)
                         .await;
                 if closed {
+                    // Take what is still queued, then send it all.
                     rx.close();
+                    continue;
                 }
             }
             let worth_it = in_flight == 0 || pending.len() >= MIN_CONCURRENT_BATCH || closed;
             if worth_it {
                 if let Ok(permit) = permits.clone().try_acquire_owned() {
                     let jobs = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
-                    let size = jobs.len();
-                    committing.fetch_add(size, Ordering::Relaxed);
-                    let (store, telemetry, committed, last_return, committing) = (
+                    let counted = Committing::count(&committing, jobs.len());
+                    let (store, telemetry, committed, last_return) = (
                         store.clone(),
                         telemetry.clone(),
                         committed.clone(),
                         last_return.clone(),
-                        committing.clone(),
                     );
                     tokio::spawn(async move {
                         commit(&store, &telemetry, jobs).await;
-                        committing.fetch_sub(size, Ordering::Relaxed);
+                        drop(counted);
                         *last_return.lock() = Some(tokio::time::Instant::now());
                         drop(permit);
                         committed.notify_one();
@@ -279,12 +282,13 @@ pub(crate) fn spawn_writer(
                     continue;
                 }
             }
-            // Wait for a commit to return, or for more writes.
-            let room = max_batch.saturating_sub(pending.len()).max(1);
+            // Wait for a commit to return, or for more writes while the batch has room (a
+            // full one leaves the rest queued in the channel, which bounds the callers).
+            let room = max_batch.saturating_sub(pending.len());
             tokio::select! {
                 biased;
                 () = committed.notified() => {}
-                n = rx.recv_many(&mut pending, room), if !closed => closed = n == 0,
+                n = rx.recv_many(&mut pending, room), if !closed && room > 0 => closed = n == 0,
                 _ = shutdown.cancelled(), if !closed => {
                     rx.close();
                     closed = true;
@@ -300,8 +304,31 @@ pub(crate) fn spawn_writer(
     }
 }
 
+/// A batch's writes counted as committing until dropped (also if its commit panics).
+struct Committing {
+    count: Arc<AtomicUsize>,
+    size: usize,
+}
+
+impl Committing {
+    fn count(count: &Arc<AtomicUsize>, size: usize) -> Self {
+        count.fetch_add(size, Ordering::Relaxed);
+        Self {
+            count: count.clone(),
+            size,
+        }
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.size, Ordering::Relaxed);
+    }
+}
+
 /// Waits up to `linger` for `pending` to reach `target` writes; true if the queue closed or
-/// shutdown began meanwhile (the caller then takes no new writes and drains).
+/// shutdown began meanwhile (the caller then takes no new writes and drains). Writes already
+/// queued are taken before a shutdown or the deadline is heeded.
 async fn linger_for_more(
     rx: &mut mpsc::Receiver<Job>,
     pending: &mut Vec<Job>,
@@ -313,14 +340,15 @@ async fn linger_for_more(
     let deadline = tokio::time::sleep(linger);
     tokio::pin!(deadline);
     while pending.len() < target {
-        let room = max_batch.saturating_sub(pending.len()).max(1);
+        // `target` is at most `max_batch`, so there is room.
+        let room = max_batch - pending.len();
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return true,
-            () = &mut deadline => return false,
             n = rx.recv_many(pending, room) => if n == 0 {
                 return true;
             },
+            _ = shutdown.cancelled() => return true,
+            () = &mut deadline => return false,
         }
     }
     false
@@ -385,9 +413,15 @@ mod tests {
         writer: WriterHandle,
         faults: Arc<Faults>,
         telemetry: Arc<Telemetry>,
+        shutdown: CancellationToken,
     }
 
     fn rig(linger: Duration) -> Rig {
+        rig_with(linger, 512)
+    }
+
+    fn rig_with(linger: Duration, max_batch: usize) -> Rig {
+        let shutdown = CancellationToken::new();
         let faults = Arc::new(Faults::default());
         let store: SharedStore = Arc::new(FaultyStore::new(
             Arc::new(MemoryStore::new(StoreOptions::default())),
@@ -402,13 +436,11 @@ mod tests {
         let writer = spawn_writer(
             store,
             telemetry.clone(),
-            Batching {
-                max_batch: 512,
-                linger,
-            },
-            CancellationToken::new(),
+            Batching { max_batch, linger },
+            shutdown.clone(),
         );
         Rig {
+            shutdown,
             writer,
             faults,
             telemetry,
@@ -460,6 +492,7 @@ mod tests {
         /// writes, waits out the linger for an `n`th). The writer has then held `n` writes
         /// at once, and is in a stream of commits.
         async fn burst(&self, n: usize) {
+            let (commits, writes) = self.batches();
             self.faults.pause(true);
             let mut all = self.submit(0..=0);
             sleep(Duration::from_millis(1)).await;
@@ -476,7 +509,7 @@ mod tests {
                     "a full batch never waits"
                 );
             }
-            assert_eq!(self.batches(), (2, n as u64));
+            assert_eq!(self.batches(), (commits + 2, writes + n as u64));
         }
     }
 
@@ -497,16 +530,87 @@ mod tests {
             Duration::ZERO,
             "the first write went at once"
         );
-        // Idle for longer than a stream's gap: the next lone write goes at once too.
-        sleep(Duration::from_secs(1)).await;
+        // After a burst, the writer has held 20 at once; but once it has been idle for
+        // longer than a stream's gap, small batches go at once again.
+        rig.burst(20).await;
+        sleep(STREAM_GAP + Duration::from_millis(1)).await;
         let again = VirtualInstant::now();
-        answered(rig.submit(1..=1)).await;
+        answered(rig.submit(100..=102)).await;
         assert_eq!(
             again.elapsed(),
             Duration::ZERO,
-            "a write after a quiet spell"
+            "writes after a quiet spell"
         );
-        assert_eq!(rig.batches(), (2, 2));
+        assert_eq!(rig.batches(), (4, 1 + 20 + 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peak_is_forgotten_after_its_windows() {
+        let rig = rig(LINGER);
+        rig.burst(6).await;
+        // One write at a time, each in a stream: while the burst's peak of 6 is recent,
+        // each waits out the linger for company; once it is older than two windows, none.
+        let mut waits = Vec::new();
+        for i in 100..108 {
+            let started = VirtualInstant::now();
+            answered(rig.submit(i..=i)).await;
+            waits.push(started.elapsed());
+        }
+        assert_eq!(waits[0], LINGER, "{waits:?}");
+        assert!(
+            waits.ends_with(&[Duration::ZERO; 4]),
+            "the peak was forgotten: {waits:?}"
+        );
+        let lingered = waits.iter().filter(|w| !w.is_zero()).count();
+        assert!(
+            lingered as u32 * LINGER <= PEAK_WINDOW * 2 + LINGER,
+            "no longer than two windows: {waits:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_never_grows_past_the_most_writes_per_batch() {
+        let rig = rig_with(LINGER, 4);
+        rig.faults.pause(true);
+        let mut all = rig.submit(0..=0);
+        sleep(Duration::from_millis(1)).await;
+        all.extend(rig.submit(1..=5));
+        sleep(Duration::from_millis(1)).await;
+        // Five held at once, but a batch holds at most four: the second leaves full, at once,
+        // and the last write alone after the linger.
+        rig.faults.pause(false);
+        answered(all).await;
+        assert_eq!(rig.batches(), (3, 6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_queued_behind_a_commit_never_make_a_batch_past_the_most_writes_per_batch() {
+        let rig = rig_with(Duration::ZERO, 4);
+        rig.faults.pause(true);
+        let mut all = rig.submit(0..=0);
+        sleep(Duration::from_millis(1)).await;
+        all.extend(rig.submit(1..=9));
+        sleep(Duration::from_millis(1)).await;
+        rig.faults.pause(false);
+        answered(all).await;
+        // 1, then 4, 4 and 1: the writes beyond a full batch stayed in the channel.
+        assert_eq!(rig.batches(), (4, 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_during_a_linger_commits_every_queued_write() {
+        let rig = rig(LINGER);
+        rig.burst(20).await;
+        let mut queued = rig.submit(100..=102);
+        sleep(Duration::from_millis(1)).await;
+        assert!(queued.iter().all(|h| !h.is_finished()), "lingering");
+        // Two more are sent as shutdown begins: the writer finds both at once.
+        queued.extend(rig.submit(103..=104));
+        rig.shutdown.cancel();
+        let started = VirtualInstant::now();
+        answered(queued).await;
+        assert!(started.elapsed() < LINGER, "{:?}", started.elapsed());
+        assert_eq!(rig.batches(), (3, 20 + 5));
     }
 
     #[tokio::test(start_paused = true)]
