@@ -609,8 +609,56 @@ impl Telemetry {
 }
 
 /// A label value as the text exposition wants it (backslash, quote and newline escaped).
+/// The sum of every sample of `series` (a name with its suffix, e.g.
+/// `liege_store_commit_batch_size_sum`) in a Prometheus text exposition, labelled
+/// (`name{labels} value`) or not (`name value`), whose labels include each of `labels`
+/// (`name="value"`); `None` when no sample matches. Names that merely start with `series`
+/// (`..._sum_other`) do not count.
+pub fn sample_sum(exposition: &str, series: &str, labels: &[&str]) -> Option<f64> {
+    let values: Vec<f64> = exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|want| set.split(',').any(|l| l == *want))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_sum;
+
+    #[test]
+    fn samples_are_summed_by_name_and_labels() {
+        let text = "liege_x_total_other 100\n\
+                    liege_x_total{node=\"a\",event=\"ok\"} 2\n\
+                    liege_x_total{node=\"b\",event=\"ok\"} 3\n\
+                    liege_x_total{node=\"b\",event=\"err\"} 5\n\
+                    liege_x_total 7\n";
+        assert_eq!(sample_sum(text, "liege_x_total", &[]), Some(17.0));
+        assert_eq!(
+            sample_sum(text, "liege_x_total", &["event=\"ok\""]),
+            Some(5.0)
+        );
+        assert_eq!(
+            sample_sum(text, "liege_x_total", &["node=\"b\"", "event=\"err\""]),
+            Some(5.0)
+        );
+        assert_eq!(sample_sum(text, "liege_x_total", &["node=\"c\""]), None);
+        assert_eq!(sample_sum(text, "liege_y_total", &[]), None);
+    }
 }

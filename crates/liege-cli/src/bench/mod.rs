@@ -511,22 +511,8 @@ impl Commits {
 
     /// Adds one node's exposition; `None` if it lacks either commit histogram.
     fn add(&mut self, metrics: &str) -> Option<()> {
-        // `name value` or `name{labels} value` (nodes label their series); every series of
-        // the name counts.
-        let sample = |name: &str| {
-            let values: Vec<f64> = metrics
-                .lines()
-                .filter_map(|line| {
-                    let rest = line.strip_prefix(name)?;
-                    let value = match rest.strip_prefix('{') {
-                        Some(labelled) => labelled.split_once("} ")?.1,
-                        None => rest.strip_prefix(' ')?,
-                    };
-                    value.trim().parse::<f64>().ok()
-                })
-                .collect();
-            (!values.is_empty()).then(|| values.iter().sum::<f64>())
-        };
+        // Every series of the name counts, whatever its labels.
+        let sample = |name: &str| liege::telemetry::sample_sum(metrics, name, &[]);
         let writes = sample("liege_store_commit_batch_size_sum")?;
         let commits = sample("liege_store_commit_batch_size_count")?;
         let seconds = sample("liege_store_commit_duration_seconds_sum")?;

@@ -474,17 +474,24 @@ mod tests {
         /// (group commits, writes they carried), from the node's own batch histogram.
         fn batches(&self) -> (u64, u64) {
             let text = self.telemetry.encode();
-            let sample = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
-                    .and_then(|rest| rest.split_once("} "))
-                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0) as u64
-            };
+            let sample =
+                |name: &str| crate::telemetry::sample_sum(&text, name, &[]).unwrap_or(0.0) as u64;
             (
                 sample("liege_store_commit_batch_size_count"),
                 sample("liege_store_commit_batch_size_sum"),
             )
+        }
+
+        /// Writes `0..n` with the store held: the first is committing, the rest queue behind
+        /// it. Resume the store (`faults.pause(false)`) to let them through.
+        async fn held_behind_a_commit(&self, n: usize) -> Vec<JoinHandle<WriteOutcome>> {
+            self.faults.pause(true);
+            let mut all = self.submit(0..=0);
+            sleep(Duration::from_millis(1)).await;
+            all.extend(self.submit(1..=n - 1));
+            sleep(Duration::from_millis(1)).await;
+            assert!(all.iter().all(|h| !h.is_finished()), "the store is held");
+            all
         }
 
         /// Writes `0..n` at once: the first commits alone while the store holds it, the rest
@@ -493,12 +500,7 @@ mod tests {
         /// at once, and is in a stream of commits.
         async fn burst(&self, n: usize) {
             let (commits, writes) = self.batches();
-            self.faults.pause(true);
-            let mut all = self.submit(0..=0);
-            sleep(Duration::from_millis(1)).await;
-            all.extend(self.submit(1..=n - 1));
-            sleep(Duration::from_millis(1)).await;
-            assert!(all.iter().all(|h| !h.is_finished()), "the store is held");
+            let all = self.held_behind_a_commit(n).await;
             self.faults.pause(false);
             let started = VirtualInstant::now();
             answered(all).await;
@@ -571,11 +573,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lingering_batch_never_grows_past_the_most_writes_per_batch() {
         let rig = rig_with(LINGER, 4);
-        rig.faults.pause(true);
-        let mut all = rig.submit(0..=0);
-        sleep(Duration::from_millis(1)).await;
-        all.extend(rig.submit(1..=5));
-        sleep(Duration::from_millis(1)).await;
+        let all = rig.held_behind_a_commit(6).await;
         // Five held at once, but a batch holds at most four: the second leaves full, at once,
         // and the last write alone after the linger.
         rig.faults.pause(false);
@@ -586,11 +584,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_queued_behind_a_commit_never_make_a_batch_past_the_most_writes_per_batch() {
         let rig = rig_with(Duration::ZERO, 4);
-        rig.faults.pause(true);
-        let mut all = rig.submit(0..=0);
-        sleep(Duration::from_millis(1)).await;
-        all.extend(rig.submit(1..=9));
-        sleep(Duration::from_millis(1)).await;
+        let all = rig.held_behind_a_commit(10).await;
         rig.faults.pause(false);
         answered(all).await;
         // 1, then 4, 4 and 1: the writes beyond a full batch stayed in the channel.

@@ -43,15 +43,9 @@ pub(crate) fn value(v: &serde_json::Value) -> i64 {
 
 /// The sum of every sample of `series` (a metric name with its suffix, e.g.
 /// `liege_routing_errors_total`) whose labels contain each of `labels` (`name="value"`), in
-/// a Prometheus text exposition.
+/// a Prometheus text exposition; 0 without any.
 pub(crate) fn metric_sum(exposition: &str, series: &str, labels: &[&str]) -> f64 {
-    exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix('{'))
-        .filter_map(|rest| rest.split_once("} "))
-        .filter(|(set, _)| labels.iter().all(|want| set.split(',').any(|l| l == *want)))
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
+    liege::telemetry::sample_sum(exposition, series, labels).unwrap_or(0.0)
 }
 
 /// An id (`{prefix}0`, `{prefix}1`, …) of a `kind` key that `owner` owns, as node `a` sees it.
